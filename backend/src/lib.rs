@@ -1,0 +1,13 @@
+//! The `vhost-user-rdma` program as a library: the pieces the binary's
+//! subcommands are built from, kept here so that tests and fuzz targets
+//! can drive them without a process.
+//!
+//! - [`capture`]: reading pcap and pcapng files frame by frame;
+//! - [`decode`]: the `decode` subcommand, a RoCEv2 capture decoder that
+//!   validates headers and ICRCs.
+//!
+//! The daemon itself (vhost-user net port, stream port, vfio-user PVRDMA
+//! server) is not built yet; see the README's status table.
+
+pub mod capture;
+pub mod decode;

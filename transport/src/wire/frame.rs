@@ -1,0 +1,223 @@
+//! The outer framing of RoCEv2: Ethernet II (optionally one 802.1Q tag),
+//! IPv4 or IPv6, and UDP to port 4791, around the transport packet.
+//!
+//! Parsing and writing of these headers is done by `etherparse`; this
+//! module only classifies frames as RoCEv2, locates the IP datagram and the
+//! transport packet inside them for the ICRC, and writes the outer headers
+//! in front of a transport packet.
+
+use etherparse::{
+    Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, LinkExtSlice, LinkSlice, NetSlice,
+    SingleVlanHeader, SlicedPacket, TransportSlice, UdpHeader,
+};
+
+use super::{Error, ROCE_V2_UDP_PORT, Result, check_room, icrc};
+
+/// The IP header of a RoCEv2 frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpRepr {
+    /// IPv4, possibly with options.
+    V4(Ipv4Header),
+    /// IPv6 without extension headers.
+    V6(Ipv6Header),
+}
+
+impl IpRepr {
+    /// Length of the serialized header.
+    pub fn header_len(&self) -> usize {
+        match self {
+            IpRepr::V4(h) => h.header_len(),
+            IpRepr::V6(_) => Ipv6Header::LEN,
+        }
+    }
+
+    /// Source address.
+    pub fn src_addr(&self) -> std::net::IpAddr {
+        match self {
+            IpRepr::V4(h) => h.source.into(),
+            IpRepr::V6(h) => h.source.into(),
+        }
+    }
+
+    /// Destination address.
+    pub fn dst_addr(&self) -> std::net::IpAddr {
+        match self {
+            IpRepr::V4(h) => h.destination.into(),
+            IpRepr::V6(h) => h.destination.into(),
+        }
+    }
+
+    /// The two ECN bits (IPv4 TOS or IPv6 traffic class, low bits).
+    pub fn ecn(&self) -> u8 {
+        match self {
+            IpRepr::V4(h) => h.ecn.value(),
+            IpRepr::V6(h) => h.traffic_class & 0x3,
+        }
+    }
+}
+
+/// The headers in front of the transport packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameRepr {
+    /// Ethernet II header; `None` for a bare IP datagram.
+    pub ethernet: Option<Ethernet2Header>,
+    /// One 802.1Q tag, if present.
+    pub vlan: Option<SingleVlanHeader>,
+    /// IPv4 or IPv6 header.
+    pub ip: IpRepr,
+    /// UDP header.
+    pub udp: UdpHeader,
+}
+
+/// A RoCEv2 frame located inside a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoceFrame<'a> {
+    /// The outer headers.
+    pub repr: FrameRepr,
+    /// The IP datagram: IP header through ICRC (Ethernet padding removed).
+    pub l3: &'a [u8],
+    /// The transport packet: BTH through ICRC (the UDP payload).
+    pub ib: &'a [u8],
+}
+
+fn malformed(e: impl std::fmt::Display) -> Error {
+    Error::Malformed {
+        layer: "Ethernet/IP/UDP",
+        reason: e.to_string(),
+    }
+}
+
+/// Byte offset of `inner` within `outer`; `inner` must be a subslice.
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
+}
+
+impl<'a> RoceFrame<'a> {
+    /// Parses an Ethernet II frame. Returns `NotRoce` for a well-formed
+    /// frame that is not UDP to port 4791 (ARP, TCP, other UDP...), and
+    /// `Malformed` for truncated or inconsistent outer headers.
+    pub fn parse_ethernet(frame: &'a [u8]) -> Result<RoceFrame<'a>> {
+        let sliced = SlicedPacket::from_ethernet(frame).map_err(malformed)?;
+        let ethernet = match &sliced.link {
+            Some(LinkSlice::Ethernet2(e)) => Some(e.to_header()),
+            _ => return Err(Error::NotRoce("not an Ethernet II frame")),
+        };
+        let vlan = match sliced.link_exts.as_slice() {
+            [] => None,
+            [LinkExtSlice::Vlan(v)] => Some(v.to_header()),
+            _ => return Err(Error::NotRoce("stacked VLAN or MACsec")),
+        };
+        Self::from_sliced(frame, ethernet, vlan, sliced)
+    }
+
+    /// Parses a bare IP datagram (as a UDP socket or a raw-IP capture
+    /// delivers it).
+    pub fn parse_ip(datagram: &'a [u8]) -> Result<RoceFrame<'a>> {
+        let sliced = SlicedPacket::from_ip(datagram).map_err(malformed)?;
+        Self::from_sliced(datagram, None, None, sliced)
+    }
+
+    fn from_sliced(
+        whole: &'a [u8],
+        ethernet: Option<Ethernet2Header>,
+        vlan: Option<SingleVlanHeader>,
+        sliced: SlicedPacket<'a>,
+    ) -> Result<RoceFrame<'a>> {
+        let (ip, ip_start) = match &sliced.net {
+            Some(NetSlice::Ipv4(v4)) => {
+                if v4.is_payload_fragmented() {
+                    return Err(malformed("fragmented IPv4 datagram"));
+                }
+                let h = v4.header();
+                (IpRepr::V4(h.to_header()), offset_in(whole, h.slice()))
+            }
+            Some(NetSlice::Ipv6(v6)) => {
+                if !v6.extensions().is_empty() {
+                    if v6.payload().ip_number != IpNumber::UDP {
+                        return Err(Error::NotRoce("not UDP"));
+                    }
+                    return Err(malformed("IPv6 extension headers in a RoCEv2 packet"));
+                }
+                let h = v6.header();
+                (IpRepr::V6(h.to_header()), offset_in(whole, h.slice()))
+            }
+            _ => return Err(Error::NotRoce("not IP")),
+        };
+        let udp = match &sliced.transport {
+            Some(TransportSlice::Udp(u)) => u,
+            _ => return Err(Error::NotRoce("not UDP")),
+        };
+        if udp.destination_port() != ROCE_V2_UDP_PORT {
+            return Err(Error::NotRoce("UDP destination port is not 4791"));
+        }
+        let ib = udp.payload();
+        let end = offset_in(whole, ib) + ib.len();
+        Ok(RoceFrame {
+            repr: FrameRepr {
+                ethernet,
+                vlan,
+                ip,
+                udp: udp.to_header(),
+            },
+            l3: &whole[ip_start..end],
+            ib,
+        })
+    }
+
+    /// Verifies the ICRC.
+    pub fn verify_icrc(&self) -> Result<()> {
+        icrc::verify(self.l3)
+    }
+}
+
+impl FrameRepr {
+    /// Length of the Ethernet, VLAN, IP and UDP headers.
+    pub fn header_len(&self) -> usize {
+        self.ip_offset() + self.ip.header_len() + UdpHeader::LEN
+    }
+
+    /// Writes the outer headers for a transport packet of `ib_len` bytes
+    /// (BTH through ICRC) into the front of `buf`, fixing up the IP and
+    /// UDP lengths and the IPv4 header checksum; the UDP checksum is
+    /// written as the repr holds it (rxe sends 0). Returns the header
+    /// length, where the transport packet starts.
+    pub fn emit(&self, buf: &mut [u8], ib_len: usize) -> Result<usize> {
+        let hlen = self.header_len();
+        check_room(buf.len(), hlen)?;
+        let mut off = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[off..off + bytes.len()].copy_from_slice(bytes);
+            off += bytes.len();
+        };
+        if let Some(e) = &self.ethernet {
+            put(&e.to_bytes());
+        }
+        if let Some(v) = &self.vlan {
+            put(&v.to_bytes());
+        }
+        let udp_len = UdpHeader::LEN + ib_len;
+        match &self.ip {
+            IpRepr::V4(h) => {
+                let mut h = h.clone();
+                h.set_payload_len(udp_len).map_err(malformed)?;
+                h.header_checksum = h.calc_header_checksum();
+                put(&h.to_bytes());
+            }
+            IpRepr::V6(h) => {
+                let mut h = h.clone();
+                h.set_payload_length(udp_len).map_err(malformed)?;
+                put(&h.to_bytes());
+            }
+        }
+        let mut udp = self.udp.clone();
+        udp.length = u16::try_from(udp_len).map_err(malformed)?;
+        put(&udp.to_bytes());
+        Ok(hlen)
+    }
+
+    /// Byte offset of the IP header within an emitted frame.
+    pub fn ip_offset(&self) -> usize {
+        self.ethernet.as_ref().map_or(0, |_| Ethernet2Header::LEN)
+            + self.vlan.as_ref().map_or(0, |_| SingleVlanHeader::LEN)
+    }
+}
