@@ -30,11 +30,19 @@ fn every_rxe_frame_parses_re_emits_and_passes_icrc() {
     assert_eq!(frames.len(), 194);
     for (i, (link, frame)) in frames.iter().enumerate() {
         assert_eq!(*link, LinkType::Ethernet);
-        let rf = RoceFrame::parse_ethernet(frame).unwrap_or_else(|e| panic!("frame {}: {e}", i + 1));
-        rf.verify_icrc().unwrap_or_else(|e| panic!("frame {}: {e}", i + 1));
+        let rf =
+            RoceFrame::parse_ethernet(frame).unwrap_or_else(|e| panic!("frame {}: {e}", i + 1));
+        rf.verify_icrc()
+            .unwrap_or_else(|e| panic!("frame {}: {e}", i + 1));
         let repr = PacketRepr::parse(&Packet::new_checked(rf.ib).unwrap()).unwrap();
-        repr.check_mtu(Mtu::Mtu1024).unwrap_or_else(|e| panic!("frame {}: {e}", i + 1));
-        assert_eq!(&re_emit(frame), frame, "frame {} does not re-emit byte for byte", i + 1);
+        repr.check_mtu(Mtu::Mtu1024)
+            .unwrap_or_else(|e| panic!("frame {}: {e}", i + 1));
+        assert_eq!(
+            &re_emit(frame),
+            frame,
+            "frame {} does not re-emit byte for byte",
+            i + 1
+        );
     }
 }
 
@@ -47,7 +55,11 @@ fn frames_match_the_json_decode() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let n = v["frame"].as_u64().unwrap() as usize;
         let frame = &frames[n - 1].1;
-        assert_eq!(hex(v["eth_hex"].as_str().unwrap()), *frame, "frame {n} bytes");
+        assert_eq!(
+            hex(v["eth_hex"].as_str().unwrap()),
+            *frame,
+            "frame {n} bytes"
+        );
         let rf = RoceFrame::parse_ethernet(frame).unwrap();
         let repr = PacketRepr::parse(&Packet::new_checked(rf.ib).unwrap()).unwrap();
         let name = repr.bth.opcode.to_string();
@@ -56,10 +68,22 @@ fn frames_match_the_json_decode() {
         assert_eq!(u64::from(repr.bth.dest_qp), v["dqpn"].as_u64().unwrap());
         assert_eq!(u64::from(repr.bth.psn), v["psn"].as_u64().unwrap());
         assert_eq!(u64::from(repr.bth.ack_req), v["ackreq"].as_u64().unwrap());
-        assert_eq!(u64::from(repr.bth.pad_count), v["padcount"].as_u64().unwrap());
-        assert_eq!(rf.repr.ip.src_addr().to_string(), v["src"].as_str().unwrap());
-        assert_eq!(rf.repr.ip.dst_addr().to_string(), v["dst"].as_str().unwrap());
-        assert_eq!(u64::from(rf.repr.udp.source_port), v["sport"].as_u64().unwrap());
+        assert_eq!(
+            u64::from(repr.bth.pad_count),
+            v["padcount"].as_u64().unwrap()
+        );
+        assert_eq!(
+            rf.repr.ip.src_addr().to_string(),
+            v["src"].as_str().unwrap()
+        );
+        assert_eq!(
+            rf.repr.ip.dst_addr().to_string(),
+            v["dst"].as_str().unwrap()
+        );
+        assert_eq!(
+            u64::from(rf.repr.udp.source_port),
+            v["sport"].as_u64().unwrap()
+        );
         let icrc_hex = v["icrc_hex"].as_str().unwrap();
         assert_eq!(hex(icrc_hex), rf.ib[rf.ib.len() - 4..], "frame {n} ICRC");
         seen += 1;
@@ -73,7 +97,11 @@ fn the_capture_covers_the_promised_opcodes() {
         .iter()
         .map(|(_, f)| {
             let rf = RoceFrame::parse_ethernet(f).unwrap();
-            Packet::new_checked(rf.ib).unwrap().bth().opcode().to_string()
+            Packet::new_checked(rf.ib)
+                .unwrap()
+                .bth()
+                .opcode()
+                .to_string()
         })
         .collect();
     for want in [

@@ -163,11 +163,15 @@ fn ipv6_frames_pass_and_match_a_reference_crc() {
         let rf = RoceFrame::parse_ethernet(&frame).unwrap();
         rf.verify_icrc().unwrap();
         assert_eq!(
-            PacketRepr::parse(&Packet::new_checked(rf.ib).unwrap()).unwrap().ext,
+            PacketRepr::parse(&Packet::new_checked(rf.ib).unwrap())
+                .unwrap()
+                .ext,
             repr.ext
         );
         // The masked pseudo-packet, built field by field from the reprs.
-        let IpRepr::V6(mut ip) = rf.repr.ip.clone() else { unreachable!() };
+        let IpRepr::V6(mut ip) = rf.repr.ip.clone() else {
+            unreachable!()
+        };
         ip.traffic_class = 0xff;
         ip.flow_label = Ipv6FlowLabel::try_new(0xf_ffff).unwrap();
         ip.hop_limit = 0xff;
@@ -270,7 +274,9 @@ fn every_other_bit_changes_the_icrc() {
 fn ipv4_header_is_what_rxe_sends() {
     let frame = build(ipv4(), &sample_packets()[0]);
     let rf = RoceFrame::parse_ethernet(&frame).unwrap();
-    let IpRepr::V4(h) = &rf.repr.ip else { unreachable!() };
+    let IpRepr::V4(h) = &rf.repr.ip else {
+        unreachable!()
+    };
     assert!(h.dont_fragment);
     assert_eq!(h.time_to_live, 64);
     assert_eq!(h.header_checksum, h.calc_header_checksum());

@@ -7,7 +7,9 @@ use backend::capture::{Capture, LinkType};
 
 /// Path of a file under `tests/data/`.
 pub fn data_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
 }
 
 /// Every frame of a bundled capture, as (link type, bytes).

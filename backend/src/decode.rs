@@ -74,7 +74,8 @@ pub fn decode<R: Read, W: Write>(
                 line.clear();
                 summary.frames += 1;
                 decode_frame(&frame, verbose, &mut summary, &mut line);
-                out.write_all(line.as_bytes()).map_err(DecodeError::Output)?;
+                out.write_all(line.as_bytes())
+                    .map_err(DecodeError::Output)?;
             }
             Err(e) => {
                 let msg = error_chain(&e);
@@ -157,15 +158,15 @@ fn decode_frame(frame: &Frame<'_>, verbose: bool, summary: &mut Summary, out: &m
         );
         return;
     }
-    let packet = match Packet::new_checked(rf.ib).and_then(|p| PacketRepr::parse(&p).map(|r| (p, r)))
-    {
-        Ok(v) => v,
-        Err(e) => {
-            summary.roce_bad += 1;
-            let _ = writeln!(out, "INVALID: {e}");
-            return;
-        }
-    };
+    let packet =
+        match Packet::new_checked(rf.ib).and_then(|p| PacketRepr::parse(&p).map(|r| (p, r))) {
+            Ok(v) => v,
+            Err(e) => {
+                summary.roce_bad += 1;
+                let _ = writeln!(out, "INVALID: {e}");
+                return;
+            }
+        };
     let (pkt, repr) = packet;
     let op = repr.bth.opcode;
     let info = pkt.info();

@@ -10,7 +10,9 @@ use pcap_file::{
 };
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data")
+        .join(name)
 }
 
 struct Run {
@@ -75,7 +77,10 @@ fn golden_capture_passes() {
     let r = decode(&[], &data("rxe-capture.pcap"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.matches("icrc=ok").count(), 194);
-    assert!(r.stdout.contains("194 frames: 194 RoCEv2 (194 ok, 0 bad), 0 other, 0 malformed"));
+    assert!(
+        r.stdout
+            .contains("194 frames: 194 RoCEv2 (194 ok, 0 bad), 0 other, 0 malformed")
+    );
     assert!(r.stdout.contains(
         "     1  10.77.0.2:49441 → 10.77.0.1  RC SEND_ONLY  qp=0x000011 psn=5530605 ack=1  payload=64  icrc=ok"
     ));
@@ -101,7 +106,10 @@ fn corrupted_payload_fails_icrc_and_exit_status() {
     let r = decode(&[], &temp("corrupt.pcapng", &bytes));
     assert_eq!(r.code, 1);
     let line = r.stdout.lines().next().unwrap();
-    assert!(line.contains("icrc=BAD (carried 0x16427eb3, computed"), "{line}");
+    assert!(
+        line.contains("icrc=BAD (carried 0x16427eb3, computed"),
+        "{line}"
+    );
     assert!(r.stdout.contains("194 frames: 194 RoCEv2 (193 ok, 1 bad)"));
     assert!(r.stdout.ends_with("result: FAIL\n"));
 }
@@ -126,7 +134,8 @@ fn truncated_file_names_the_frame() {
     let r = decode(&[], &temp("cut.pcapng", cut));
     assert_eq!(r.code, 1);
     assert!(
-        r.stdout.contains("the capture file ends inside this record (truncated file)"),
+        r.stdout
+            .contains("the capture file ends inside this record (truncated file)"),
         "{}",
         r.stdout
     );
@@ -139,7 +148,11 @@ fn truncated_file_names_the_frame() {
 fn not_a_capture_and_missing_file() {
     let r = decode(&[], &temp("text.txt", b"hello, this is not a capture"));
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("not a pcap or pcapng file"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a pcap or pcapng file"),
+        "{}",
+        r.stderr
+    );
     let r = decode(&[], &temp("empty", b""));
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not a pcap or pcapng file"));
@@ -186,10 +199,16 @@ fn non_roce_frames_are_only_counted() {
     let r = decode(&[], &temp("mixed.pcap", &mixed_capture(false)));
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert_eq!(r.stdout.lines().filter(|l| l.contains("icrc=")).count(), 1);
-    assert!(r.stdout.contains("3 frames: 1 RoCEv2 (1 ok, 0 bad), 2 other, 0 malformed"));
+    assert!(
+        r.stdout
+            .contains("3 frames: 1 RoCEv2 (1 ok, 0 bad), 2 other, 0 malformed")
+    );
     let r = decode(&["-v"], &temp("mixed-v.pcap", &mixed_capture(false)));
     assert!(r.stdout.contains("(not RoCEv2: not IP)"));
-    assert!(r.stdout.contains("(not RoCEv2: UDP destination port is not 4791)"));
+    assert!(
+        r.stdout
+            .contains("(not RoCEv2: UDP destination port is not 4791)")
+    );
 }
 
 #[test]
@@ -197,7 +216,8 @@ fn snaplen_cut_frame_fails() {
     let r = decode(&[], &temp("snap.pcap", &mixed_capture(true)));
     assert_eq!(r.code, 1);
     assert!(
-        r.stdout.contains("     4  MALFORMED: only 60 of 74 bytes were captured (snap length)"),
+        r.stdout
+            .contains("     4  MALFORMED: only 60 of 74 bytes were captured (snap length)"),
         "{}",
         r.stdout
     );

@@ -208,16 +208,34 @@ mod tests {
 
     #[test]
     fn syndromes() {
-        assert_eq!(AethSyndrome::from_byte(0x20 | 14), AethSyndrome::RnrNak { timer: 14 });
-        assert_eq!(AethSyndrome::from_byte(0x60), AethSyndrome::Nak(NakCode::PsnSequenceError));
-        assert_eq!(AethSyndrome::from_byte(0x61), AethSyndrome::Nak(NakCode::InvalidRequest));
-        assert_eq!(AethSyndrome::from_byte(0x62), AethSyndrome::Nak(NakCode::RemoteAccessError));
+        assert_eq!(
+            AethSyndrome::from_byte(0x20 | 14),
+            AethSyndrome::RnrNak { timer: 14 }
+        );
+        assert_eq!(
+            AethSyndrome::from_byte(0x60),
+            AethSyndrome::Nak(NakCode::PsnSequenceError)
+        );
+        assert_eq!(
+            AethSyndrome::from_byte(0x61),
+            AethSyndrome::Nak(NakCode::InvalidRequest)
+        );
+        assert_eq!(
+            AethSyndrome::from_byte(0x62),
+            AethSyndrome::Nak(NakCode::RemoteAccessError)
+        );
         assert_eq!(
             AethSyndrome::from_byte(0x63),
             AethSyndrome::Nak(NakCode::RemoteOperationalError)
         );
-        assert_eq!(AethSyndrome::from_byte(0x64), AethSyndrome::Nak(NakCode::InvalidRdRequest));
-        assert_eq!(AethSyndrome::from_byte(0x7f), AethSyndrome::Nak(NakCode::Reserved(31)));
+        assert_eq!(
+            AethSyndrome::from_byte(0x64),
+            AethSyndrome::Nak(NakCode::InvalidRdRequest)
+        );
+        assert_eq!(
+            AethSyndrome::from_byte(0x7f),
+            AethSyndrome::Nak(NakCode::Reserved(31))
+        );
         assert_eq!(AethSyndrome::from_byte(0x45), AethSyndrome::Reserved(5));
         // Every byte with bit 7 clear survives a decode/encode round trip.
         for b in 0u8..0x80 {

@@ -21,11 +21,16 @@ mod tests {
     use crate::wire::Error;
 
     static BYTES: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-    const REPR: AtomicAckEthRepr = AtomicAckEthRepr { orig: 0x0102_0304_0506_0708 };
+    const REPR: AtomicAckEthRepr = AtomicAckEthRepr {
+        orig: 0x0102_0304_0506_0708,
+    };
 
     #[test]
     fn deconstruct() {
-        assert_eq!(AtomicAckEth::new_checked(&BYTES[..]).unwrap().orig(), 0x0102_0304_0506_0708);
+        assert_eq!(
+            AtomicAckEth::new_checked(&BYTES[..]).unwrap().orig(),
+            0x0102_0304_0506_0708
+        );
     }
 
     #[test]
@@ -37,7 +42,10 @@ mod tests {
 
     #[test]
     fn parse_and_emit() {
-        assert_eq!(AtomicAckEthRepr::parse(&AtomicAckEth::new_unchecked(&BYTES[..])), Ok(REPR));
+        assert_eq!(
+            AtomicAckEthRepr::parse(&AtomicAckEth::new_unchecked(&BYTES[..])),
+            Ok(REPR)
+        );
         let mut buf = [0xffu8; 8];
         REPR.emit(&mut AtomicAckEth::new_unchecked(&mut buf[..]));
         assert_eq!(buf, BYTES);
@@ -48,7 +56,10 @@ mod tests {
     fn impossible_len() {
         assert_eq!(
             AtomicAckEth::new_checked(&BYTES[..8 - 1]).unwrap_err(),
-            Error::Truncated { need: 8, have: 8 - 1 }
+            Error::Truncated {
+                need: 8,
+                have: 8 - 1
+            }
         );
     }
 }

@@ -150,7 +150,10 @@ mod tests {
 
     #[test]
     fn parse_and_emit() {
-        assert_eq!(AtomicEthRepr::parse(&AtomicEth::new_unchecked(&BYTES[..])), Ok(REPR));
+        assert_eq!(
+            AtomicEthRepr::parse(&AtomicEth::new_unchecked(&BYTES[..])),
+            Ok(REPR)
+        );
         let mut buf = [0xffu8; 28];
         REPR.emit(&mut AtomicEth::new_unchecked(&mut buf[..]));
         assert_eq!(buf, BYTES);

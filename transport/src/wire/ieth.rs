@@ -48,7 +48,10 @@ mod tests {
     fn impossible_len() {
         assert_eq!(
             Ieth::new_checked(&BYTES[..4 - 1]).unwrap_err(),
-            Error::Truncated { need: 4, have: 4 - 1 }
+            Error::Truncated {
+                need: 4,
+                have: 4 - 1
+            }
         );
     }
 }

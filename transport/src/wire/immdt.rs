@@ -39,7 +39,10 @@ mod tests {
 
     #[test]
     fn parse_and_emit() {
-        assert_eq!(ImmDtRepr::parse(&ImmDt::new_unchecked(&BYTES[..])), Ok(REPR));
+        assert_eq!(
+            ImmDtRepr::parse(&ImmDt::new_unchecked(&BYTES[..])),
+            Ok(REPR)
+        );
         let mut buf = [0xffu8; 4];
         REPR.emit(&mut ImmDt::new_unchecked(&mut buf[..]));
         assert_eq!(buf, BYTES);
@@ -50,7 +53,10 @@ mod tests {
     fn impossible_len() {
         assert_eq!(
             ImmDt::new_checked(&BYTES[..4 - 1]).unwrap_err(),
-            Error::Truncated { need: 4, have: 4 - 1 }
+            Error::Truncated {
+                need: 4,
+                have: 4 - 1
+            }
         );
     }
 }

@@ -242,9 +242,23 @@ const ROWS: [OpcodeInfo; 40] = [
     row(0x06, "RDMA_WRITE_FIRST", H::RETH, Pay, First, true),
     row(0x07, "RDMA_WRITE_MIDDLE", NO, Pay, Middle, true),
     row(0x08, "RDMA_WRITE_LAST", NO, Pay, Last, true),
-    row(0x09, "RDMA_WRITE_LAST_WITH_IMMEDIATE", H::IMM_DT, Pay, Last, true),
+    row(
+        0x09,
+        "RDMA_WRITE_LAST_WITH_IMMEDIATE",
+        H::IMM_DT,
+        Pay,
+        Last,
+        true,
+    ),
     row(0x0a, "RDMA_WRITE_ONLY", H::RETH, Pay, Only, true),
-    row(0x0b, "RDMA_WRITE_ONLY_WITH_IMMEDIATE", RETH_IMM, Pay, Only, true),
+    row(
+        0x0b,
+        "RDMA_WRITE_ONLY_WITH_IMMEDIATE",
+        RETH_IMM,
+        Pay,
+        Only,
+        true,
+    ),
     row(0x0c, "RDMA_READ_REQUEST", H::RETH, NoPay, Only, true),
     row(0x0d, "RDMA_READ_RESPONSE_FIRST", H::AETH, Pay, First, false),
     row(0x0e, "RDMA_READ_RESPONSE_MIDDLE", NO, Pay, Middle, false),
@@ -268,9 +282,23 @@ const ROWS: [OpcodeInfo; 40] = [
     row(0x26, "RDMA_WRITE_FIRST", H::RETH, Pay, First, true),
     row(0x27, "RDMA_WRITE_MIDDLE", NO, Pay, Middle, true),
     row(0x28, "RDMA_WRITE_LAST", NO, Pay, Last, true),
-    row(0x29, "RDMA_WRITE_LAST_WITH_IMMEDIATE", H::IMM_DT, Pay, Last, true),
+    row(
+        0x29,
+        "RDMA_WRITE_LAST_WITH_IMMEDIATE",
+        H::IMM_DT,
+        Pay,
+        Last,
+        true,
+    ),
     row(0x2a, "RDMA_WRITE_ONLY", H::RETH, Pay, Only, true),
-    row(0x2b, "RDMA_WRITE_ONLY_WITH_IMMEDIATE", RETH_IMM, Pay, Only, true),
+    row(
+        0x2b,
+        "RDMA_WRITE_ONLY_WITH_IMMEDIATE",
+        RETH_IMM,
+        Pay,
+        Only,
+        true,
+    ),
     // UD
     row(0x64, "SEND_ONLY", H::DETH, Pay, Only, true),
     row(0x65, "SEND_ONLY_WITH_IMMEDIATE", DETH_IMM, Pay, Only, true),
@@ -357,9 +385,14 @@ mod tests {
 
     #[test]
     fn unsupported_opcodes_are_unknown() {
-        for c in [0x15u8, 0x18, 0x1a, 0x1b, 0x1e, 0x2c, 0x40, 0x60, 0x66, 0x80, 0xa0, 0xff] {
+        for c in [
+            0x15u8, 0x18, 0x1a, 0x1b, 0x1e, 0x2c, 0x40, 0x60, 0x66, 0x80, 0xa0, 0xff,
+        ] {
             assert!(Opcode(c).info().is_none(), "{c:#x}");
-            assert_eq!(Opcode(c).checked_info(), Err(super::super::Error::BadOpcode(c)));
+            assert_eq!(
+                Opcode(c).checked_info(),
+                Err(super::super::Error::BadOpcode(c))
+            );
         }
         assert_eq!(OPCODE_TABLE.iter().flatten().count(), 40);
     }
@@ -369,7 +402,10 @@ mod tests {
         for c in 0x00u8..=0x0b {
             let rc = Opcode(c).info().unwrap();
             let uc = Opcode(c | 0x20).info().unwrap();
-            assert_eq!((rc.name, rc.headers, rc.payload), (uc.name, uc.headers, uc.payload));
+            assert_eq!(
+                (rc.name, rc.headers, rc.payload),
+                (uc.name, uc.headers, uc.payload)
+            );
         }
     }
 

@@ -68,7 +68,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The opcode table row. Panics only if `check_len` was skipped.
     pub fn info(&self) -> &'static OpcodeInfo {
         let op = self.bth().opcode();
-        op.info().unwrap_or_else(|| panic!("unchecked packet with opcode {op}"))
+        op.info()
+            .unwrap_or_else(|| panic!("unchecked packet with opcode {op}"))
     }
 
     /// Length of the BTH plus the extension headers.
@@ -469,7 +470,12 @@ mod tests {
     #[test]
     fn cnp_layout() {
         let repr = PacketRepr {
-            bth: BthRepr { becn: true, ack_req: false, psn: 0, ..bth(0x81) },
+            bth: BthRepr {
+                becn: true,
+                ack_req: false,
+                psn: 0,
+                ..bth(0x81)
+            },
             ext: ExtHeaders::default(),
             payload_len: 0,
         };
@@ -486,7 +492,10 @@ mod tests {
     #[test]
     fn check_rejects_mismatched_headers() {
         let mut repr = write_imm(8);
-        repr.ext.aeth = Some(AethRepr { syndrome: AethSyndrome::Ack { credits: 0 }, msn: 0 });
+        repr.ext.aeth = Some(AethRepr {
+            syndrome: AethSyndrome::Ack { credits: 0 },
+            msn: 0,
+        });
         assert!(matches!(repr.check(), Err(Error::Malformed { .. })));
     }
 
@@ -496,7 +505,10 @@ mod tests {
         let ack = PacketRepr {
             bth: bth(0x11),
             ext: ExtHeaders {
-                aeth: Some(AethRepr { syndrome: AethSyndrome::Ack { credits: 31 }, msn: 1 }),
+                aeth: Some(AethRepr {
+                    syndrome: AethSyndrome::Ack { credits: 31 },
+                    msn: 1,
+                }),
                 ..Default::default()
             },
             payload_len: 4,
@@ -504,19 +516,31 @@ mod tests {
         let mut buf = vec![0u8; ack.buffer_len()];
         ack.emit(&mut buf).unwrap();
         let err = PacketRepr::parse(&Packet::new_checked(&buf[..]).unwrap()).unwrap_err();
-        assert!(matches!(err, Error::BadPayloadLength { len: 4, .. }), "{err}");
+        assert!(
+            matches!(err, Error::BadPayloadLength { len: 4, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn mtu_rules() {
-        let mut first = PacketRepr { bth: bth(0x06), ..write_imm(1024) };
+        let mut first = PacketRepr {
+            bth: bth(0x06),
+            ..write_imm(1024)
+        };
         first.ext.imm_dt = None;
         assert_eq!(first.check_mtu(Mtu::Mtu1024), Ok(()));
-        assert!(matches!(first.check_mtu(Mtu::Mtu2048), Err(Error::ShortSegment { .. })));
+        assert!(matches!(
+            first.check_mtu(Mtu::Mtu2048),
+            Err(Error::ShortSegment { .. })
+        ));
         let only = write_imm(1025);
         assert_eq!(
             only.check_mtu(Mtu::Mtu1024),
-            Err(Error::PayloadTooLong { len: 1025, mtu: 1024 })
+            Err(Error::PayloadTooLong {
+                len: 1025,
+                mtu: 1024
+            })
         );
         assert_eq!(only.check_mtu(Mtu::Mtu2048), Ok(()));
         let last = PacketRepr {
@@ -524,7 +548,10 @@ mod tests {
             ext: ExtHeaders::default(),
             payload_len: 0,
         };
-        assert!(matches!(last.check_mtu(Mtu::Mtu256), Err(Error::BadPayloadLength { .. })));
+        assert!(matches!(
+            last.check_mtu(Mtu::Mtu256),
+            Err(Error::BadPayloadLength { .. })
+        ));
     }
 
     #[test]
@@ -540,7 +567,10 @@ mod tests {
             Packet::new_checked(&buf[..35]).unwrap_err(),
             Error::Truncated { need: 36, have: 35 }
         );
-        assert_eq!(Packet::new_checked(&buf[..37]).unwrap_err(), Error::Unaligned(37));
+        assert_eq!(
+            Packet::new_checked(&buf[..37]).unwrap_err(),
+            Error::Unaligned(37)
+        );
         // Pad count 3 with no payload room.
         let mut short = buf[..36].to_vec();
         Bth::new_unchecked(&mut short[..12]).set_pad_count(3);
@@ -548,9 +578,15 @@ mod tests {
             Packet::new_checked(&short[..]).unwrap_err(),
             Error::BadPad { pad: 3, room: 0 }
         );
-        assert_eq!(repr.emit(&mut buf[..10]), Err(Error::Truncated { need: 44, have: 10 }));
+        assert_eq!(
+            repr.emit(&mut buf[..10]),
+            Err(Error::Truncated { need: 44, have: 10 })
+        );
         let mut bad_op = buf.clone();
         bad_op[0] = 0x15;
-        assert_eq!(Packet::new_checked(&bad_op[..]).unwrap_err(), Error::BadOpcode(0x15));
+        assert_eq!(
+            Packet::new_checked(&bad_op[..]).unwrap_err(),
+            Error::BadOpcode(0x15)
+        );
     }
 }

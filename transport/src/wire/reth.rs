@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn deconstruct() {
         let h = Reth::new_checked(&BYTES[..]).unwrap();
-        assert_eq!((h.va(), h.rkey(), h.dma_len()), (REPR.va, REPR.rkey, REPR.dma_len));
+        assert_eq!(
+            (h.va(), h.rkey(), h.dma_len()),
+            (REPR.va, REPR.rkey, REPR.dma_len)
+        );
     }
 
     #[test]
