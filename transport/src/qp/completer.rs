@@ -1,0 +1,284 @@
+//! The completer (rxe `rxe_comp.c`): consumes ACKs, NAKs, READ responses
+//! and atomic ACKs, places READ data and atomic results, completes send
+//! WQEs in order, and drives retries: go-back-N on a PSN sequence NAK or a
+//! timeout (bounded by `retry_cnt`), and waiting out RNR NAKs (bounded by
+//! `rnr_retry`, 7 meaning infinite).
+
+use super::{Ctx, Qp, WqeState, psn_add, psn_diff};
+use crate::{
+    memory::Memory,
+    mr,
+    verbs::{QpState, SendOp, WcStatus},
+    wire::{AethSyndrome, NakCode, Packet, PacketRepr},
+};
+
+impl Qp {
+    /// Handles a response packet (ACK, READ response or atomic ACK).
+    pub(crate) fn on_response<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        now: u64,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+    ) {
+        if !matches!(self.state, QpState::Rts | QpState::Sqd) {
+            return;
+        }
+        let psn = repr.bth.psn;
+        // Responses for PSNs we never sent, or already acknowledged, are
+        // dropped (rxe: COMPST_DONE for duplicates and ghosts).
+        if psn_diff(psn, self.req.psn) >= 0 {
+            return;
+        }
+        let op = repr.bth.opcode.0 & 0x1f;
+        match op {
+            0x11 => self.on_ack(ctx, now, repr),
+            0x0d..=0x10 => self.on_read_response(ctx, now, pkt, repr),
+            0x12 => self.on_atomic_ack(ctx, now, repr),
+            _ => {}
+        }
+    }
+
+    fn on_ack<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, repr: &PacketRepr) {
+        let Some(aeth) = repr.ext.aeth else { return };
+        let psn = repr.bth.psn;
+        match aeth.syndrome {
+            AethSyndrome::Ack { .. } => {
+                if psn_diff(psn, self.comp.psn) < 0 {
+                    return; // old ACK
+                }
+                self.ack_through(ctx, now, psn);
+            }
+            AethSyndrome::RnrNak { timer } => {
+                if psn_diff(psn, self.comp.psn) < 0 {
+                    return;
+                }
+                self.ack_before(ctx, now, psn);
+                if self.state != QpState::Rts && self.state != QpState::Sqd {
+                    return;
+                }
+                if self.comp.rnr_left == 0 {
+                    self.enter_error(ctx, Some(WcStatus::RnrRetryExcErr));
+                    return;
+                }
+                if self.comp.rnr_left != 7 {
+                    self.comp.rnr_left -= 1;
+                }
+                self.rewind_to(psn);
+                self.req.rnr_until = Some(now + super::rnr_timeout_ns(timer));
+                self.comp.retrans_at = None;
+            }
+            AethSyndrome::Nak(code) => {
+                if psn_diff(psn, self.comp.psn) < 0 {
+                    return;
+                }
+                self.ack_before(ctx, now, psn);
+                if self.sq.len() == 0 {
+                    return;
+                }
+                let status = match code {
+                    NakCode::PsnSequenceError => {
+                        self.retry(ctx, now, psn);
+                        return;
+                    }
+                    NakCode::InvalidRequest => WcStatus::RemInvReqErr,
+                    NakCode::RemoteAccessError => WcStatus::RemAccessErr,
+                    NakCode::RemoteOperationalError => WcStatus::RemOpErr,
+                    NakCode::InvalidRdRequest | NakCode::Reserved(_) => WcStatus::BadRespErr,
+                };
+                self.enter_error(ctx, Some(status));
+            }
+            AethSyndrome::Reserved(_) => {}
+        }
+    }
+
+    /// An ACK for `psn`: every WQE whose last PSN is at or before it is
+    /// done, unless it is a READ or atomic whose response we have not seen,
+    /// in which case that response was lost and we go back for it.
+    fn ack_through<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, psn: u32) {
+        let mut progressed = false;
+        while self.sq.head < self.sq.tail {
+            let w = self.sq.at(self.sq.head);
+            if w.state != WqeState::Sent || psn_diff(psn, w.last_psn) < 0 {
+                break;
+            }
+            if w.op.is_read_or_atomic() {
+                // The ACK passes a READ/atomic whose response is missing.
+                let from = self.comp.psn;
+                self.retry(ctx, now, from);
+                return;
+            }
+            self.complete_head(ctx, WcStatus::Success);
+            progressed = true;
+        }
+        if psn_diff(psn_add(psn, 1), self.comp.psn) > 0 {
+            self.comp.psn = psn_add(psn, 1);
+            progressed = true;
+        }
+        if progressed {
+            self.on_progress(now);
+        }
+    }
+
+    /// Implicit acknowledgement of everything before `psn` (carried by a
+    /// NAK or an RNR NAK).
+    fn ack_before<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, psn: u32) {
+        if psn_diff(psn, self.comp.psn) > 0 {
+            self.ack_through(ctx, now, psn_add(psn, 0xff_ffff));
+        }
+    }
+
+    fn on_read_response<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        now: u64,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+    ) {
+        let psn = repr.bth.psn;
+        let d = psn_diff(psn, self.comp.psn);
+        if d < 0 {
+            return; // duplicate
+        }
+        // Complete the SENDs and WRITEs before the READ: the response
+        // implies their ACK.
+        self.ack_before(ctx, now, psn);
+        if self.sq.head >= self.sq.tail {
+            return;
+        }
+        let head = self.sq.head;
+        let w = self.sq.at(head);
+        if w.op != SendOp::Read || w.state == WqeState::Posted {
+            return;
+        }
+        if psn != self.comp.psn {
+            // A response went missing: go back for it.
+            self.retry(ctx, now, self.comp.psn);
+            return;
+        }
+        let op = repr.bth.opcode.0 & 0x1f;
+        let first_expected = w.read_done == 0 && psn == w.first_psn;
+        let is_first = matches!(op, 0x0d | 0x10);
+        if is_first != first_expected && !(w.read_done > 0 && op == 0x10) {
+            // Opcode out of sequence for this READ: bad response.
+            self.enter_error(ctx, Some(WcStatus::BadRespErr));
+            return;
+        }
+        if let Some(aeth) = repr.ext.aeth
+            && let AethSyndrome::Nak(_) = aeth.syndrome
+        {
+            self.enter_error(ctx, Some(WcStatus::BadRespErr));
+            return;
+        }
+        let data = pkt.payload();
+        let remaining = w.len - w.read_done;
+        let last = matches!(op, 0x0f | 0x10);
+        let mtu = self.attrs.path_mtu.bytes() as u64;
+        let ok_len = if last {
+            data.len() as u64 == remaining
+        } else {
+            data.len() as u64 == mtu && remaining > mtu
+        };
+        if !ok_len {
+            self.enter_error(ctx, Some(WcStatus::BadRespErr));
+            return;
+        }
+        let offset = w.read_done;
+        if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, offset, data).is_err() {
+            self.enter_error(ctx, Some(WcStatus::LocProtErr));
+            return;
+        }
+        let w = self.sq.at_mut(head);
+        w.read_done += data.len() as u64;
+        self.comp.psn = psn_add(psn, 1);
+        if last {
+            self.req.rd_inflight = self.req.rd_inflight.saturating_sub(1);
+            self.complete_head(ctx, WcStatus::Success);
+        }
+        self.on_progress(now);
+    }
+
+    fn on_atomic_ack<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, repr: &PacketRepr) {
+        let psn = repr.bth.psn;
+        if psn_diff(psn, self.comp.psn) < 0 {
+            return;
+        }
+        self.ack_before(ctx, now, psn);
+        if self.sq.head >= self.sq.tail {
+            return;
+        }
+        let w = self.sq.at(self.sq.head);
+        if !w.op.is_atomic() || w.state != WqeState::Sent {
+            return;
+        }
+        if psn != w.first_psn {
+            self.retry(ctx, now, self.comp.psn);
+            return;
+        }
+        let Some(orig) = repr.ext.atomic_ack_eth else {
+            return;
+        };
+        // The original value lands in the local buffer in host order.
+        let bytes = orig.orig.to_ne_bytes();
+        if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, 0, &bytes).is_err() {
+            self.enter_error(ctx, Some(WcStatus::LocProtErr));
+            return;
+        }
+        self.comp.psn = psn_add(psn, 1);
+        self.req.rd_inflight = self.req.rd_inflight.saturating_sub(1);
+        self.complete_head(ctx, WcStatus::Success);
+        self.on_progress(now);
+    }
+
+    /// Completes the oldest send WQE.
+    fn complete_head<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, status: WcStatus) {
+        let w = self.sq.at(self.sq.head);
+        if self.signals(w) || status != WcStatus::Success {
+            let wc = self.send_wc(w, status);
+            ctx.complete(self.send_cq, wc, false);
+        }
+        if psn_diff(psn_add(w.last_psn, 1), self.comp.psn) > 0 {
+            self.comp.psn = psn_add(w.last_psn, 1);
+        }
+        self.sq.head += 1;
+        if self.req.idx < self.sq.head {
+            self.req.idx = self.sq.head;
+            self.req.offset = 0;
+        }
+    }
+
+    /// Forward progress: refill the retry budget and restart the timer.
+    fn on_progress(&mut self, now: u64) {
+        self.comp.retry_left = self.attrs.retry_cnt;
+        self.comp.rnr_left = self.attrs.rnr_retry;
+        self.comp.retrans_at = if psn_diff(self.req.psn, self.comp.psn) > 0 {
+            self.retrans_timeout_ns().map(|t| now + t)
+        } else {
+            None
+        };
+    }
+
+    /// Go-back-N from `psn`, counting against `retry_cnt`.
+    pub(crate) fn retry<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, psn: u32) {
+        if self.comp.retry_left == 0 {
+            self.enter_error(ctx, Some(WcStatus::RetryExcErr));
+            return;
+        }
+        self.comp.retry_left -= 1;
+        self.rewind_to(psn);
+        self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);
+    }
+
+    /// Timer expiry for this QP.
+    pub(crate) fn on_timeout<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64) {
+        if let Some(t) = self.comp.retrans_at
+            && now >= t
+        {
+            self.comp.retrans_at = None;
+            if psn_diff(self.req.psn, self.comp.psn) > 0 && self.state == QpState::Rts {
+                let psn = self.comp.psn;
+                self.retry(ctx, now, psn);
+            }
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! Queue pairs: the QP state, its attributes and state machine, and the
+//! send and receive queues. The work is split as in Linux rxe:
+//! [`requester`] turns send WQEs into request packets, [`completer`]
+//! consumes ACKs and responses and completes send WQEs, and [`responder`]
+//! executes incoming requests and produces ACKs and responses. This file
+//! only holds the shared state and routes between them.
+
+pub(crate) mod completer;
+pub(crate) mod requester;
+pub(crate) mod responder;
+
+use std::collections::VecDeque;
+
+use crate::{
+    cq::{Cq, Pushed},
+    device::DeviceAttrs,
+    memory::Memory,
+    mr::MrTable,
+    verbs::{
+        Access, AhAttr, AsyncEvent, CqNotification, QpAttr, QpCaps, QpState, QpType, SendOp, Sge,
+        UdDest, VerbsError, Wc, WcOpcode, WcStatus,
+    },
+    wire::{Mtu, PSN_MASK},
+};
+
+/// Signed distance from PSN `b` to PSN `a` in 24-bit sequence space.
+pub(crate) fn psn_diff(a: u32, b: u32) -> i32 {
+    ((a.wrapping_sub(b)) << 8) as i32 >> 8
+}
+
+/// `psn + n` modulo 2^24.
+pub(crate) fn psn_add(psn: u32, n: u32) -> u32 {
+    psn.wrapping_add(n) & PSN_MASK
+}
+
+/// Packets needed to carry `len` bytes at `mtu` (at least one).
+pub(crate) fn packets_for(len: u64, mtu: Mtu) -> u32 {
+    let m = mtu.bytes() as u64;
+    len.div_ceil(m).max(1) as u32
+}
+
+/// The RNR NAK timer values of IBTA table 45, in nanoseconds, by code.
+pub(crate) fn rnr_timeout_ns(code: u8) -> u64 {
+    const US_X100: [u64; 32] = [
+        65_536, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1_024,
+        1_536, 2_048, 3_072, 4_096, 6_144, 8_192, 12_288, 16_384, 24_576, 32_768, 49_152,
+    ];
+    // Codes 1..=31 are 0.01 ms × value; code 0 is 655.36 ms.
+    US_X100[(code & 31) as usize] * 10_000
+}
+
+/// A fixed-capacity ring addressed by ever-increasing u64 counters.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring<T> {
+    pub slots: Vec<T>,
+    pub head: u64,
+    pub tail: u64,
+}
+
+impl<T: Default> Ring<T> {
+    pub fn new(cap: usize) -> Ring<T> {
+        Ring {
+            slots: (0..cap).map(|_| T::default()).collect(),
+            head: 0,
+            tail: 0,
+        }
+    }
+}
+
+impl<T> Ring<T> {
+    pub fn len(&self) -> u64 {
+        self.tail - self.head
+    }
+    pub fn is_full(&self) -> bool {
+        self.len() == self.slots.len() as u64
+    }
+    pub fn at(&self, i: u64) -> &T {
+        &self.slots[(i % self.slots.len() as u64) as usize]
+    }
+    pub fn at_mut(&mut self, i: u64) -> &mut T {
+        let n = self.slots.len() as u64;
+        &mut self.slots[(i % n) as usize]
+    }
+}
+
+/// Progress of a send WQE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum WqeState {
+    /// Not started, or rewound for a retry.
+    #[default]
+    Posted,
+    /// Some packets sent.
+    Sending,
+    /// All packets sent; waiting for the ACK or response.
+    Sent,
+}
+
+/// A send work queue element.
+#[derive(Debug, Clone)]
+pub(crate) struct SendWqe {
+    pub wr_id: u64,
+    pub op: SendOp,
+    pub sges: Vec<Sge>,
+    pub inline_data: Vec<u8>,
+    pub is_inline: bool,
+    pub signaled: bool,
+    pub solicited: bool,
+    pub fence: bool,
+    pub remote_addr: u64,
+    pub rkey: u32,
+    pub ud: Option<UdDest>,
+    pub len: u64,
+    pub first_psn: u32,
+    pub last_psn: u32,
+    pub state: WqeState,
+    /// Counted against max_rd_atomic.
+    pub rd_counted: bool,
+    /// Bytes of the READ response placed so far.
+    pub read_done: u64,
+}
+
+impl Default for SendWqe {
+    fn default() -> Self {
+        SendWqe {
+            wr_id: 0,
+            op: SendOp::Send,
+            sges: Vec::new(),
+            inline_data: Vec::new(),
+            is_inline: false,
+            signaled: false,
+            solicited: false,
+            fence: false,
+            remote_addr: 0,
+            rkey: 0,
+            ud: None,
+            len: 0,
+            first_psn: 0,
+            last_psn: 0,
+            state: WqeState::Posted,
+            rd_counted: false,
+            read_done: 0,
+        }
+    }
+}
+
+/// A receive work queue element.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecvWqe {
+    pub wr_id: u64,
+    pub sges: Vec<Sge>,
+    pub len: u64,
+}
+
+/// What the engine lends a QP while it works: memory, MRs, CQs and the
+/// event queues.
+pub(crate) struct Ctx<'a, M: Memory> {
+    pub mem: &'a mut M,
+    pub mrs: &'a mut MrTable,
+    pub cqs: &'a mut [Option<Cq>],
+    pub events: &'a mut VecDeque<AsyncEvent>,
+    pub notifications: &'a mut VecDeque<CqNotification>,
+    pub attrs: &'a DeviceAttrs,
+}
+
+impl<M: Memory> Ctx<'_, M> {
+    /// Posts a completion to CQ `cq`; a full CQ raises `CqErr`.
+    pub fn complete(&mut self, cq: u32, wc: Wc, solicited: bool) {
+        let Some(Some(q)) = self.cqs.get_mut(cq as usize) else {
+            return;
+        };
+        match q.push(wc, solicited) {
+            Pushed::Stored { notify: true } => self.notifications.push_back(CqNotification(cq)),
+            Pushed::Stored { notify: false } => {}
+            Pushed::Overflow => self.events.push_back(AsyncEvent::CqErr(cq)),
+        }
+    }
+}
+
+/// Requester state (rxe `qp->req`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReqState {
+    /// Index of the WQE being sent.
+    pub idx: u64,
+    /// Bytes of that WQE already sent.
+    pub offset: u64,
+    /// Next PSN to send.
+    pub psn: u32,
+    /// Packets sent since the last AckReq.
+    pub noack_pkts: u32,
+    /// READ and atomic WQEs outstanding.
+    pub rd_inflight: u32,
+    /// Requester paused by an RNR NAK until this time.
+    pub rnr_until: Option<u64>,
+}
+
+/// Completer state (rxe `qp->comp`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CompState {
+    /// Oldest PSN not yet acknowledged.
+    pub psn: u32,
+    /// Transport retries left.
+    pub retry_left: u8,
+    /// RNR retries left (7: infinite).
+    pub rnr_left: u8,
+    /// Retransmit deadline.
+    pub retrans_at: Option<u64>,
+}
+
+/// QP attributes as set by `modify_qp`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attrs {
+    pub access: Access,
+    pub qkey: u32,
+    pub path_mtu: Mtu,
+    pub dest_qp: u32,
+    pub max_rd_atomic: u8,
+    pub max_dest_rd_atomic: u8,
+    pub min_rnr_timer: u8,
+    pub timeout: u8,
+    pub retry_cnt: u8,
+    pub rnr_retry: u8,
+    pub ah: AhAttr,
+    pub pkey_index: u16,
+}
+
+/// A queue pair.
+#[derive(Debug)]
+pub struct Qp {
+    pub(crate) qpn: u32,
+    pub(crate) qp_type: QpType,
+    pub(crate) state: QpState,
+    pub(crate) pd: u32,
+    pub(crate) send_cq: u32,
+    pub(crate) recv_cq: u32,
+    pub(crate) sq_sig_all: bool,
+    pub(crate) caps: QpCaps,
+    pub(crate) attrs: Attrs,
+    pub(crate) sq: Ring<SendWqe>,
+    pub(crate) rq: Ring<RecvWqe>,
+    pub(crate) req: ReqState,
+    pub(crate) comp: CompState,
+    pub(crate) resp: responder::RespState,
+}
+
+impl Qp {
+    pub(crate) fn new(
+        qpn: u32,
+        qp_type: QpType,
+        pd: u32,
+        send_cq: u32,
+        recv_cq: u32,
+        caps: QpCaps,
+        sq_sig_all: bool,
+    ) -> Qp {
+        let mut sq: Ring<SendWqe> = Ring::new(caps.max_send_wr as usize);
+        for w in &mut sq.slots {
+            w.sges.reserve_exact(caps.max_send_sge as usize);
+            w.inline_data.reserve_exact(caps.max_inline_data as usize);
+        }
+        let mut rq: Ring<RecvWqe> = Ring::new(caps.max_recv_wr as usize);
+        for w in &mut rq.slots {
+            w.sges.reserve_exact(caps.max_recv_sge as usize);
+        }
+        Qp {
+            qpn,
+            qp_type,
+            state: QpState::Reset,
+            pd,
+            send_cq,
+            recv_cq,
+            sq_sig_all,
+            caps,
+            attrs: Attrs {
+                access: Access(0),
+                qkey: 0,
+                path_mtu: Mtu::Mtu1024,
+                dest_qp: 0,
+                max_rd_atomic: 1,
+                max_dest_rd_atomic: 1,
+                min_rnr_timer: 0,
+                timeout: 0,
+                retry_cnt: 7,
+                rnr_retry: 7,
+                ah: AhAttr::default(),
+                pkey_index: 0,
+            },
+            sq,
+            rq,
+            req: ReqState::default(),
+            comp: CompState::default(),
+            resp: responder::RespState::new(1),
+        }
+    }
+
+    /// The QP number.
+    pub fn qpn(&self) -> u32 {
+        self.qpn
+    }
+
+    /// The current state.
+    pub fn state(&self) -> QpState {
+        self.state
+    }
+
+    /// The transport service.
+    pub fn qp_type(&self) -> QpType {
+        self.qp_type
+    }
+
+    /// The path MTU.
+    pub fn path_mtu(&self) -> Mtu {
+        self.attrs.path_mtu
+    }
+
+    /// Next PSN the requester will send.
+    pub fn sq_psn(&self) -> u32 {
+        self.req.psn
+    }
+
+    /// Next PSN the responder expects.
+    pub fn rq_psn(&self) -> u32 {
+        self.resp.psn
+    }
+
+    /// Applies `modify_qp`, validating the transition and the attributes
+    /// it requires (IBTA 11.2.4.2, as rxe checks them).
+    pub(crate) fn modify(
+        &mut self,
+        a: &QpAttr,
+        dev: &DeviceAttrs,
+        now: u64,
+    ) -> Result<Option<QpState>, VerbsError> {
+        use QpState::{Init, Reset, Rtr, Rts, Sqd, Sqe};
+        let from = self.state;
+        let to = a.state.unwrap_or(from);
+        let bad = |why| VerbsError::BadTransition { from, to, why };
+        let allowed = matches!(
+            (from, to),
+            (_, Reset)
+                | (_, QpState::Err)
+                | (Reset, Init)
+                | (Init, Init)
+                | (Init, Rtr)
+                | (Rtr, Rts)
+                | (Rts, Rts)
+                | (Rts, Sqd)
+                | (Sqd, Sqd)
+                | (Sqd, Rts)
+                | (Sqe, Rts)
+        );
+        if !allowed {
+            return Err(bad("transition not allowed"));
+        }
+        let connected = matches!(self.qp_type, QpType::Rc | QpType::Uc);
+        if to == Rtr && from == Init && connected {
+            if a.dest_qp_num.is_none() || a.rq_psn.is_none() || a.path_mtu.is_none() {
+                return Err(bad("RTR needs dest_qp_num, rq_psn and path_mtu"));
+            }
+            if a.ah.is_none() {
+                return Err(bad("RTR needs an address vector"));
+            }
+        }
+        if to == Rts && from == Rtr && a.sq_psn.is_none() {
+            return Err(bad("RTS needs sq_psn"));
+        }
+        if let Some(m) = a.path_mtu
+            && m > dev.max_mtu
+        {
+            return Err(bad("path MTU above the port MTU"));
+        }
+        if let Some(n) = a.max_rd_atomic
+            && u32::from(n) > dev.max_qp_init_rd_atom
+        {
+            return Err(bad("max_rd_atomic above the device limit"));
+        }
+        if let Some(n) = a.max_dest_rd_atomic
+            && u32::from(n) > dev.max_qp_rd_atom
+        {
+            return Err(bad("max_dest_rd_atomic above the device limit"));
+        }
+        if a.retry_cnt.is_some_and(|r| r > 7) || a.rnr_retry.is_some_and(|r| r > 7) {
+            return Err(bad("retry counts are 0..=7"));
+        }
+        if a.timeout.is_some_and(|t| t > 31) || a.min_rnr_timer.is_some_and(|t| t > 31) {
+            return Err(bad("timer codes are 0..=31"));
+        }
+        if a.dest_qp_num.is_some_and(|q| q > crate::wire::QPN_MASK) {
+            return Err(bad("QP numbers are 24 bits"));
+        }
+        if a.access.is_some_and(|x| !Access::ALL.contains(x)) {
+            return Err(bad("unknown access flags"));
+        }
+        if a.pkey_index.is_some_and(|i| i >= dev.max_pkeys) {
+            return Err(bad("pkey index out of range"));
+        }
+
+        let at = &mut self.attrs;
+        if let Some(v) = a.access {
+            at.access = v;
+        }
+        if let Some(v) = a.qkey {
+            at.qkey = v;
+        }
+        if let Some(v) = a.path_mtu {
+            at.path_mtu = v;
+        }
+        if let Some(v) = a.dest_qp_num {
+            at.dest_qp = v;
+        }
+        if let Some(v) = a.max_rd_atomic {
+            at.max_rd_atomic = v.max(1);
+        }
+        if let Some(v) = a.max_dest_rd_atomic {
+            at.max_dest_rd_atomic = v.max(1);
+            self.resp = responder::RespState::new(usize::from(v.max(1)));
+        }
+        if let Some(v) = a.min_rnr_timer {
+            at.min_rnr_timer = v;
+        }
+        if let Some(v) = a.timeout {
+            at.timeout = v;
+        }
+        if let Some(v) = a.retry_cnt {
+            at.retry_cnt = v;
+            self.comp.retry_left = v;
+        }
+        if let Some(v) = a.rnr_retry {
+            at.rnr_retry = v;
+            self.comp.rnr_left = v;
+        }
+        if let Some(v) = a.ah {
+            at.ah = v;
+        }
+        if let Some(v) = a.pkey_index {
+            at.pkey_index = v;
+        }
+        if let Some(p) = a.rq_psn {
+            self.resp.psn = p & PSN_MASK;
+        }
+        if let Some(p) = a.sq_psn {
+            self.req.psn = p & PSN_MASK;
+            self.comp.psn = p & PSN_MASK;
+        }
+        let _ = now;
+        if to == Reset && from != Reset {
+            self.reset();
+        }
+        self.state = to;
+        Ok((from != to).then_some(to))
+    }
+
+    /// Back to RESET: empty queues, fresh state.
+    fn reset(&mut self) {
+        self.sq.head = 0;
+        self.sq.tail = 0;
+        self.rq.head = 0;
+        self.rq.tail = 0;
+        self.req = ReqState::default();
+        self.comp = CompState {
+            retry_left: self.attrs.retry_cnt,
+            rnr_left: self.attrs.rnr_retry,
+            ..CompState::default()
+        };
+        self.resp = responder::RespState::new(usize::from(self.attrs.max_dest_rd_atomic));
+    }
+
+    /// Whether a completion for this send WQE is generated.
+    pub(crate) fn signals(&self, w: &SendWqe) -> bool {
+        self.sq_sig_all || w.signaled
+    }
+
+    pub(crate) fn send_wc(&self, w: &SendWqe, status: WcStatus) -> Wc {
+        Wc {
+            wr_id: w.wr_id,
+            status,
+            opcode: match w.op {
+                SendOp::Send | SendOp::SendWithImm(_) | SendOp::SendWithInv(_) => WcOpcode::Send,
+                SendOp::Write | SendOp::WriteWithImm(_) => WcOpcode::RdmaWrite,
+                SendOp::Read => WcOpcode::RdmaRead,
+                SendOp::CmpSwap { .. } => WcOpcode::CompSwap,
+                SendOp::FetchAdd { .. } => WcOpcode::FetchAdd,
+            },
+            byte_len: if w.op == SendOp::Read {
+                w.len as u32
+            } else {
+                0
+            },
+            qp_num: self.qpn,
+            src_qp: 0,
+            imm_data: None,
+            invalidated_rkey: None,
+        }
+    }
+
+    /// Moves the QP to ERR: completes the failed WQE (if any) with
+    /// `status`, flushes every other outstanding send and receive WQE with
+    /// `WrFlushErr`, and stops the timers.
+    pub(crate) fn enter_error<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        failed: Option<WcStatus>,
+    ) {
+        if let Some(status) = failed
+            && self.sq.len() > 0
+        {
+            let w = self.sq.at(self.sq.head).clone();
+            let wc = self.send_wc(&w, status);
+            ctx.complete(self.send_cq, wc, true);
+            self.sq.head += 1;
+        }
+        self.state = QpState::Err;
+        self.flush(ctx);
+    }
+
+    /// Flushes every outstanding WQE of a QP in ERR.
+    pub(crate) fn flush<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) {
+        while self.sq.len() > 0 {
+            let w = self.sq.at(self.sq.head);
+            let wc = self.send_wc(w, WcStatus::WrFlushErr);
+            ctx.complete(self.send_cq, wc, true);
+            self.sq.head += 1;
+        }
+        while self.rq.len() > 0 {
+            let w = self.rq.at(self.rq.head);
+            let wc = Wc {
+                wr_id: w.wr_id,
+                status: WcStatus::WrFlushErr,
+                opcode: WcOpcode::Recv,
+                byte_len: 0,
+                qp_num: self.qpn,
+                src_qp: 0,
+                imm_data: None,
+                invalidated_rkey: None,
+            };
+            ctx.complete(self.recv_cq, wc, true);
+            self.rq.head += 1;
+        }
+        self.req.idx = self.sq.head;
+        self.req.offset = 0;
+        self.req.rd_inflight = 0;
+        self.req.rnr_until = None;
+        self.comp.retrans_at = None;
+        self.resp.clear_output();
+    }
+
+    /// Earliest timer of this QP.
+    pub(crate) fn next_timeout(&self) -> Option<u64> {
+        match (self.comp.retrans_at, self.req.rnr_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The retransmit timeout in nanoseconds (`None`: infinite).
+    pub(crate) fn retrans_timeout_ns(&self) -> Option<u64> {
+        (self.attrs.timeout != 0).then(|| 4096u64 << self.attrs.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psn_arithmetic_wraps() {
+        assert_eq!(psn_diff(0, 0xff_ffff), 1);
+        assert_eq!(psn_diff(0xff_ffff, 0), -1);
+        assert_eq!(psn_diff(5, 3), 2);
+        assert_eq!(psn_add(0xff_fffe, 3), 1);
+        assert_eq!(packets_for(0, Mtu::Mtu256), 1);
+        assert_eq!(packets_for(256, Mtu::Mtu256), 1);
+        assert_eq!(packets_for(257, Mtu::Mtu256), 2);
+    }
+
+    #[test]
+    fn rnr_table() {
+        assert_eq!(rnr_timeout_ns(0), 655_360_000);
+        assert_eq!(rnr_timeout_ns(1), 10_000);
+        assert_eq!(rnr_timeout_ns(13), 960_000);
+        assert_eq!(rnr_timeout_ns(14), 1_280_000);
+        assert_eq!(rnr_timeout_ns(31), 491_520_000);
+    }
+}

@@ -1,0 +1,757 @@
+//! The responder (rxe `rxe_resp.c`): executes incoming requests in PSN
+//! order and queues what goes back: coalesced ACKs, RNR NAKs, NAKs, READ
+//! responses and atomic ACKs. Duplicate requests are answered from a
+//! cache of `max_dest_rd_atomic` resources that replays READ responses and
+//! atomic results without executing them again.
+
+use std::collections::VecDeque;
+
+use super::{Ctx, Qp, packets_for, psn_add, psn_diff};
+use crate::{
+    memory::Memory,
+    mr,
+    verbs::{Access, QpState, QpType, Wc, WcOpcode, WcStatus},
+    wire::{
+        AethRepr, AethSyndrome, AtomicAckEthRepr, BthRepr, DEFAULT_PKEY, ExtHeaders,
+        INVALID_CREDITS, NakCode, Opcode, Packet, PacketRepr,
+    },
+};
+
+/// A READ or atomic the responder has executed, kept for replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resource {
+    Free,
+    Read {
+        first_psn: u32,
+        last_psn: u32,
+        va: u64,
+        rkey: u32,
+        len: u64,
+        next_psn: u32,
+        next_off: u64,
+        msn: u32,
+    },
+    Atomic {
+        psn: u32,
+        orig: u64,
+        msn: u32,
+    },
+}
+
+/// One item of the responder's output, in PSN order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RespOut {
+    Ack {
+        psn: u32,
+        syndrome: AethSyndrome,
+        msn: u32,
+    },
+    Resource(usize),
+}
+
+/// An RDMA WRITE in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriteCtx {
+    va: u64,
+    rkey: u32,
+    remaining: u64,
+    total: u64,
+}
+
+/// Responder state (rxe `qp->resp`).
+#[derive(Debug, Clone)]
+pub(crate) struct RespState {
+    /// Next expected PSN.
+    pub psn: u32,
+    /// Message sequence number.
+    pub msn: u32,
+    sent_psn_nak: bool,
+    /// Bytes placed into the receive WQE of the SEND in progress.
+    recv_offset: Option<u64>,
+    write: Option<WriteCtx>,
+    /// UC: drop packets until the next first/only packet.
+    drop_msg: bool,
+    resources: Vec<Resource>,
+    res_next: usize,
+    out: VecDeque<RespOut>,
+}
+
+impl RespState {
+    pub(crate) fn new(resources: usize) -> RespState {
+        RespState {
+            psn: 0,
+            msn: 0,
+            sent_psn_nak: false,
+            recv_offset: None,
+            write: None,
+            drop_msg: false,
+            resources: vec![Resource::Free; resources],
+            res_next: 0,
+            out: VecDeque::with_capacity(2 * resources + 2),
+        }
+    }
+
+    pub(crate) fn clear_output(&mut self) {
+        self.out.clear();
+        self.recv_offset = None;
+        self.write = None;
+    }
+
+    fn queue_ack(&mut self, psn: u32, syndrome: AethSyndrome) {
+        let msn = self.msn;
+        if let Some(RespOut::Ack {
+            syndrome: AethSyndrome::Ack { .. },
+            ..
+        }) = self.out.back()
+            && matches!(syndrome, AethSyndrome::Ack { .. })
+        {
+            // Coalesce: a later ACK covers the earlier one.
+            self.out.pop_back();
+        }
+        self.out.push_back(RespOut::Ack { psn, syndrome, msn });
+    }
+
+    fn alloc_resource(&mut self, r: Resource) -> usize {
+        let slot = self.res_next;
+        self.res_next = (self.res_next + 1) % self.resources.len();
+        self.out.retain(|o| *o != RespOut::Resource(slot));
+        self.resources[slot] = r;
+        self.out.push_back(RespOut::Resource(slot));
+        slot
+    }
+}
+
+const ACK: AethSyndrome = AethSyndrome::Ack {
+    credits: INVALID_CREDITS,
+};
+
+/// Whether opcode (low 5 bits) continues a SEND or a WRITE.
+fn continues_send(op: u8) -> bool {
+    matches!(op, 0x01 | 0x02 | 0x03 | 0x16)
+}
+fn continues_write(op: u8) -> bool {
+    matches!(op, 0x07..=0x09)
+}
+
+impl Qp {
+    /// Handles an incoming request packet.
+    pub(crate) fn on_request<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+    ) {
+        if !matches!(self.state, QpState::Rtr | QpState::Rts | QpState::Sqd) {
+            return;
+        }
+        match self.qp_type {
+            QpType::Rc => self.on_rc_request(ctx, pkt, repr),
+            QpType::Uc => self.on_uc_request(ctx, pkt, repr),
+            QpType::Ud | QpType::Gsi => self.on_ud_request(ctx, pkt, repr),
+        }
+    }
+
+    fn on_rc_request<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+    ) {
+        let psn = repr.bth.psn;
+        let d = psn_diff(psn, self.resp.psn);
+        if d > 0 {
+            if !self.resp.sent_psn_nak {
+                self.resp.sent_psn_nak = true;
+                let expected = self.resp.psn;
+                self.resp
+                    .queue_ack(expected, AethSyndrome::Nak(NakCode::PsnSequenceError));
+            }
+            return;
+        }
+        if d < 0 {
+            self.on_duplicate(repr);
+            return;
+        }
+        self.resp.sent_psn_nak = false;
+        let op = repr.bth.opcode.0 & 0x1f;
+        let in_send = self.resp.recv_offset.is_some();
+        let in_write = self.resp.write.is_some();
+        if in_send != continues_send(op) || in_write != continues_write(op) {
+            return self.nak_error(ctx, NakCode::InvalidRequest, None);
+        }
+        let need = match op {
+            0x06..=0x0b => Access::REMOTE_WRITE,
+            0x0c => Access::REMOTE_READ,
+            0x13 | 0x14 => Access::REMOTE_ATOMIC,
+            0x00..=0x05 | 0x16 | 0x17 => Access(0),
+            // FLUSH and ATOMIC_WRITE are not executed yet.
+            _ => return self.nak_error(ctx, NakCode::InvalidRequest, None),
+        };
+        if !self.attrs.access.contains(need) {
+            return self.nak_error(ctx, NakCode::InvalidRequest, None);
+        }
+        if repr.check_mtu(self.attrs.path_mtu).is_err() {
+            return self.nak_error(ctx, NakCode::InvalidRequest, None);
+        }
+        let info = pkt.info();
+        let first = matches!(
+            info.position,
+            crate::wire::Position::First | crate::wire::Position::Only
+        );
+        let last = matches!(
+            info.position,
+            crate::wire::Position::Last | crate::wire::Position::Only
+        );
+        match op {
+            0x00..=0x05 | 0x16 | 0x17 => {
+                if first && self.rq.len() == 0 {
+                    return self.rnr_nak(psn);
+                }
+                if !self.place_send(ctx, pkt.payload(), first) {
+                    return;
+                }
+                if last {
+                    let imm = repr.ext.imm_dt.map(|i| i.imm);
+                    let inv = repr.ext.ieth.map(|i| i.rkey);
+                    self.complete_recv(ctx, WcOpcode::Recv, None, imm, inv, repr.bth.solicited);
+                }
+            }
+            0x06..=0x0b => {
+                let with_imm = matches!(op, 0x09 | 0x0b);
+                if with_imm && self.rq.len() == 0 {
+                    return self.rnr_nak(psn);
+                }
+                if !self.place_write(ctx, repr, pkt.payload(), last) {
+                    return;
+                }
+                if with_imm {
+                    let total = self.resp.write.map_or(0, |w| w.total);
+                    let imm = repr.ext.imm_dt.map(|i| i.imm);
+                    self.resp.recv_offset = None;
+                    self.complete_recv(
+                        ctx,
+                        WcOpcode::RecvRdmaWithImm,
+                        Some(total),
+                        imm,
+                        None,
+                        repr.bth.solicited,
+                    );
+                }
+                if last {
+                    self.resp.write = None;
+                }
+            }
+            0x0c => return self.start_read(ctx, repr),
+            0x13 | 0x14 => return self.do_atomic(ctx, repr, op == 0x13),
+            _ => {}
+        }
+        if last {
+            self.resp.msn = psn_add(self.resp.msn, 1);
+        }
+        self.resp.psn = psn_add(psn, 1);
+        if repr.bth.ack_req {
+            self.resp.queue_ack(psn, ACK);
+        }
+    }
+
+    /// Places SEND payload into the receive WQE at the head of the RQ.
+    fn place_send<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, data: &[u8], first: bool) -> bool {
+        let off = if first {
+            0
+        } else {
+            self.resp.recv_offset.unwrap_or(0)
+        };
+        let w = self.rq.at(self.rq.head);
+        if off + data.len() as u64 > w.len {
+            self.nak_error(ctx, NakCode::InvalidRequest, Some(WcStatus::LocLenErr));
+            return false;
+        }
+        if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, off, data).is_err() {
+            self.nak_error(
+                ctx,
+                NakCode::RemoteOperationalError,
+                Some(WcStatus::LocQpOpErr),
+            );
+            return false;
+        }
+        self.resp.recv_offset = Some(off + data.len() as u64);
+        true
+    }
+
+    /// Places WRITE payload into the MR named by the RETH of the first
+    /// packet.
+    fn place_write<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        repr: &PacketRepr,
+        data: &[u8],
+        last: bool,
+    ) -> bool {
+        if let Some(reth) = repr.ext.reth {
+            let len = u64::from(reth.dma_len);
+            if len > 0
+                && ctx
+                    .mrs
+                    .check(reth.rkey, self.pd, Access::REMOTE_WRITE, reth.va, len)
+                    .is_err()
+            {
+                self.nak_error(ctx, NakCode::RemoteAccessError, None);
+                return false;
+            }
+            self.resp.write = Some(WriteCtx {
+                va: reth.va,
+                rkey: reth.rkey,
+                remaining: len,
+                total: len,
+            });
+        }
+        let Some(mut w) = self.resp.write else {
+            self.nak_error(ctx, NakCode::InvalidRequest, None);
+            return false;
+        };
+        let n = data.len() as u64;
+        if n > w.remaining || (last && n != w.remaining) {
+            self.nak_error(ctx, NakCode::InvalidRequest, None);
+            return false;
+        }
+        if n > 0 {
+            let addr = ctx
+                .mrs
+                .check(w.rkey, self.pd, Access::REMOTE_WRITE, w.va, n);
+            let ok = addr.is_ok_and(|a| ctx.mem.write(a, data).is_ok());
+            if !ok {
+                self.nak_error(ctx, NakCode::RemoteAccessError, None);
+                return false;
+            }
+        }
+        w.va = w.va.wrapping_add(n);
+        w.remaining -= n;
+        self.resp.write = Some(w);
+        true
+    }
+
+    fn start_read<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, repr: &PacketRepr) {
+        let Some(reth) = repr.ext.reth else { return };
+        let len = u64::from(reth.dma_len);
+        if len > 0
+            && ctx
+                .mrs
+                .check(reth.rkey, self.pd, Access::REMOTE_READ, reth.va, len)
+                .is_err()
+        {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        }
+        let psn = repr.bth.psn;
+        let npkts = packets_for(len, self.attrs.path_mtu);
+        self.resp.msn = psn_add(self.resp.msn, 1);
+        self.resp.alloc_resource(Resource::Read {
+            first_psn: psn,
+            last_psn: psn_add(psn, npkts - 1),
+            va: reth.va,
+            rkey: reth.rkey,
+            len,
+            next_psn: psn,
+            next_off: 0,
+            msn: self.resp.msn,
+        });
+        self.resp.psn = psn_add(psn, npkts);
+    }
+
+    fn do_atomic<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, repr: &PacketRepr, cmp_swap: bool) {
+        let Some(a) = repr.ext.atomic_eth else { return };
+        if a.va % 8 != 0 {
+            return self.nak_error(ctx, NakCode::InvalidRequest, None);
+        }
+        let Ok(addr) = ctx
+            .mrs
+            .check(a.rkey, self.pd, Access::REMOTE_ATOMIC, a.va, 8)
+        else {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        };
+        let mut cur = [0u8; 8];
+        if ctx.mem.read(addr, &mut cur).is_err() {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        }
+        let orig = u64::from_ne_bytes(cur);
+        let new = if cmp_swap {
+            if orig == a.compare { a.swap_add } else { orig }
+        } else {
+            orig.wrapping_add(a.swap_add)
+        };
+        if ctx.mem.write(addr, &new.to_ne_bytes()).is_err() {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        }
+        let psn = repr.bth.psn;
+        self.resp.msn = psn_add(self.resp.msn, 1);
+        let msn = self.resp.msn;
+        self.resp
+            .alloc_resource(Resource::Atomic { psn, orig, msn });
+        self.resp.psn = psn_add(psn, 1);
+    }
+
+    /// A request with a PSN we have already executed.
+    fn on_duplicate(&mut self, repr: &PacketRepr) {
+        let op = repr.bth.opcode.0 & 0x1f;
+        let psn = repr.bth.psn;
+        match op {
+            0x0c => {
+                let mtu = self.attrs.path_mtu.bytes() as u64;
+                let found = self.resp.resources.iter().position(|r| {
+                    matches!(*r, Resource::Read { first_psn, last_psn, .. }
+                        if psn_diff(psn, first_psn) >= 0 && psn_diff(psn, last_psn) <= 0)
+                });
+                if let Some(slot) = found {
+                    if let Resource::Read {
+                        first_psn,
+                        next_psn,
+                        next_off,
+                        ..
+                    } = &mut self.resp.resources[slot]
+                    {
+                        *next_psn = psn;
+                        *next_off = u64::from(psn_diff(psn, *first_psn) as u32) * mtu;
+                    }
+                    if !self.resp.out.contains(&RespOut::Resource(slot)) {
+                        self.resp.out.push_back(RespOut::Resource(slot));
+                    }
+                }
+            }
+            0x13 | 0x14 => {
+                let found = self
+                    .resp
+                    .resources
+                    .iter()
+                    .position(|r| matches!(*r, Resource::Atomic { psn: p, .. } if p == psn));
+                if let Some(slot) = found
+                    && !self.resp.out.contains(&RespOut::Resource(slot))
+                {
+                    self.resp.out.push_back(RespOut::Resource(slot));
+                }
+            }
+            _ => {
+                // SEND or WRITE: acknowledge again what we have (C9-105).
+                let prev = psn_add(self.resp.psn, 0xff_ffff);
+                self.resp.queue_ack(prev, ACK);
+            }
+        }
+    }
+
+    fn rnr_nak(&mut self, psn: u32) {
+        let timer = self.attrs.min_rnr_timer;
+        self.resp.queue_ack(psn, AethSyndrome::RnrNak { timer });
+    }
+
+    /// A class B/C error: complete the receive WQE in progress with
+    /// `recv_status` (if any), move the QP to ERR, and NAK.
+    fn nak_error<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        code: NakCode,
+        recv_status: Option<WcStatus>,
+    ) {
+        let psn = self.resp.psn;
+        if let Some(status) = recv_status
+            && self.rq.len() > 0
+        {
+            let w = self.rq.at(self.rq.head);
+            let wc = Wc {
+                wr_id: w.wr_id,
+                status,
+                opcode: WcOpcode::Recv,
+                byte_len: 0,
+                qp_num: self.qpn,
+                src_qp: 0,
+                imm_data: None,
+                invalidated_rkey: None,
+            };
+            ctx.complete(self.recv_cq, wc, true);
+            self.rq.head += 1;
+        }
+        self.enter_error(ctx, None);
+        if self.qp_type == QpType::Rc {
+            self.resp.queue_ack(psn, AethSyndrome::Nak(code));
+        }
+    }
+
+    /// Completes the receive WQE at the head of the RQ.
+    fn complete_recv<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        opcode: WcOpcode,
+        byte_len: Option<u64>,
+        imm: Option<u32>,
+        inv: Option<u32>,
+        solicited: bool,
+    ) {
+        let w = self.rq.at(self.rq.head);
+        let len = byte_len.or(self.resp.recv_offset).unwrap_or(0);
+        let wc = Wc {
+            wr_id: w.wr_id,
+            status: WcStatus::Success,
+            opcode,
+            byte_len: len as u32,
+            qp_num: self.qpn,
+            src_qp: self.attrs.dest_qp,
+            imm_data: imm,
+            invalidated_rkey: inv,
+        };
+        self.rq.head += 1;
+        self.resp.recv_offset = None;
+        ctx.complete(self.recv_cq, wc, solicited);
+    }
+
+    fn on_uc_request<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+    ) {
+        let psn = repr.bth.psn;
+        let op = repr.bth.opcode.0 & 0x1f;
+        let info = pkt.info();
+        let first = matches!(
+            info.position,
+            crate::wire::Position::First | crate::wire::Position::Only
+        );
+        let last = matches!(
+            info.position,
+            crate::wire::Position::Last | crate::wire::Position::Only
+        );
+        if psn != self.resp.psn || (self.resp.drop_msg && !first) {
+            // A loss: abandon the message in progress and resynchronise on
+            // the next first or only packet.
+            self.resp.recv_offset = None;
+            self.resp.write = None;
+            self.resp.drop_msg = !first;
+            self.resp.psn = psn_add(psn, 1);
+            if !first {
+                return;
+            }
+        }
+        self.resp.drop_msg = false;
+        self.resp.psn = psn_add(psn, 1);
+        let in_send = self.resp.recv_offset.is_some();
+        let in_write = self.resp.write.is_some();
+        if in_send != continues_send(op) || in_write != continues_write(op) {
+            self.resp.drop_msg = true;
+            self.resp.recv_offset = None;
+            self.resp.write = None;
+            return;
+        }
+        if repr.check_mtu(self.attrs.path_mtu).is_err() {
+            self.resp.drop_msg = true;
+            return;
+        }
+        match op {
+            0x00..=0x05 => {
+                if first && self.rq.len() == 0 {
+                    self.resp.drop_msg = !last;
+                    return;
+                }
+                if !self.place_send(ctx, pkt.payload(), first) {
+                    return;
+                }
+                if last {
+                    let imm = repr.ext.imm_dt.map(|i| i.imm);
+                    self.complete_recv(ctx, WcOpcode::Recv, None, imm, None, repr.bth.solicited);
+                }
+            }
+            0x06..=0x0b => {
+                if !self.attrs.access.contains(Access::REMOTE_WRITE) {
+                    self.resp.drop_msg = !last;
+                    return;
+                }
+                let with_imm = matches!(op, 0x09 | 0x0b);
+                if with_imm && self.rq.len() == 0 {
+                    self.resp.write = None;
+                    return;
+                }
+                if !self.place_write(ctx, repr, pkt.payload(), last) {
+                    return;
+                }
+                if with_imm {
+                    let total = self.resp.write.map_or(0, |w| w.total);
+                    let imm = repr.ext.imm_dt.map(|i| i.imm);
+                    self.complete_recv(
+                        ctx,
+                        WcOpcode::RecvRdmaWithImm,
+                        Some(total),
+                        imm,
+                        None,
+                        repr.bth.solicited,
+                    );
+                }
+                if last {
+                    self.resp.write = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_ud_request<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+    ) {
+        let Some(deth) = repr.ext.deth else { return };
+        if deth.qkey != self.attrs.qkey {
+            return; // Q_Key violation: silently dropped, as rxe does.
+        }
+        if self.rq.len() == 0 || repr.check_mtu(self.attrs.path_mtu).is_err() {
+            return;
+        }
+        // The first 40 bytes of the receive buffer hold the GRH.
+        let data = pkt.payload();
+        let w = self.rq.at(self.rq.head);
+        let total = 40 + data.len() as u64;
+        if total > w.len {
+            let wc = Wc {
+                wr_id: w.wr_id,
+                status: WcStatus::LocLenErr,
+                opcode: WcOpcode::Recv,
+                byte_len: 0,
+                qp_num: self.qpn,
+                src_qp: deth.src_qp,
+                imm_data: None,
+                invalidated_rkey: None,
+            };
+            self.rq.head += 1;
+            ctx.complete(self.recv_cq, wc, true);
+            return;
+        }
+        if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, 40, data).is_err() {
+            return;
+        }
+        let wc = Wc {
+            wr_id: w.wr_id,
+            status: WcStatus::Success,
+            opcode: WcOpcode::Recv,
+            byte_len: total as u32,
+            qp_num: self.qpn,
+            src_qp: deth.src_qp,
+            imm_data: repr.ext.imm_dt.map(|i| i.imm),
+            invalidated_rkey: None,
+        };
+        self.rq.head += 1;
+        ctx.complete(self.recv_cq, wc, repr.bth.solicited);
+    }
+
+    /// Builds the next responder packet (ACK, NAK, READ response or atomic
+    /// ACK) into `buf`.
+    pub(crate) fn poll_response<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let item = *self.resp.out.front()?;
+        let mut bth = BthRepr {
+            opcode: Opcode(0x11),
+            solicited: false,
+            mig_req: false,
+            pad_count: 0,
+            pkey: DEFAULT_PKEY,
+            fecn: false,
+            becn: false,
+            dest_qp: self.attrs.dest_qp,
+            ack_req: false,
+            psn: 0,
+        };
+        let mut ext = ExtHeaders::default();
+        let mut payload = None;
+        match item {
+            RespOut::Ack { psn, syndrome, msn } => {
+                bth.psn = psn;
+                ext.aeth = Some(AethRepr { syndrome, msn });
+                self.resp.out.pop_front();
+            }
+            RespOut::Resource(slot) => match self.resp.resources[slot] {
+                Resource::Atomic { psn, orig, msn } => {
+                    bth.opcode = Opcode(0x12);
+                    bth.psn = psn;
+                    ext.aeth = Some(AethRepr { syndrome: ACK, msn });
+                    ext.atomic_ack_eth = Some(AtomicAckEthRepr { orig });
+                    self.resp.out.pop_front();
+                }
+                Resource::Read {
+                    first_psn,
+                    va,
+                    rkey,
+                    len,
+                    next_psn,
+                    next_off,
+                    msn,
+                    ..
+                } => {
+                    let mtu = self.attrs.path_mtu.bytes() as u64;
+                    let rem = len - next_off;
+                    let n = rem.min(mtu);
+                    let first = next_psn == first_psn;
+                    let last = n == rem;
+                    bth.opcode = Opcode(match (first, last) {
+                        (true, true) => 0x10,
+                        (true, false) => 0x0d,
+                        (false, false) => 0x0e,
+                        (false, true) => 0x0f,
+                    });
+                    bth.psn = next_psn;
+                    if first || last {
+                        ext.aeth = Some(AethRepr { syndrome: ACK, msn });
+                    }
+                    payload = Some((va.wrapping_add(next_off), rkey, n as usize));
+                    if let Resource::Read {
+                        next_psn, next_off, ..
+                    } = &mut self.resp.resources[slot]
+                    {
+                        *next_psn = psn_add(*next_psn, 1);
+                        *next_off += n;
+                    }
+                    if last {
+                        self.resp.out.pop_front();
+                    }
+                }
+                Resource::Free => {
+                    self.resp.out.pop_front();
+                    return None;
+                }
+            },
+        }
+        let repr = PacketRepr {
+            bth,
+            ext,
+            payload_len: payload.map_or(0, |p| p.2),
+        };
+        repr.emit(buf).ok()?;
+        if let Some((va, rkey, n)) = payload {
+            let at = repr.header_len();
+            let ok = n == 0
+                || ctx
+                    .mrs
+                    .check(rkey, self.pd, Access::REMOTE_READ, va, n as u64)
+                    .is_ok_and(|a| ctx.mem.read(a, &mut buf[at..at + n]).is_ok());
+            if !ok {
+                // The region went away under an ongoing READ.
+                self.resp.out.clear();
+                let msn = self.resp.msn;
+                let nak = PacketRepr {
+                    bth: BthRepr {
+                        opcode: Opcode(0x11),
+                        ..bth
+                    },
+                    ext: ExtHeaders {
+                        aeth: Some(AethRepr {
+                            syndrome: AethSyndrome::Nak(NakCode::RemoteAccessError),
+                            msn,
+                        }),
+                        ..Default::default()
+                    },
+                    payload_len: 0,
+                };
+                nak.emit(buf).ok()?;
+                return Some(nak.buffer_len());
+            }
+        }
+        Some(repr.buffer_len())
+    }
+}

@@ -1,0 +1,185 @@
+//! Shared setup for the engine tests: two engines on a simulated link
+//! with one connected QP each.
+
+#![allow(dead_code)]
+
+use transport::{
+    engine::{Engine, QpInit},
+    memory::VecMemory,
+    sim::{LinkConfig, Pair},
+    verbs::{Access, AhAttr, QpAttr, QpCaps, QpState, QpType, Wc, WcOpcode, WcStatus},
+    wire::Mtu,
+};
+
+pub struct Side {
+    pub pd: u32,
+    pub cq: u32,
+    pub key: u32,
+    pub qp: u32,
+}
+
+pub struct Setup {
+    pub pair: Pair,
+    pub a: Side,
+    pub b: Side,
+}
+
+pub const ALL_ACCESS: Access = Access(
+    Access::LOCAL_WRITE.0
+        | Access::REMOTE_WRITE.0
+        | Access::REMOTE_READ.0
+        | Access::REMOTE_ATOMIC.0,
+);
+
+pub fn make_side(e: &mut Engine<VecMemory>, qp_type: QpType, mem: u64, cq_depth: u32) -> Side {
+    let pd = e.alloc_pd().unwrap();
+    let cq = e.create_cq(cq_depth).unwrap();
+    let key = e.reg_mr(pd, 0, mem, 0, ALL_ACCESS).unwrap();
+    let qp = e
+        .create_qp(&QpInit {
+            qp_type,
+            pd,
+            send_cq: cq,
+            recv_cq: cq,
+            caps: QpCaps {
+                max_send_wr: 512,
+                max_recv_wr: 512,
+                max_send_sge: 4,
+                max_recv_sge: 4,
+                max_inline_data: 256,
+            },
+            sq_sig_all: false,
+        })
+        .unwrap();
+    Side { pd, cq, key, qp }
+}
+
+/// How to connect a QP.
+#[derive(Clone, Copy)]
+pub struct Conn {
+    pub dest: u32,
+    pub dgid: transport::device::Gid,
+    pub mtu: Mtu,
+    pub sq_psn: u32,
+    pub rq_psn: u32,
+    pub timeout: u8,
+    pub retry: u8,
+    pub rnr_retry: u8,
+}
+
+pub fn connect(e: &mut Engine<VecMemory>, qp: u32, c: Conn) {
+    let Conn {
+        dest,
+        dgid,
+        mtu,
+        timeout,
+        retry,
+        rnr_retry,
+        ..
+    } = c;
+    let psn = (c.sq_psn, c.rq_psn);
+    e.modify_qp(
+        qp,
+        &QpAttr {
+            state: Some(QpState::Init),
+            access: Some(
+                Access::REMOTE_WRITE
+                    .with(Access::REMOTE_READ)
+                    .with(Access::REMOTE_ATOMIC),
+            ),
+            pkey_index: Some(0),
+            qkey: Some(0x1111_1111),
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+    e.modify_qp(
+        qp,
+        &QpAttr {
+            state: Some(QpState::Rtr),
+            dest_qp_num: Some(dest),
+            rq_psn: Some(psn.1),
+            path_mtu: Some(mtu),
+            max_dest_rd_atomic: Some(16),
+            min_rnr_timer: Some(1),
+            ah: Some(AhAttr {
+                dgid,
+                hop_limit: 64,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+    e.modify_qp(
+        qp,
+        &QpAttr {
+            state: Some(QpState::Rts),
+            sq_psn: Some(psn.0),
+            timeout: Some(timeout),
+            retry_cnt: Some(retry),
+            rnr_retry: Some(rnr_retry),
+            max_rd_atomic: Some(16),
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+}
+
+/// Two engines with one QP each of `qp_type`, connected, PSNs chosen near
+/// the 24-bit wrap.
+pub fn setup(qp_type: QpType, link: LinkConfig, seed: u64, mtu: Mtu, mem: usize) -> Setup {
+    let mut pair = Pair::new(link, seed, mem);
+    let a = make_side(&mut pair.a, qp_type, mem as u64, 4096);
+    let b = make_side(&mut pair.b, qp_type, mem as u64, 4096);
+    let (pa, pb) = (0xff_fff0, 0x12_3456);
+    let c = Conn {
+        dest: b.qp,
+        dgid: Pair::gid_b(),
+        mtu,
+        sq_psn: pa,
+        rq_psn: pb,
+        timeout: 12,
+        retry: 7,
+        rnr_retry: 7,
+    };
+    connect(&mut pair.a, a.qp, c);
+    let c = Conn {
+        dest: a.qp,
+        dgid: Pair::gid_a(),
+        sq_psn: pb,
+        rq_psn: pa,
+        ..c
+    };
+    connect(&mut pair.b, b.qp, c);
+    Setup { pair, a, b }
+}
+
+pub fn empty_wc() -> Wc {
+    Wc {
+        wr_id: 0,
+        status: WcStatus::Success,
+        opcode: WcOpcode::Send,
+        byte_len: 0,
+        qp_num: 0,
+        src_qp: 0,
+        imm_data: None,
+        invalidated_rkey: None,
+    }
+}
+
+/// Drains every completion of a CQ.
+pub fn drain(e: &mut Engine<VecMemory>, cq: u32) -> Vec<Wc> {
+    let mut out = Vec::new();
+    let mut buf = [empty_wc(); 64];
+    loop {
+        let n = e.poll_cq(cq, &mut buf).unwrap();
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return out;
+        }
+    }
+}
