@@ -508,6 +508,7 @@ impl<M: Memory> Engine<M> {
         w.first_psn = 0;
         w.last_psn = 0;
         w.state = WqeState::Posted;
+        w.sent_once = false;
         w.rd_counted = false;
         w.read_done = 0;
         if wr.inline {

@@ -69,6 +69,12 @@ pub struct LinkStats {
     pub corrupted: u64,
     /// Corrupted packets the ICRC (or header checks) caught.
     pub rejected: u64,
+    /// Packets whose flipped bit lies in a field the ICRC masks (TOS,
+    /// TTL, IP checksum, UDP checksum, BTH byte 4); these are delivered.
+    pub corrupted_masked: u64,
+    /// Packets corrupted outside the masked fields that were delivered
+    /// anyway. Must stay 0.
+    pub undetected: u64,
     /// Packets delivered to an engine.
     pub delivered: u64,
 }
@@ -80,6 +86,8 @@ struct InFlight {
     to_b: bool,
     buf: usize,
     len: usize,
+    /// Corrupted outside the masked fields.
+    damaged: bool,
 }
 
 /// Two engines joined by a simulated link.
@@ -94,6 +102,8 @@ pub struct Pair {
     pub link: LinkConfig,
     /// Counters.
     pub stats: LinkStats,
+    /// Print every packet and its fate to stderr (for debugging a seed).
+    pub trace: bool,
     rng: SmallRng,
     queue: BinaryHeap<Reverse<InFlight>>,
     pool: Vec<Vec<u8>>,
@@ -125,6 +135,7 @@ impl Pair {
             now: 0,
             link,
             stats: LinkStats::default(),
+            trace: false,
             rng: SmallRng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
             pool: Vec::new(),
@@ -177,18 +188,55 @@ impl Pair {
         any
     }
 
+    fn describe(&self, idx: usize, len: usize) -> String {
+        match RoceFrame::parse_ip(&self.pool[idx][..len]) {
+            Ok(rf) => match crate::wire::Packet::new_checked(rf.ib) {
+                Ok(p) => {
+                    let b = p.bth();
+                    let aeth = p
+                        .aeth()
+                        .map(|a| format!(" {:?} msn {}", a.syndrome(), a.msn()));
+                    format!(
+                        "{} qp {} psn {}{} len {}",
+                        b.opcode(),
+                        b.dest_qp(),
+                        b.psn(),
+                        aeth.unwrap_or_default(),
+                        p.payload_len()
+                    )
+                }
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        }
+    }
+
     fn launch(&mut self, idx: usize, len: usize, to_b: bool) {
         self.stats.sent += 1;
         let cfg = self.link;
+        if self.trace {
+            let dir = if to_b { "A->B" } else { "B->A" };
+            eprintln!("{:>10} {dir} {}", self.now, self.describe(idx, len));
+        }
         if cfg.loss > 0.0 && self.rng.random_bool(cfg.loss) {
+            if self.trace {
+                eprintln!("{:>10}      lost", self.now);
+            }
             self.stats.lost += 1;
             self.free.push(idx);
             return;
         }
+        let mut damaged = false;
         if cfg.corrupt > 0.0 && self.rng.random_bool(cfg.corrupt) {
             self.stats.corrupted += 1;
             let bit = self.rng.random_range(0..len * 8);
             self.pool[idx][bit / 8] ^= 1 << (bit % 8);
+            // IPv4 TOS, TTL, header checksum; UDP checksum; BTH byte 4.
+            if matches!(bit / 8, 1 | 8 | 10 | 11 | 26 | 27 | 32) {
+                self.stats.corrupted_masked += 1;
+            } else {
+                damaged = true;
+            }
         }
         let mut at = self.now + cfg.delay_ns;
         if cfg.reorder > 0.0 && self.rng.random_bool(cfg.reorder) {
@@ -206,12 +254,12 @@ impl Pair {
                 (&l[idx], &mut r[0])
             };
             dst[..len].copy_from_slice(&src[..len]);
-            self.push(copy, len, to_b, at + 1);
+            self.push(copy, len, to_b, at + 1, damaged);
         }
-        self.push(idx, len, to_b, at);
+        self.push(idx, len, to_b, at, damaged);
     }
 
-    fn push(&mut self, buf: usize, len: usize, to_b: bool, at: u64) {
+    fn push(&mut self, buf: usize, len: usize, to_b: bool, at: u64, damaged: bool) {
         self.seq += 1;
         self.queue.push(Reverse(InFlight {
             at,
@@ -219,6 +267,7 @@ impl Pair {
             to_b,
             buf,
             len,
+            damaged,
         }));
     }
 
@@ -241,6 +290,9 @@ impl Pair {
             match ok {
                 Ok(ib) => {
                     self.stats.delivered += 1;
+                    if p.damaged {
+                        self.stats.undetected += 1;
+                    }
                     let engine = if p.to_b { &mut self.b } else { &mut self.a };
                     let _ = engine.handle_packet(self.now, ib);
                 }

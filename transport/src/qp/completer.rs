@@ -27,7 +27,7 @@ impl Qp {
         let psn = repr.bth.psn;
         // Responses for PSNs we never sent, or already acknowledged, are
         // dropped (rxe: COMPST_DONE for duplicates and ghosts).
-        if psn_diff(psn, self.req.psn) >= 0 {
+        if psn_diff(psn, self.req.max_psn) >= 0 {
             return;
         }
         let op = repr.bth.opcode.0 & 0x1f;
@@ -99,20 +99,33 @@ impl Qp {
         let mut progressed = false;
         while self.sq.head < self.sq.tail {
             let w = self.sq.at(self.sq.head);
-            if w.state != WqeState::Sent || psn_diff(psn, w.last_psn) < 0 {
+            if !w.sent_once {
                 break;
             }
+            let covered = psn_diff(psn, w.last_psn) >= 0;
             if w.op.is_read_or_atomic() {
-                // The ACK passes a READ/atomic whose response is missing.
-                let from = self.comp.psn;
-                self.retry(ctx, now, from);
-                return;
+                if covered && w.state == WqeState::Sent {
+                    // The ACK passes a READ/atomic whose response is missing.
+                    let from = self.comp.psn;
+                    self.retry(ctx, now, from);
+                    return;
+                }
+                break;
+            }
+            if !covered {
+                break;
             }
             self.complete_head(ctx, WcStatus::Success);
             progressed = true;
         }
-        if psn_diff(psn_add(psn, 1), self.comp.psn) > 0 {
-            self.comp.psn = psn_add(psn, 1);
+        // A partial ACK of a SEND or WRITE moves the oldest unacknowledged
+        // PSN, but never past a READ or atomic still waiting for its
+        // response, nor past what the requester has sent since a rewind.
+        let head_is_rd =
+            self.sq.head < self.sq.tail && self.sq.at(self.sq.head).op.is_read_or_atomic();
+        let next = psn_add(psn, 1);
+        if !head_is_rd && psn_diff(next, self.comp.psn) > 0 && psn_diff(next, self.req.psn) <= 0 {
+            self.comp.psn = next;
             progressed = true;
         }
         if progressed {
@@ -148,7 +161,7 @@ impl Qp {
         }
         let head = self.sq.head;
         let w = self.sq.at(head);
-        if w.op != SendOp::Read || w.state == WqeState::Posted {
+        if w.op != SendOp::Read || !w.sent_once {
             return;
         }
         if psn != self.comp.psn {
@@ -208,7 +221,7 @@ impl Qp {
             return;
         }
         let w = self.sq.at(self.sq.head);
-        if !w.op.is_atomic() || w.state != WqeState::Sent {
+        if !w.op.is_atomic() || !w.sent_once {
             return;
         }
         if psn != w.first_psn {
@@ -242,8 +255,10 @@ impl Qp {
         }
         self.sq.head += 1;
         if self.req.idx < self.sq.head {
+            // The requester had been rewound to this WQE: skip past it.
             self.req.idx = self.sq.head;
             self.req.offset = 0;
+            self.req.psn = self.comp.psn;
         }
     }
 
@@ -251,6 +266,7 @@ impl Qp {
     fn on_progress(&mut self, now: u64) {
         self.comp.retry_left = self.attrs.retry_cnt;
         self.comp.rnr_left = self.attrs.rnr_retry;
+        self.comp.started_retry = false;
         self.comp.retrans_at = if psn_diff(self.req.psn, self.comp.psn) > 0 {
             self.retrans_timeout_ns().map(|t| now + t)
         } else {
@@ -258,13 +274,25 @@ impl Qp {
         };
     }
 
-    /// Go-back-N from `psn`, counting against `retry_cnt`.
+    /// Go-back-N from `psn`, counting against `retry_cnt` (7 meaning
+    /// infinite, as in rxe). Once a retry has started, only a timeout
+    /// starts another before progress is made (rxe `started_retry`).
     pub(crate) fn retry<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, psn: u32) {
+        self.retry_inner(ctx, now, psn, false);
+    }
+
+    fn retry_inner<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, now: u64, psn: u32, timeout: bool) {
+        if self.comp.started_retry && !timeout {
+            return;
+        }
         if self.comp.retry_left == 0 {
             self.enter_error(ctx, Some(WcStatus::RetryExcErr));
             return;
         }
-        self.comp.retry_left -= 1;
+        if self.comp.retry_left != 7 {
+            self.comp.retry_left -= 1;
+        }
+        self.comp.started_retry = true;
         self.rewind_to(psn);
         self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);
     }
@@ -277,7 +305,7 @@ impl Qp {
             self.comp.retrans_at = None;
             if psn_diff(self.req.psn, self.comp.psn) > 0 && self.state == QpState::Rts {
                 let psn = self.comp.psn;
-                self.retry(ctx, now, psn);
+                self.retry_inner(ctx, now, psn, true);
             }
         }
     }

@@ -113,6 +113,9 @@ pub(crate) struct SendWqe {
     pub first_psn: u32,
     pub last_psn: u32,
     pub state: WqeState,
+    /// Its last packet has been sent at least once, so `last_psn` is
+    /// known even after a rewind.
+    pub sent_once: bool,
     /// Counted against max_rd_atomic.
     pub rd_counted: bool,
     /// Bytes of the READ response placed so far.
@@ -137,6 +140,7 @@ impl Default for SendWqe {
             first_psn: 0,
             last_psn: 0,
             state: WqeState::Posted,
+            sent_once: false,
             rd_counted: false,
             read_done: 0,
         }
@@ -185,6 +189,9 @@ pub(crate) struct ReqState {
     pub offset: u64,
     /// Next PSN to send.
     pub psn: u32,
+    /// One past the highest PSN ever sent: responses at or beyond it are
+    /// ghosts.
+    pub max_psn: u32,
     /// Packets sent since the last AckReq.
     pub noack_pkts: u32,
     /// READ and atomic WQEs outstanding.
@@ -204,6 +211,8 @@ pub(crate) struct CompState {
     pub rnr_left: u8,
     /// Retransmit deadline.
     pub retrans_at: Option<u64>,
+    /// A retry is under way: only a timeout may start another.
+    pub started_retry: bool,
 }
 
 /// QP attributes as set by `modify_qp`.
@@ -295,6 +304,20 @@ impl Qp {
     /// The QP number.
     pub fn qpn(&self) -> u32 {
         self.qpn
+    }
+
+    /// Requester and completer progress, for diagnostics.
+    pub fn debug_progress(&self) -> String {
+        format!(
+            "req {:?} comp {:?} sq head {} tail {} rq head {} tail {} resp psn {}",
+            self.req,
+            self.comp,
+            self.sq.head,
+            self.sq.tail,
+            self.rq.head,
+            self.rq.tail,
+            self.resp.psn
+        )
     }
 
     /// The current state.
@@ -439,6 +462,7 @@ impl Qp {
         }
         if let Some(p) = a.sq_psn {
             self.req.psn = p & PSN_MASK;
+            self.req.max_psn = p & PSN_MASK;
             self.comp.psn = p & PSN_MASK;
         }
         let _ = now;

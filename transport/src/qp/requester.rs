@@ -228,8 +228,12 @@ impl Qp {
             self.req.rd_inflight += 1;
         }
         self.req.psn = psn_add(psn, npkts);
+        if psn_diff(self.req.psn, self.req.max_psn) > 0 {
+            self.req.max_psn = self.req.psn;
+        }
         if last {
             w.last_psn = psn_add(psn, npkts - 1);
+            w.sent_once = true;
             w.state = WqeState::Sent;
             self.req.idx += 1;
             self.req.offset = 0;
