@@ -132,9 +132,23 @@ pub fn connect(e: &mut Engine<VecMemory>, qp: u32, c: Conn) {
 /// Two engines with one QP each of `qp_type`, connected, PSNs chosen near
 /// the 24-bit wrap.
 pub fn setup(qp_type: QpType, link: LinkConfig, seed: u64, mtu: Mtu, mem: usize) -> Setup {
+    setup_with(qp_type, link, seed, mtu, mem, 4096, |_| {})
+}
+
+/// Like [`setup`], with the CQ depth and A's connection parameters
+/// adjustable.
+pub fn setup_with(
+    qp_type: QpType,
+    link: LinkConfig,
+    seed: u64,
+    mtu: Mtu,
+    mem: usize,
+    cq_depth: u32,
+    tweak_a: impl Fn(&mut Conn),
+) -> Setup {
     let mut pair = Pair::new(link, seed, mem);
-    let a = make_side(&mut pair.a, qp_type, mem as u64, 4096);
-    let b = make_side(&mut pair.b, qp_type, mem as u64, 4096);
+    let a = make_side(&mut pair.a, qp_type, mem as u64, cq_depth);
+    let b = make_side(&mut pair.b, qp_type, mem as u64, cq_depth);
     let (pa, pb) = (0xff_fff0, 0x12_3456);
     let c = Conn {
         dest: b.qp,
@@ -146,7 +160,9 @@ pub fn setup(qp_type: QpType, link: LinkConfig, seed: u64, mtu: Mtu, mem: usize)
         retry: 7,
         rnr_retry: 7,
     };
-    connect(&mut pair.a, a.qp, c);
+    let mut ca = c;
+    tweak_a(&mut ca);
+    connect(&mut pair.a, a.qp, ca);
     let c = Conn {
         dest: a.qp,
         dgid: Pair::gid_a(),
