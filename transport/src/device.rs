@@ -60,6 +60,8 @@ pub struct DeviceAttrs {
     pub max_unacked_psns: u32,
     /// Packets a requester sends before asking for an ACK.
     pub max_pkt_per_ack: u32,
+    /// Least time between two CNPs from one QP, in nanoseconds.
+    pub min_cnp_interval_ns: u64,
 }
 
 impl Default for DeviceAttrs {
@@ -91,6 +93,7 @@ impl Default for DeviceAttrs {
             max_mtu: Mtu::Mtu4096,
             max_unacked_psns: 128,
             max_pkt_per_ack: 64,
+            min_cnp_interval_ns: 50_000,
         }
     }
 }

@@ -75,6 +75,26 @@ pub struct Transmit {
     pub hop_limit: u8,
 }
 
+/// What the link knows about a received packet besides its transport
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta<'a> {
+    /// The IP header as received (20 bytes for IPv4, 40 for IPv6). UD
+    /// receives place it in the 40-byte GRH area of the receive buffer, as
+    /// rxe does.
+    pub ip_header: &'a [u8],
+    /// The ECN bits of the IP header (3 = congestion experienced).
+    pub ecn: u8,
+}
+
+impl RxMeta<'_> {
+    /// Metadata for a packet that came without an IP header (tests).
+    pub const NONE: RxMeta<'static> = RxMeta {
+        ip_header: &[],
+        ecn: 0,
+    };
+}
+
 /// Why an incoming packet was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Drop {
@@ -126,6 +146,10 @@ pub struct Engine<M: Memory> {
     next_tx: usize,
     /// CNPs received.
     cnps: u64,
+    /// CNPs sent.
+    cnps_sent: u64,
+    /// ECN-CE marked packets received.
+    ecn_marked: u64,
 }
 
 macro_rules! ctx {
@@ -156,6 +180,8 @@ impl<M: Memory> Engine<M> {
             notifications: VecDeque::new(),
             next_tx: 0,
             cnps: 0,
+            cnps_sent: 0,
+            ecn_marked: 0,
         }
     }
 
@@ -195,6 +221,16 @@ impl<M: Memory> Engine<M> {
     /// CNPs received so far.
     pub fn cnps_received(&self) -> u64 {
         self.cnps
+    }
+
+    /// CNPs sent so far.
+    pub fn cnps_sent(&self) -> u64 {
+        self.cnps_sent
+    }
+
+    /// ECN-CE marked packets received so far.
+    pub fn ecn_marked(&self) -> u64 {
+        self.ecn_marked
     }
 
     fn qp_mut(&mut self, qpn: u32) -> Result<&mut Qp, VerbsError> {
@@ -565,7 +601,7 @@ impl<M: Memory> Engine<M> {
 
     /// Handles a transport packet (BTH through ICRC) whose ICRC the link
     /// has verified.
-    pub fn handle_packet(&mut self, now: u64, ib: &[u8]) -> Result<(), Drop> {
+    pub fn handle_packet(&mut self, now: u64, meta: &RxMeta<'_>, ib: &[u8]) -> Result<(), Drop> {
         let pkt = Packet::new_checked(ib)?;
         let repr = PacketRepr::parse(&pkt)?;
         let opcode = repr.bth.opcode;
@@ -591,9 +627,14 @@ impl<M: Memory> Engine<M> {
                 qpn,
             });
         }
+        if meta.ecn == 3 {
+            // Congestion experienced: tell the sender with a CNP.
+            self.ecn_marked += 1;
+            qp.cnp_pending = true;
+        }
         let info = pkt.info();
         if info.request {
-            qp.on_request(&mut ctx, &pkt, &repr);
+            qp.on_request(&mut ctx, meta, &pkt, &repr);
         } else {
             qp.on_response(&mut ctx, now, &pkt, &repr);
         }
@@ -623,7 +664,13 @@ impl<M: Memory> Engine<M> {
             let Some(Some(qp)) = self.qps.get_mut(i) else {
                 continue;
             };
-            let (len, dest_qp, ah) = if let Some(len) = qp.poll_response(&mut ctx, buf) {
+            let mut tclass = None;
+            let (len, dest_qp, ah) = if let Some(len) = qp.poll_cnp(now, ctx.attrs, buf) {
+                self.cnps_sent += 1;
+                // CNPs go out with DSCP 48 and ECT(0), as RoCE NICs send them.
+                tclass = Some(0xc2);
+                (len, qp.attrs.dest_qp, qp.attrs.ah)
+            } else if let Some(len) = qp.poll_response(&mut ctx, buf) {
                 (len, qp.attrs.dest_qp, qp.attrs.ah)
             } else if let Some(r) = qp.poll_request(&mut ctx, now, buf) {
                 (r.len, r.dest_qp, r.ud.map_or(qp.attrs.ah, |u| u.ah))
@@ -639,7 +686,7 @@ impl<M: Memory> Engine<M> {
                 dgid: ah.dgid,
                 sgid_index: ah.sgid_index,
                 udp_sport: roce_udp_sport(ah.flow_label, src_qp, dest_qp),
-                traffic_class: ah.traffic_class,
+                traffic_class: tclass.unwrap_or(ah.traffic_class),
                 hop_limit: ah.hop_limit,
             });
         }

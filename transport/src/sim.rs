@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::{
     device::{DeviceAttrs, Gid},
-    engine::{Engine, Transmit},
+    engine::{Engine, RxMeta, Transmit},
     memory::VecMemory,
     wire::{
         ROCE_V2_UDP_PORT,
@@ -38,6 +38,8 @@ pub struct LinkConfig {
     pub delay_ns: u64,
     /// Extra delay of a reordered packet.
     pub reorder_delay_ns: u64,
+    /// Probability that a packet is marked ECN congestion-experienced.
+    pub ecn_mark: f64,
 }
 
 impl LinkConfig {
@@ -50,6 +52,7 @@ impl LinkConfig {
             corrupt: 0.0,
             delay_ns,
             reorder_delay_ns: 0,
+            ecn_mark: 0.0,
         }
     }
 }
@@ -109,7 +112,6 @@ pub struct Pair {
     pool: Vec<Vec<u8>>,
     free: Vec<usize>,
     seq: u64,
-    scratch: Vec<u8>,
 }
 
 /// The addresses of the two sides.
@@ -141,7 +143,6 @@ impl Pair {
             pool: Vec::new(),
             free: Vec::new(),
             seq: 0,
-            scratch: vec![0; 4096 + 256],
         }
     }
 
@@ -226,6 +227,16 @@ impl Pair {
             self.free.push(idx);
             return;
         }
+        if cfg.ecn_mark > 0.0 && self.rng.random_bool(cfg.ecn_mark) {
+            // Mark CE and fix the IPv4 header checksum as a router would.
+            let b = &mut self.pool[idx];
+            b[1] |= 3;
+            b[10..12].fill(0);
+            if let Ok((h, _)) = Ipv4Header::from_slice(&b[..20]) {
+                let sum = h.calc_header_checksum();
+                b[10..12].copy_from_slice(&sum.to_be_bytes());
+            }
+        }
         let mut damaged = false;
         if cfg.corrupt > 0.0 && self.rng.random_bool(cfg.corrupt) {
             self.stats.corrupted += 1;
@@ -283,21 +294,28 @@ impl Pair {
             };
             any = true;
             let len = p.len;
-            self.scratch[..len].copy_from_slice(&self.pool[p.buf][..len]);
-            self.free.push(p.buf);
-            let ok = RoceFrame::parse_ip(&self.scratch[..len])
-                .and_then(|rf| rf.verify_icrc().map(|()| rf.ib));
-            match ok {
-                Ok(ib) => {
+            // Take the buffer out of the pool while the engine reads it.
+            let buf = std::mem::take(&mut self.pool[p.buf]);
+            let parsed =
+                RoceFrame::parse_ip(&buf[..len]).and_then(|rf| rf.verify_icrc().map(|()| rf));
+            match parsed {
+                Ok(rf) => {
                     self.stats.delivered += 1;
                     if p.damaged {
                         self.stats.undetected += 1;
                     }
+                    let ip_len = rf.repr.ip.header_len();
+                    let meta = RxMeta {
+                        ip_header: &rf.l3[..ip_len],
+                        ecn: rf.repr.ip.ecn(),
+                    };
                     let engine = if p.to_b { &mut self.b } else { &mut self.a };
-                    let _ = engine.handle_packet(self.now, ib);
+                    let _ = engine.handle_packet(self.now, &meta, rf.ib);
                 }
                 Err(_) => self.stats.rejected += 1,
             }
+            self.pool[p.buf] = buf;
+            self.free.push(p.buf);
         }
         any
     }
@@ -357,6 +375,8 @@ fn frame_ipv4(buf: &mut [u8], t: &Transmit, from_a: bool) -> usize {
     };
     let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, src, dst).unwrap_or_default();
     ip.dont_fragment = true;
+    ip.dscp = etherparse::IpDscp::try_new(t.traffic_class >> 2).unwrap_or_default();
+    ip.ecn = etherparse::IpEcn::try_new(t.traffic_class & 3).unwrap_or_default();
     let outer = FrameRepr {
         ethernet: None,
         vlan: None,

@@ -40,6 +40,7 @@ fn impaired() -> LinkConfig {
         corrupt: 0.005,
         delay_ns: 2_000,
         reorder_delay_ns: 5_000,
+        ecn_mark: 0.0,
     }
 }
 

@@ -249,6 +249,9 @@ pub struct Qp {
     pub(crate) req: ReqState,
     pub(crate) comp: CompState,
     pub(crate) resp: responder::RespState,
+    /// An ECN-marked packet arrived: a CNP is owed to the sender.
+    pub(crate) cnp_pending: bool,
+    pub(crate) last_cnp_at: Option<u64>,
 }
 
 impl Qp {
@@ -298,6 +301,8 @@ impl Qp {
             req: ReqState::default(),
             comp: CompState::default(),
             resp: responder::RespState::new(1),
+            cnp_pending: false,
+            last_cnp_at: None,
         }
     }
 
@@ -565,6 +570,46 @@ impl Qp {
         self.req.rnr_until = None;
         self.comp.retrans_at = None;
         self.resp.clear_output();
+    }
+
+    /// Builds a CNP for the sender of an ECN-marked packet, at most one per
+    /// `min_cnp_interval_ns`.
+    pub(crate) fn poll_cnp(
+        &mut self,
+        now: u64,
+        dev: &DeviceAttrs,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if !self.cnp_pending {
+            return None;
+        }
+        if self
+            .last_cnp_at
+            .is_some_and(|t| now < t + dev.min_cnp_interval_ns)
+        {
+            self.cnp_pending = false;
+            return None;
+        }
+        let repr = crate::wire::PacketRepr {
+            bth: crate::wire::BthRepr {
+                opcode: crate::wire::Opcode::CNP,
+                solicited: false,
+                mig_req: false,
+                pad_count: 0,
+                pkey: crate::wire::DEFAULT_PKEY,
+                fecn: false,
+                becn: true,
+                dest_qp: self.attrs.dest_qp,
+                ack_req: false,
+                psn: 0,
+            },
+            ext: crate::wire::ExtHeaders::default(),
+            payload_len: 0,
+        };
+        repr.emit(buf).ok()?;
+        self.cnp_pending = false;
+        self.last_cnp_at = Some(now);
+        Some(repr.buffer_len())
     }
 
     /// Earliest timer of this QP.

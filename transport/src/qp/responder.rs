@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use super::{Ctx, Qp, packets_for, psn_add, psn_diff};
 use crate::{
+    engine::RxMeta,
     memory::Memory,
     mr,
     verbs::{Access, QpState, QpType, Wc, WcOpcode, WcStatus},
@@ -138,6 +139,7 @@ impl Qp {
     pub(crate) fn on_request<M: Memory>(
         &mut self,
         ctx: &mut Ctx<'_, M>,
+        meta: &RxMeta<'_>,
         pkt: &Packet<&[u8]>,
         repr: &PacketRepr,
     ) {
@@ -147,7 +149,7 @@ impl Qp {
         match self.qp_type {
             QpType::Rc => self.on_rc_request(ctx, pkt, repr),
             QpType::Uc => self.on_uc_request(ctx, pkt, repr),
-            QpType::Ud | QpType::Gsi => self.on_ud_request(ctx, pkt, repr),
+            QpType::Ud | QpType::Gsi => self.on_ud_request(ctx, meta, pkt, repr),
         }
     }
 
@@ -592,6 +594,7 @@ impl Qp {
     fn on_ud_request<M: Memory>(
         &mut self,
         ctx: &mut Ctx<'_, M>,
+        meta: &RxMeta<'_>,
         pkt: &Packet<&[u8]>,
         repr: &PacketRepr,
     ) {
@@ -621,7 +624,17 @@ impl Qp {
             ctx.complete(self.recv_cq, wc, true);
             return;
         }
-        if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, 40, data).is_err() {
+        // The GRH area: an IPv6 header whole, or 20 zero bytes and then
+        // the IPv4 header (rxe `rxe_resp.c`, send_data_in for UD).
+        let mut grh = [0u8; 40];
+        match meta.ip_header.len() {
+            40 => grh.copy_from_slice(meta.ip_header),
+            20 => grh[20..].copy_from_slice(meta.ip_header),
+            _ => {}
+        }
+        if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, 0, &grh).is_err()
+            || mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, 40, data).is_err()
+        {
             return;
         }
         let wc = Wc {

@@ -1,0 +1,345 @@
+//! UC and UD between two engines, and congestion notification. Over an
+//! impaired link their own semantics hold: losses are visible (messages
+//! go missing), corruption never is (every message that arrives is exact).
+
+mod common;
+
+use common::{Setup, drain, setup};
+use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
+use transport::{
+    sim::{LinkConfig, Pair},
+    verbs::{AhAttr, QpType, RecvWr, SendOp, SendWr, Sge, UdDest, WcOpcode, WcStatus},
+    wire::Mtu,
+};
+
+const SEC: u64 = 1_000_000_000;
+const MEM: usize = 8 << 20;
+const RBUF: u64 = 4 << 20;
+
+fn impaired() -> LinkConfig {
+    LinkConfig {
+        loss: 0.05,
+        duplicate: 0.01,
+        reorder: 0.05,
+        corrupt: 0.005,
+        delay_ns: 2_000,
+        reorder_delay_ns: 5_000,
+        ecn_mark: 0.0,
+    }
+}
+
+/// The bytes of message `seq`: its number, then seeded noise.
+fn message(seq: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    SmallRng::seed_from_u64(seq ^ 0x5eed).fill_bytes(&mut v);
+    let n = len.min(8);
+    v[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
+    v
+}
+
+fn ud_dest(s: &Setup) -> UdDest {
+    UdDest {
+        ah: AhAttr {
+            dgid: Pair::gid_b(),
+            hop_limit: 64,
+            ..Default::default()
+        },
+        remote_qpn: s.b.qp,
+        remote_qkey: 0x1111_1111,
+    }
+}
+
+fn post_recvs(s: &mut Setup, n: u64, size: u32, first_id: u64) {
+    for i in first_id..first_id + n {
+        let sge = [Sge {
+            addr: RBUF + (i % 64) * u64::from(size),
+            length: size,
+            lkey: s.b.key,
+        }];
+        s.pair
+            .b
+            .post_recv(
+                s.b.qp,
+                &RecvWr {
+                    wr_id: i,
+                    sges: &sge,
+                },
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn ud_send_places_the_grh_and_checks_the_qkey() {
+    let mut s = setup(QpType::Ud, LinkConfig::clean(1000), 1, Mtu::Mtu1024, MEM);
+    post_recvs(&mut s, 2, 2048, 0);
+    let data = message(7, 300);
+    s.pair.a.memory_mut().as_mut_slice()[..300].copy_from_slice(&data);
+    let sge = [Sge {
+        addr: 0,
+        length: 300,
+        lkey: s.a.key,
+    }];
+    let mut wr = SendWr::new(1, SendOp::SendWithImm(9), &sge);
+    wr.ud = Some(ud_dest(&s));
+    s.pair.a.post_send(s.a.qp, &wr).unwrap();
+    // A wrong Q_Key is dropped silently.
+    let mut bad = wr.clone();
+    bad.wr_id = 2;
+    bad.ud = Some(UdDest {
+        remote_qkey: 0x2222,
+        ..ud_dest(&s)
+    });
+    s.pair.a.post_send(s.a.qp, &bad).unwrap();
+    s.pair.drive(SEC, |_| false);
+    let wa = drain(&mut s.pair.a, s.a.cq);
+    assert_eq!(
+        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        vec![(1, WcStatus::Success), (2, WcStatus::Success)]
+    );
+    let wb = drain(&mut s.pair.b, s.b.cq);
+    assert_eq!(wb.len(), 1);
+    assert_eq!(
+        (wb[0].byte_len, wb[0].src_qp, wb[0].imm_data),
+        (340, s.a.qp, Some(9))
+    );
+    let m = s.pair.b.memory().as_slice();
+    let at = RBUF as usize;
+    assert!(
+        m[at..at + 20].iter().all(|&b| b == 0),
+        "IPv4 GRH: 20 zero bytes"
+    );
+    assert_eq!(m[at + 20] >> 4, 4, "then the IPv4 header");
+    assert_eq!(
+        &m[at + 20 + 12..at + 20 + 16],
+        &[10, 0, 0, 1],
+        "source address"
+    );
+    assert_eq!(&m[at + 40..at + 340], &data[..]);
+    // Longer than the path MTU is refused at post time.
+    let big = [Sge {
+        addr: 0,
+        length: 1025,
+        lkey: s.a.key,
+    }];
+    let mut wr = SendWr::new(3, SendOp::Send, &big);
+    wr.ud = Some(ud_dest(&s));
+    assert!(s.pair.a.post_send(s.a.qp, &wr).is_err());
+}
+
+#[test]
+fn ud_soak_losses_visible_corruption_never() {
+    let seed = 42;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut s = setup(QpType::Ud, impaired(), seed, Mtu::Mtu1024, MEM);
+    post_recvs(&mut s, 64, 2048, 0);
+    let mut next_recv = 64;
+    let n = 20_000u64;
+    let mut sent = 0u64;
+    let mut got = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    while sent < n {
+        for _ in 0..16 {
+            let len = rng.random_range(8..=1024usize);
+            let data = message(sent, len);
+            let at = (sent % 256) * 1024;
+            s.pair.a.memory_mut().as_mut_slice()[at as usize..at as usize + len]
+                .copy_from_slice(&data);
+            let sge = [Sge {
+                addr: at,
+                length: len as u32,
+                lkey: s.a.key,
+            }];
+            let mut wr = SendWr::new(sent, SendOp::Send, &sge);
+            wr.ud = Some(ud_dest(&s));
+            wr.signaled = false;
+            s.pair.a.post_send(s.a.qp, &wr).unwrap();
+            sent += 1;
+        }
+        s.pair.drive(s.pair.now + SEC, |_| false);
+        for wc in drain(&mut s.pair.b, s.b.cq) {
+            assert_eq!(wc.status, WcStatus::Success);
+            let at = (RBUF + (wc.wr_id % 64) * 2048) as usize + 40;
+            let len = wc.byte_len as usize - 40;
+            let m = s.pair.b.memory().as_slice();
+            let seq = u64::from_le_bytes(m[at..at + 8].try_into().unwrap());
+            assert_eq!(
+                &m[at..at + len],
+                &message(seq, len)[..],
+                "UD message {seq} arrived damaged"
+            );
+            seen.insert(seq);
+            got += 1;
+            post_recvs(&mut s, 1, 2048, next_recv);
+            next_recv += 1;
+        }
+        assert!(
+            drain(&mut s.pair.a, s.a.cq).is_empty(),
+            "unsignaled sends complete silently"
+        );
+    }
+    let st = s.pair.stats;
+    assert_eq!(st.undetected, 0);
+    assert!(st.corrupted > 0 && st.lost > 0);
+    assert!((seen.len() as u64) < n, "losses are visible");
+    assert!(
+        seen.len() as u64 > n * 9 / 10,
+        "{} of {n} arrived",
+        seen.len()
+    );
+    assert!(got >= seen.len() as u64, "duplicates may arrive twice");
+}
+
+#[test]
+fn uc_send_and_write_with_imm() {
+    let mut s = setup(QpType::Uc, LinkConfig::clean(1000), 3, Mtu::Mtu256, MEM);
+    post_recvs(&mut s, 2, 4096, 0);
+    let data = message(1, 1000);
+    s.pair.a.memory_mut().as_mut_slice()[..1000].copy_from_slice(&data);
+    let sge = [Sge {
+        addr: 0,
+        length: 1000,
+        lkey: s.a.key,
+    }];
+    s.pair
+        .a
+        .post_send(s.a.qp, &SendWr::new(1, SendOp::Send, &sge))
+        .unwrap();
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(2, SendOp::WriteWithImm(5), &sge).remote(0x10000, s.b.key),
+        )
+        .unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(drain(&mut s.pair.a, s.a.cq).len(), 2);
+    let wb = drain(&mut s.pair.b, s.b.cq);
+    assert_eq!(
+        wb.iter()
+            .map(|w| (w.opcode, w.byte_len, w.imm_data))
+            .collect::<Vec<_>>(),
+        vec![
+            (WcOpcode::Recv, 1000, None),
+            (WcOpcode::RecvRdmaWithImm, 1000, Some(5))
+        ]
+    );
+    let m = s.pair.b.memory().as_slice();
+    assert_eq!(&m[RBUF as usize..RBUF as usize + 1000], &data[..]);
+    assert_eq!(&m[0x10000..0x10000 + 1000], &data[..]);
+    // No ACKs on UC: 4 + 4 data packets and nothing back.
+    assert_eq!(s.pair.stats.sent, 8);
+}
+
+#[test]
+fn uc_soak_losses_visible_corruption_never() {
+    let seed = 43;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mtu = Mtu::Mtu512;
+    let mut s = setup(QpType::Uc, impaired(), seed, mtu, MEM);
+    const SLOT: u64 = 16 * 1024;
+    post_recvs(&mut s, 64, SLOT as u32, 0);
+    let mut next_recv = 64;
+    let n = 20_000u64;
+    let mut sent = 0u64;
+    let mut delivered = 0u64;
+    let mut last_seq: Option<u64> = None;
+    let mut replays = 0u64;
+    while sent < n {
+        for _ in 0..16 {
+            let len = rng.random_range(8..=SLOT as usize);
+            let data = message(sent, len);
+            let at = (sent % 64) * SLOT;
+            s.pair.a.memory_mut().as_mut_slice()[at as usize..at as usize + len]
+                .copy_from_slice(&data);
+            let sge = [Sge {
+                addr: at,
+                length: len as u32,
+                lkey: s.a.key,
+            }];
+            let op = if rng.random_bool(0.5) {
+                SendOp::Send
+            } else {
+                SendOp::WriteWithImm(sent as u32)
+            };
+            let remote = 0x20_0000 + (sent % 64) * SLOT;
+            let mut wr = SendWr::new(sent, op, &sge).remote(remote, s.b.key);
+            wr.signaled = false;
+            s.pair.a.post_send(s.a.qp, &wr).unwrap();
+            sent += 1;
+        }
+        s.pair.drive(s.pair.now + SEC, |_| false);
+        for wc in drain(&mut s.pair.b, s.b.cq) {
+            assert_eq!(wc.status, WcStatus::Success);
+            let m = s.pair.b.memory().as_slice();
+            let (seq, at) = match wc.opcode {
+                WcOpcode::Recv => {
+                    let at = (RBUF + (wc.wr_id % 64) * SLOT) as usize;
+                    (u64::from_le_bytes(m[at..at + 8].try_into().unwrap()), at)
+                }
+                _ => {
+                    let seq = u64::from(wc.imm_data.unwrap());
+                    (seq, 0x20_0000 + ((seq % 64) * SLOT) as usize)
+                }
+            };
+            let len = wc.byte_len as usize;
+            assert_eq!(
+                &m[at..at + len],
+                &message(seq, len)[..],
+                "UC message {seq} arrived damaged"
+            );
+            // Like rxe, a UC responder restarts on any first or only
+            // packet, so a duplicated or late old message can arrive again.
+            if last_seq.is_some_and(|l| seq <= l) {
+                replays += 1;
+            }
+            last_seq = Some(seq);
+            delivered += 1;
+            post_recvs(&mut s, 1, SLOT as u32, next_recv);
+            next_recv += 1;
+        }
+    }
+    let st = s.pair.stats;
+    assert_eq!(st.undetected, 0);
+    assert!(delivered < n, "losses are visible");
+    // Up to 32 packets a message at 5% loss and 5% reordering: about a
+    // quarter arrive whole.
+    assert!(delivered > n / 10, "{delivered} of {n} delivered");
+    assert!(
+        replays < delivered / 50,
+        "{replays} late or duplicated messages"
+    );
+}
+
+#[test]
+fn ecn_marks_produce_rate_limited_cnps() {
+    let mut link = LinkConfig::clean(1000);
+    link.ecn_mark = 1.0;
+    let mut s = setup(QpType::Rc, link, 5, Mtu::Mtu1024, MEM);
+    let sge = [Sge {
+        addr: 0,
+        length: 64,
+        lkey: s.a.key,
+    }];
+    for i in 0..100 {
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(i, SendOp::Write, &sge).remote(0, s.b.key),
+            )
+            .unwrap();
+    }
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(drain(&mut s.pair.a, s.a.cq).len(), 100);
+    assert_eq!(s.pair.b.ecn_marked(), 100);
+    let sent = s.pair.b.cnps_sent();
+    assert!(sent >= 1, "B answers CE marks with CNPs");
+    // At most one CNP per 50 µs from a QP.
+    assert!(
+        sent <= 1 + s.pair.now / 50_000,
+        "{sent} CNPs in {} ns",
+        s.pair.now
+    );
+    assert_eq!(s.pair.a.cnps_received(), sent);
+}
