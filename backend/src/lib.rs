@@ -4,10 +4,12 @@
 //!
 //! - [`capture`]: reading pcap and pcapng files frame by frame;
 //! - [`decode`]: the `decode` subcommand, a RoCEv2 capture decoder that
-//!   validates headers and ICRCs.
+//!   validates headers and ICRCs;
+//! - [`perf`]: the `perf` subcommand, two engines on an in-memory link.
 //!
 //! The daemon itself (vhost-user net port, stream port, vfio-user PVRDMA
 //! server) is not built yet; see the README's status table.
 
 pub mod capture;
 pub mod decode;
+pub mod perf;

@@ -52,19 +52,49 @@ static GLOBAL: Counting = Counting;
 
 fn round(s: &mut common::Setup, wcs: &mut [transport::verbs::Wc], base: u64) -> usize {
     let (ka, kb) = (s.a.key, s.b.key);
-    let sge = [Sge { addr: 0, length: 3000, lkey: ka }];
-    let small = [Sge { addr: 0x4000, length: 8, lkey: ka }];
-    let rsge = [Sge { addr: 0x10000, length: 4096, lkey: kb }];
+    let sge = [Sge {
+        addr: 0,
+        length: 3000,
+        lkey: ka,
+    }];
+    let small = [Sge {
+        addr: 0x4000,
+        length: 8,
+        lkey: ka,
+    }];
+    let rsge = [Sge {
+        addr: 0x10000,
+        length: 4096,
+        lkey: kb,
+    }];
     for i in 0..8 {
-        s.pair.b.post_recv(s.b.qp, &RecvWr { wr_id: base + i, sges: &rsge }).unwrap();
-        s.pair.a.post_send(s.a.qp, &SendWr::new(base + i, SendOp::Send, &sge)).unwrap();
         s.pair
-            .a
-            .post_send(s.a.qp, &SendWr::new(base + i, SendOp::Write, &sge).remote(0x20000, kb))
+            .b
+            .post_recv(
+                s.b.qp,
+                &RecvWr {
+                    wr_id: base + i,
+                    sges: &rsge,
+                },
+            )
             .unwrap();
         s.pair
             .a
-            .post_send(s.a.qp, &SendWr::new(base + i, SendOp::Read, &sge).remote(0x30000, kb))
+            .post_send(s.a.qp, &SendWr::new(base + i, SendOp::Send, &sge))
+            .unwrap();
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(base + i, SendOp::Write, &sge).remote(0x20000, kb),
+            )
+            .unwrap();
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(base + i, SendOp::Read, &sge).remote(0x30000, kb),
+            )
             .unwrap();
         s.pair
             .a
@@ -88,7 +118,13 @@ fn round(s: &mut common::Setup, wcs: &mut [transport::verbs::Wc], base: u64) -> 
 
 #[test]
 fn steady_state_traffic_does_not_allocate() {
-    let mut s = setup(QpType::Rc, LinkConfig::clean(1000), 1, Mtu::Mtu1024, 1 << 20);
+    let mut s = setup(
+        QpType::Rc,
+        LinkConfig::clean(1000),
+        1,
+        Mtu::Mtu1024,
+        1 << 20,
+    );
     let mut wcs = [empty_wc(); 64];
     // Warm-up: fills the link's buffer pool and queues to their high mark.
     for r in 0..20 {
@@ -102,5 +138,9 @@ fn steady_state_traffic_does_not_allocate() {
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(completions, 200 * 8 * 5);
     assert!(s.pair.stats.sent > 200 * 8 * 10);
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the steady-state path");
+    assert_eq!(
+        ALLOCS.load(Ordering::SeqCst),
+        0,
+        "allocations on the steady-state path"
+    );
 }
