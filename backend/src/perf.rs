@@ -102,6 +102,7 @@ fn side(e: &mut Engine<VecMemory>) -> Result<Side, PerfError> {
             max_inline_data: 0,
         },
         sq_sig_all: false,
+        srq: None,
     })?;
     Ok(Side { cq, key, qp })
 }

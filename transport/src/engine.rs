@@ -25,6 +25,7 @@ use crate::{
     memory::Memory,
     mr::{self, Mr, MrTable},
     qp::{Ctx, Qp, RecvWqe, SendWqe, WqeState},
+    srq::Srq,
     verbs::{
         Access, AsyncEvent, CqNotification, QpAttr, QpCaps, QpState, QpType, RecvWr, SendWr,
         VerbsError, Wc,
@@ -50,6 +51,8 @@ pub struct QpInit {
     pub caps: QpCaps,
     /// Signal every send WR.
     pub sq_sig_all: bool,
+    /// Shared receive queue to draw receives from, instead of the QP's own.
+    pub srq: Option<u32>,
 }
 
 /// Where a packet from `poll_transmit` goes.
@@ -139,6 +142,7 @@ pub struct Engine<M: Memory> {
     pds: Vec<bool>,
     mrs: MrTable,
     cqs: Vec<Option<Cq>>,
+    srqs: Vec<Option<Srq>>,
     qps: Vec<Option<Qp>>,
     events: VecDeque<AsyncEvent>,
     notifications: VecDeque<CqNotification>,
@@ -158,6 +162,7 @@ macro_rules! ctx {
             mem: &mut $s.mem,
             mrs: &mut $s.mrs,
             cqs: &mut $s.cqs,
+            srqs: &mut $s.srqs,
             events: &mut $s.events,
             notifications: &mut $s.notifications,
             attrs: &$s.attrs,
@@ -175,6 +180,7 @@ impl<M: Memory> Engine<M> {
             mem,
             pds: vec![false],
             cqs: vec![None],
+            srqs: vec![None],
             qps: Vec::new(),
             events: VecDeque::new(),
             notifications: VecDeque::new(),
@@ -263,7 +269,10 @@ impl<M: Memory> Engine<M> {
     /// Frees a protection domain that no MR or QP uses.
     pub fn dealloc_pd(&mut self, pd: u32) -> Result<(), VerbsError> {
         self.check_pd(pd)?;
-        if self.mrs.uses_pd(pd) || self.qps.iter().flatten().any(|q| q.pd == pd) {
+        if self.mrs.uses_pd(pd)
+            || self.qps.iter().flatten().any(|q| q.pd == pd)
+            || self.srqs.iter().flatten().any(|s| s.pd == pd)
+        {
             return Err(VerbsError::Busy("protection domain"));
         }
         self.pds[pd as usize] = false;
@@ -388,6 +397,102 @@ impl<M: Memory> Engine<M> {
         Ok(())
     }
 
+    fn srq_ref(&self, srq: u32) -> Result<&Srq, VerbsError> {
+        self.srqs
+            .get(srq as usize)
+            .and_then(Option::as_ref)
+            .ok_or(VerbsError::NoSuchObject {
+                kind: "SRQ",
+                handle: srq,
+            })
+    }
+
+    fn srq_mut(&mut self, srq: u32) -> Result<&mut Srq, VerbsError> {
+        self.srqs
+            .get_mut(srq as usize)
+            .and_then(Option::as_mut)
+            .ok_or(VerbsError::NoSuchObject {
+                kind: "SRQ",
+                handle: srq,
+            })
+    }
+
+    /// Creates a shared receive queue of `max_wr` WQEs with up to
+    /// `max_sge` SGEs each.
+    pub fn create_srq(&mut self, pd: u32, max_wr: u32, max_sge: u32) -> Result<u32, VerbsError> {
+        self.check_pd(pd)?;
+        if max_wr == 0 || max_wr > self.attrs.max_srq_wr {
+            return Err(VerbsError::Limit {
+                what: "SRQ depth",
+                limit: u64::from(self.attrs.max_srq_wr),
+            });
+        }
+        if max_sge == 0 || max_sge > self.attrs.max_srq_sge {
+            return Err(VerbsError::Limit {
+                what: "SRQ SGEs",
+                limit: u64::from(self.attrs.max_srq_sge),
+            });
+        }
+        let srq = Srq::new(pd, max_wr, max_sge);
+        if let Some(i) = self.srqs.iter().skip(1).position(Option::is_none) {
+            self.srqs[i + 1] = Some(srq);
+            return Ok(i as u32 + 1);
+        }
+        if self.srqs.len() as u32 > self.attrs.max_srq {
+            return Err(VerbsError::Limit {
+                what: "shared receive queues",
+                limit: u64::from(self.attrs.max_srq),
+            });
+        }
+        self.srqs.push(Some(srq));
+        Ok(self.srqs.len() as u32 - 1)
+    }
+
+    /// Arms the SRQ limit: `AsyncEvent::SrqLimitReached` fires once when
+    /// fewer than `limit` WQEs remain (0 disarms).
+    pub fn modify_srq(&mut self, srq: u32, limit: u32) -> Result<(), VerbsError> {
+        let s = self.srq_mut(srq)?;
+        if limit > s.max_wr() {
+            return Err(VerbsError::Invalid("SRQ limit above its depth"));
+        }
+        s.limit = limit;
+        Ok(())
+    }
+
+    /// An SRQ, for queries.
+    pub fn srq(&self, srq: u32) -> Option<&Srq> {
+        self.srq_ref(srq).ok()
+    }
+
+    /// Posts a receive WQE to an SRQ.
+    pub fn post_srq_recv(&mut self, srq: u32, wr: &RecvWr<'_>) -> Result<(), VerbsError> {
+        let s = self.srq_mut(srq)?;
+        if s.ring.is_full() {
+            return Err(VerbsError::QueueFull);
+        }
+        if wr.sges.len() > s.max_sge as usize {
+            return Err(VerbsError::Invalid("too many SGEs"));
+        }
+        let tail = s.ring.tail;
+        let w = s.ring.at_mut(tail);
+        w.wr_id = wr.wr_id;
+        w.sges.clear();
+        w.sges.extend_from_slice(wr.sges);
+        w.len = mr::sge_total(wr.sges);
+        s.ring.tail += 1;
+        Ok(())
+    }
+
+    /// Destroys an SRQ that no QP uses.
+    pub fn destroy_srq(&mut self, srq: u32) -> Result<(), VerbsError> {
+        self.srq_mut(srq)?;
+        if self.qps.iter().flatten().any(|q| q.srq == Some(srq)) {
+            return Err(VerbsError::Busy("shared receive queue"));
+        }
+        self.srqs[srq as usize] = None;
+        Ok(())
+    }
+
     /// Creates a QP in RESET.
     pub fn create_qp(&mut self, init: &QpInit) -> Result<u32, VerbsError> {
         self.check_pd(init.pd)?;
@@ -426,13 +531,19 @@ impl<M: Memory> Engine<M> {
                 self.qps.len() - 1
             }
         };
+        if let Some(srq) = init.srq {
+            let s = self.srq_ref(srq)?;
+            if s.pd != init.pd {
+                return Err(VerbsError::Invalid("SRQ of another protection domain"));
+            }
+        }
         let qpn = FIRST_QPN + slot as u32;
         self.qps[slot] = Some(Qp::new(
             qpn,
             init.qp_type,
             init.pd,
-            init.send_cq,
-            init.recv_cq,
+            (init.send_cq, init.recv_cq),
+            init.srq,
             init.caps,
             init.sq_sig_all,
         ));
@@ -574,6 +685,9 @@ impl<M: Memory> Engine<M> {
         };
         if qp.state == QpState::Reset {
             return Err(VerbsError::WrongState(qp.state));
+        }
+        if qp.srq.is_some() {
+            return Err(VerbsError::Invalid("the QP receives from an SRQ"));
         }
         if qp.rq.is_full() {
             return Err(VerbsError::QueueFull);

@@ -13,7 +13,7 @@
 //! - [`qp`]: queue pairs split as rxe splits them (requester, completer,
 //!   responder).
 //! - [`sim`]: two engines on a simulated, seeded, impaired link.
-//! - [`mr`], [`cq`], [`memory`], [`device`], [`verbs`]: memory regions,
+//! - [`mr`], [`cq`], [`srq`], [`memory`], [`device`], [`verbs`]: memory regions,
 //!   completion queues, the memory trait, limits and GIDs, and the verbs
 //!   vocabulary.
 //!
@@ -26,5 +26,6 @@ pub mod memory;
 pub mod mr;
 pub mod qp;
 pub mod sim;
+pub mod srq;
 pub mod verbs;
 pub mod wire;

@@ -361,6 +361,8 @@ pub enum AsyncEvent {
     SqDrained(u32),
     /// The last WQE of an SRQ-attached QP in error was reached.
     QpLastWqeReached(u32),
+    /// An SRQ dropped below its armed limit.
+    SrqLimitReached(u32),
 }
 
 /// A completion notification for a CQ armed with `req_notify_cq`.

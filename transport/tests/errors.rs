@@ -333,6 +333,7 @@ fn posting_in_the_wrong_state() {
                 max_inline_data: 0,
             },
             sq_sig_all: true,
+            srq: None,
         })
         .unwrap();
     let wr = SendWr::new(1, SendOp::Send, &sge);

@@ -23,6 +23,10 @@ use crate::{
     wire::{Mtu, PSN_MASK},
 };
 
+/// SGE capacity reserved in every receive WQE slot, so that swapping WQEs
+/// between a queue and a QP never allocates: the device's `max_sge`.
+pub(crate) const RECV_SGE_CAPACITY: usize = 32;
+
 /// Signed distance from PSN `b` to PSN `a` in 24-bit sequence space.
 pub(crate) fn psn_diff(a: u32, b: u32) -> i32 {
     ((a.wrapping_sub(b)) << 8) as i32 >> 8
@@ -161,6 +165,7 @@ pub(crate) struct Ctx<'a, M: Memory> {
     pub mem: &'a mut M,
     pub mrs: &'a mut MrTable,
     pub cqs: &'a mut [Option<Cq>],
+    pub srqs: &'a mut [Option<crate::srq::Srq>],
     pub events: &'a mut VecDeque<AsyncEvent>,
     pub notifications: &'a mut VecDeque<CqNotification>,
     pub attrs: &'a DeviceAttrs,
@@ -241,6 +246,7 @@ pub struct Qp {
     pub(crate) pd: u32,
     pub(crate) send_cq: u32,
     pub(crate) recv_cq: u32,
+    pub(crate) srq: Option<u32>,
     pub(crate) sq_sig_all: bool,
     pub(crate) caps: QpCaps,
     pub(crate) attrs: Attrs,
@@ -259,8 +265,8 @@ impl Qp {
         qpn: u32,
         qp_type: QpType,
         pd: u32,
-        send_cq: u32,
-        recv_cq: u32,
+        (send_cq, recv_cq): (u32, u32),
+        srq: Option<u32>,
         caps: QpCaps,
         sq_sig_all: bool,
     ) -> Qp {
@@ -271,7 +277,7 @@ impl Qp {
         }
         let mut rq: Ring<RecvWqe> = Ring::new(caps.max_recv_wr as usize);
         for w in &mut rq.slots {
-            w.sges.reserve_exact(caps.max_recv_sge as usize);
+            w.sges.reserve_exact(RECV_SGE_CAPACITY);
         }
         Qp {
             qpn,
@@ -280,6 +286,7 @@ impl Qp {
             pd,
             send_cq,
             recv_cq,
+            srq,
             sq_sig_all,
             caps,
             attrs: Attrs {
@@ -498,6 +505,64 @@ impl Qp {
         self.sq_sig_all || w.signaled
     }
 
+    /// A receive completion with nothing but an identifier and a status.
+    pub(crate) fn recv_wc(&self, wr_id: u64, status: WcStatus) -> Wc {
+        Wc {
+            wr_id,
+            status,
+            opcode: WcOpcode::Recv,
+            byte_len: 0,
+            qp_num: self.qpn,
+            src_qp: 0,
+            imm_data: None,
+            invalidated_rkey: None,
+        }
+    }
+
+    /// Whether a receive WQE is available, from the SRQ or the RQ.
+    pub(crate) fn recv_available<M: Memory>(&self, ctx: &Ctx<'_, M>) -> bool {
+        match self.srq {
+            Some(h) => ctx
+                .srqs
+                .get(h as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| !s.is_empty()),
+            None => self.rq.len() > 0,
+        }
+    }
+
+    /// Moves the next receive WQE (from the SRQ or the RQ) into the QP's
+    /// current WQE by swapping slots, which never allocates. Fires the SRQ
+    /// limit event when the SRQ drops below its armed limit.
+    pub(crate) fn take_recv<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) -> bool {
+        let ring = match self.srq {
+            Some(h) => match ctx.srqs.get_mut(h as usize).and_then(Option::as_mut) {
+                Some(s) => {
+                    if s.is_empty() {
+                        return false;
+                    }
+                    if s.limit != 0 && s.len() - 1 < s.limit {
+                        s.limit = 0;
+                        ctx.events.push_back(AsyncEvent::SrqLimitReached(h));
+                    }
+                    &mut s.ring
+                }
+                None => return false,
+            },
+            None => {
+                if self.rq.len() == 0 {
+                    return false;
+                }
+                &mut self.rq
+            }
+        };
+        let head = ring.head;
+        std::mem::swap(&mut self.resp.cur, ring.at_mut(head));
+        ring.head += 1;
+        self.resp.have_cur = true;
+        true
+    }
+
     pub(crate) fn send_wc(&self, w: &SendWqe, status: WcStatus) -> Wc {
         Wc {
             wr_id: w.wr_id,
@@ -549,20 +614,22 @@ impl Qp {
             ctx.complete(self.send_cq, wc, true);
             self.sq.head += 1;
         }
+        if self.resp.have_cur {
+            self.resp.have_cur = false;
+            let wc = self.recv_wc(self.resp.cur.wr_id, WcStatus::WrFlushErr);
+            ctx.complete(self.recv_cq, wc, true);
+        }
         while self.rq.len() > 0 {
-            let w = self.rq.at(self.rq.head);
-            let wc = Wc {
-                wr_id: w.wr_id,
-                status: WcStatus::WrFlushErr,
-                opcode: WcOpcode::Recv,
-                byte_len: 0,
-                qp_num: self.qpn,
-                src_qp: 0,
-                imm_data: None,
-                invalidated_rkey: None,
-            };
+            let wc = self.recv_wc(self.rq.at(self.rq.head).wr_id, WcStatus::WrFlushErr);
             ctx.complete(self.recv_cq, wc, true);
             self.rq.head += 1;
+        }
+        if let Some(srq) = self.srq {
+            // The SRQ keeps its WQEs; the QP will take no more of them.
+            if self.state == QpState::Err {
+                ctx.events.push_back(AsyncEvent::QpLastWqeReached(self.qpn));
+            }
+            let _ = srq;
         }
         self.req.idx = self.sq.head;
         self.req.offset = 0;

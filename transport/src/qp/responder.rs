@@ -75,11 +75,20 @@ pub(crate) struct RespState {
     resources: Vec<Resource>,
     res_next: usize,
     out: VecDeque<RespOut>,
+    /// The receive WQE being filled (taken from the RQ or SRQ).
+    pub(crate) cur: super::RecvWqe,
+    /// Whether `cur` holds a WQE.
+    pub(crate) have_cur: bool,
 }
 
 impl RespState {
     pub(crate) fn new(resources: usize) -> RespState {
         RespState {
+            cur: super::RecvWqe {
+                sges: Vec::with_capacity(super::RECV_SGE_CAPACITY),
+                ..Default::default()
+            },
+            have_cur: false,
             psn: 0,
             msn: 0,
             sent_psn_nak: false,
@@ -206,7 +215,7 @@ impl Qp {
         );
         match op {
             0x00..=0x05 | 0x16 | 0x17 => {
-                if first && self.rq.len() == 0 {
+                if first && !self.recv_available(ctx) {
                     return self.rnr_nak(psn);
                 }
                 if !self.place_send(ctx, pkt.payload(), first) {
@@ -220,7 +229,7 @@ impl Qp {
             }
             0x06..=0x0b => {
                 let with_imm = matches!(op, 0x09 | 0x0b);
-                if with_imm && self.rq.len() == 0 {
+                if with_imm && !self.recv_available(ctx) {
                     return self.rnr_nak(psn);
                 }
                 if !self.place_write(ctx, repr, pkt.payload(), last) {
@@ -230,6 +239,7 @@ impl Qp {
                     let total = self.resp.write.map_or(0, |w| w.total);
                     let imm = repr.ext.imm_dt.map(|i| i.imm);
                     self.resp.recv_offset = None;
+                    self.take_recv(ctx);
                     self.complete_recv(
                         ctx,
                         WcOpcode::RecvRdmaWithImm,
@@ -256,14 +266,18 @@ impl Qp {
         }
     }
 
-    /// Places SEND payload into the receive WQE at the head of the RQ.
+    /// Places SEND payload into the current receive WQE, taking the next
+    /// one from the RQ or SRQ on the first packet.
     fn place_send<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, data: &[u8], first: bool) -> bool {
+        if first && !self.take_recv(ctx) {
+            return false;
+        }
         let off = if first {
             0
         } else {
             self.resp.recv_offset.unwrap_or(0)
         };
-        let w = self.rq.at(self.rq.head);
+        let w = &self.resp.cur;
         if off + data.len() as u64 > w.len {
             self.nak_error(ctx, NakCode::InvalidRequest, Some(WcStatus::LocLenErr));
             return false;
@@ -453,21 +467,11 @@ impl Qp {
     ) {
         let psn = self.resp.psn;
         if let Some(status) = recv_status
-            && self.rq.len() > 0
+            && self.resp.have_cur
         {
-            let w = self.rq.at(self.rq.head);
-            let wc = Wc {
-                wr_id: w.wr_id,
-                status,
-                opcode: WcOpcode::Recv,
-                byte_len: 0,
-                qp_num: self.qpn,
-                src_qp: 0,
-                imm_data: None,
-                invalidated_rkey: None,
-            };
+            self.resp.have_cur = false;
+            let wc = self.recv_wc(self.resp.cur.wr_id, status);
             ctx.complete(self.recv_cq, wc, true);
-            self.rq.head += 1;
         }
         self.enter_error(ctx, None);
         if self.qp_type == QpType::Rc {
@@ -485,10 +489,13 @@ impl Qp {
         inv: Option<u32>,
         solicited: bool,
     ) {
-        let w = self.rq.at(self.rq.head);
+        if !self.resp.have_cur {
+            return;
+        }
+        self.resp.have_cur = false;
         let len = byte_len.or(self.resp.recv_offset).unwrap_or(0);
         let wc = Wc {
-            wr_id: w.wr_id,
+            wr_id: self.resp.cur.wr_id,
             status: WcStatus::Success,
             opcode,
             byte_len: len as u32,
@@ -497,7 +504,6 @@ impl Qp {
             imm_data: imm,
             invalidated_rkey: inv,
         };
-        self.rq.head += 1;
         self.resp.recv_offset = None;
         ctx.complete(self.recv_cq, wc, solicited);
     }
@@ -546,7 +552,7 @@ impl Qp {
         }
         match op {
             0x00..=0x05 => {
-                if first && self.rq.len() == 0 {
+                if first && !self.recv_available(ctx) {
                     self.resp.drop_msg = !last;
                     return;
                 }
@@ -564,7 +570,7 @@ impl Qp {
                     return;
                 }
                 let with_imm = matches!(op, 0x09 | 0x0b);
-                if with_imm && self.rq.len() == 0 {
+                if with_imm && !self.recv_available(ctx) {
                     self.resp.write = None;
                     return;
                 }
@@ -574,6 +580,7 @@ impl Qp {
                 if with_imm {
                     let total = self.resp.write.map_or(0, |w| w.total);
                     let imm = repr.ext.imm_dt.map(|i| i.imm);
+                    self.take_recv(ctx);
                     self.complete_recv(
                         ctx,
                         WcOpcode::RecvRdmaWithImm,
@@ -602,25 +609,17 @@ impl Qp {
         if deth.qkey != self.attrs.qkey {
             return; // Q_Key violation: silently dropped, as rxe does.
         }
-        if self.rq.len() == 0 || repr.check_mtu(self.attrs.path_mtu).is_err() {
+        if repr.check_mtu(self.attrs.path_mtu).is_err() || !self.take_recv(ctx) {
             return;
         }
+        self.resp.have_cur = false;
         // The first 40 bytes of the receive buffer hold the GRH.
         let data = pkt.payload();
-        let w = self.rq.at(self.rq.head);
+        let w = &self.resp.cur;
         let total = 40 + data.len() as u64;
         if total > w.len {
-            let wc = Wc {
-                wr_id: w.wr_id,
-                status: WcStatus::LocLenErr,
-                opcode: WcOpcode::Recv,
-                byte_len: 0,
-                qp_num: self.qpn,
-                src_qp: deth.src_qp,
-                imm_data: None,
-                invalidated_rkey: None,
-            };
-            self.rq.head += 1;
+            let mut wc = self.recv_wc(w.wr_id, WcStatus::LocLenErr);
+            wc.src_qp = deth.src_qp;
             ctx.complete(self.recv_cq, wc, true);
             return;
         }
@@ -647,7 +646,6 @@ impl Qp {
             imm_data: repr.ext.imm_dt.map(|i| i.imm),
             invalidated_rkey: None,
         };
-        self.rq.head += 1;
         ctx.complete(self.recv_cq, wc, repr.bth.solicited);
     }
 

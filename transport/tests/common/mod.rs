@@ -49,6 +49,7 @@ pub fn make_side(e: &mut Engine<VecMemory>, qp_type: QpType, mem: u64, cq_depth:
                 max_inline_data: 256,
             },
             sq_sig_all: false,
+            srq: None,
         })
         .unwrap();
     Side { pd, cq, key, qp }
