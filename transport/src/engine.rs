@@ -629,6 +629,14 @@ impl<M: Memory> Engine<M> {
         if wr.op.is_atomic() && (len != 8 || wr.sges.len() != 1) {
             return Err(VerbsError::Invalid("atomics need one 8-byte SGE"));
         }
+        if wr.op.is_read_response_acked() {
+            if qp.qp_type != QpType::Rc {
+                return Err(VerbsError::Invalid("ATOMIC_WRITE and FLUSH are RC only"));
+            }
+            if !wr.sges.is_empty() {
+                return Err(VerbsError::Invalid("ATOMIC_WRITE and FLUSH take no SGEs"));
+            }
+        }
         if wr.inline
             && (len > u64::from(qp.caps.max_inline_data.min(max_inline)) || !wr.op.sends_payload())
         {

@@ -76,6 +76,20 @@ pub enum SendOp {
         /// Added to the remote value.
         add: u64,
     },
+    /// Atomic 8-byte write: the bytes of the value (native order, as they
+    /// stand in memory) replace the 8 aligned bytes at the remote address.
+    AtomicWrite(u64),
+    /// FLUSH of `len` bytes at the remote address to the placement type
+    /// (bit 0 global visibility, bit 1 persistence); selectivity level 1
+    /// flushes the whole region.
+    Flush {
+        /// Bytes to flush.
+        len: u32,
+        /// Placement type bits.
+        placement_type: u8,
+        /// Selectivity level (0: the range, 1: the whole MR).
+        selectivity_level: u8,
+    },
 }
 
 impl SendOp {
@@ -91,13 +105,24 @@ impl SendOp {
         )
     }
 
-    /// Whether the operation is an RDMA READ or atomic (limited by
-    /// max_rd_atomic).
+    /// Whether the operation waits for a response from the responder
+    /// (READ, atomics, ATOMIC_WRITE, FLUSH); these count against
+    /// max_rd_atomic.
     pub const fn is_read_or_atomic(self) -> bool {
         matches!(
             self,
-            SendOp::Read | SendOp::CmpSwap { .. } | SendOp::FetchAdd { .. }
+            SendOp::Read
+                | SendOp::CmpSwap { .. }
+                | SendOp::FetchAdd { .. }
+                | SendOp::AtomicWrite(_)
+                | SendOp::Flush { .. }
         )
+    }
+
+    /// Whether the response is an empty READ response (ATOMIC_WRITE and
+    /// FLUSH are acknowledged that way).
+    pub const fn is_read_response_acked(self) -> bool {
+        matches!(self, SendOp::AtomicWrite(_) | SendOp::Flush { .. })
     }
 
     /// Whether it is an atomic.
@@ -222,6 +247,10 @@ pub enum WcOpcode {
     CompSwap,
     /// A fetch and add.
     FetchAdd,
+    /// An atomic write.
+    AtomicWrite,
+    /// A flush.
+    Flush,
     /// A received message.
     Recv,
     /// A received RDMA WRITE with immediate.

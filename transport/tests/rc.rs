@@ -271,3 +271,121 @@ fn inline_and_unsignaled() {
     assert_eq!(wb.len(), 2);
     assert_eq!(&s.pair.b.memory().as_slice()[0x100..0x105], b"HELLO");
 }
+
+#[test]
+fn atomic_write_and_flush() {
+    use transport::verbs::{Access, QpAttr};
+    let mut s = setup(
+        QpType::Rc,
+        LinkConfig::clean(1000),
+        5,
+        Mtu::Mtu1024,
+        1 << 20,
+    );
+    let flushable = common::ALL_ACCESS
+        .with(Access::FLUSH_GLOBAL)
+        .with(Access::FLUSH_PERSISTENT);
+    let kf = s
+        .pair
+        .b
+        .reg_mr(s.b.pd, 0x9_0000, 0x1000, 0x9_0000, flushable)
+        .unwrap();
+    let qp_access = Access::REMOTE_WRITE
+        .with(Access::REMOTE_READ)
+        .with(Access::REMOTE_ATOMIC)
+        .with(Access::FLUSH_GLOBAL);
+    s.pair
+        .b
+        .modify_qp(
+            s.b.qp,
+            &QpAttr {
+                access: Some(qp_access),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    let none: [Sge; 0] = [];
+    let v = 0x1122_3344_5566_7788u64;
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(1, SendOp::AtomicWrite(v), &none).remote(0x9_0010, kf),
+        )
+        .unwrap();
+    let flush = |sel| SendOp::Flush {
+        len: 64,
+        placement_type: 1,
+        selectivity_level: sel,
+    };
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(2, flush(0), &none).remote(0x9_0000, kf),
+        )
+        .unwrap();
+    s.pair
+        .a
+        .post_send(s.a.qp, &SendWr::new(3, flush(1), &none).remote(0, kf))
+        .unwrap();
+    s.pair.drive(SEC, |_| false);
+    let wa = drain(&mut s.pair.a, s.a.cq);
+    assert_eq!(
+        wa.iter()
+            .map(|w| (w.wr_id, w.status, w.opcode))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, WcStatus::Success, WcOpcode::AtomicWrite),
+            (2, WcStatus::Success, WcOpcode::Flush),
+            (3, WcStatus::Success, WcOpcode::Flush),
+        ]
+    );
+    assert_eq!(
+        &s.pair.b.memory().as_slice()[0x9_0010..0x9_0018],
+        &v.to_ne_bytes()
+    );
+
+    // Persistence was not granted to the QP: an invalid request.
+    let persist = SendOp::Flush {
+        len: 64,
+        placement_type: 2,
+        selectivity_level: 0,
+    };
+    s.pair
+        .a
+        .post_send(s.a.qp, &SendWr::new(4, persist, &none).remote(0x9_0000, kf))
+        .unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(
+        drain(&mut s.pair.a, s.a.cq)[0].status,
+        WcStatus::RemInvReqErr
+    );
+
+    // ATOMIC_WRITE through a key without remote write: access error.
+    let mut s = setup(
+        QpType::Rc,
+        LinkConfig::clean(1000),
+        6,
+        Mtu::Mtu1024,
+        1 << 20,
+    );
+    let ro = s
+        .pair
+        .b
+        .reg_mr(s.b.pd, 0x9_0000, 0x1000, 0x9_0000, Access::REMOTE_READ)
+        .unwrap();
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(1, SendOp::AtomicWrite(1), &none).remote(0x9_0000, ro),
+        )
+        .unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(
+        drain(&mut s.pair.a, s.a.cq)[0].status,
+        WcStatus::RemAccessErr
+    );
+}

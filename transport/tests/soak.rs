@@ -136,13 +136,13 @@ fn rc_soak() {
     let mut posted = 0usize;
     let mut done = 0usize;
     let mut next_slot = 0u64;
-    let mut counts = [0usize; 8];
+    let mut counts = [0usize; 10];
     let started = std::time::Instant::now();
 
     while done < n {
         // Keep up to 48 WRs outstanding.
         while posted < n && pending.len() < 48 {
-            let kind = rng.random_range(0..8u8);
+            let kind = rng.random_range(0..10u8);
             counts[kind as usize] += 1;
             let wr_id = posted as u64;
             let mut p = Pending {
@@ -151,7 +151,7 @@ fn rc_soak() {
                 check: None,
                 atomic: None,
             };
-            let (op, len, remote) = match kind {
+            let (op, mut len, remote) = match kind {
                 0..=2 => {
                     let len = size(&mut rng, RBUF_LEN);
                     let op = match kind {
@@ -175,6 +175,25 @@ fn rc_soak() {
                     let len = size(&mut rng, MIB);
                     let src = RSRC + rng.random_range(0..=(2 * MIB - len));
                     (SendOp::Read, len, src)
+                }
+                8 => (
+                    SendOp::AtomicWrite(rng.random()),
+                    0,
+                    CTR + 8 * rng.random_range(0..16u64),
+                ),
+                9 => {
+                    let len = rng.random_range(0..4096u32);
+                    let sel = rng.random_range(0..2u8);
+                    let at = WDST + rng.random_range(0..MIB);
+                    (
+                        SendOp::Flush {
+                            len,
+                            placement_type: 1 + rng.random_range(0..3u8),
+                            selectivity_level: sel,
+                        },
+                        0,
+                        at,
+                    )
                 }
                 6 => {
                     let add = rng.random_range(0..1000u64);
@@ -210,7 +229,7 @@ fn rc_soak() {
                 SendOp::Read => {
                     // Keep in-flight READ destinations apart, so each can
                     // be checked when it completes.
-                    let clashes = |dst: u64| {
+                    let clashes = |dst: u64, len: u64| {
                         pending.iter().any(|q| {
                             q.check
                                 .as_ref()
@@ -219,12 +238,17 @@ fn rc_soak() {
                     };
                     let mut dst = RDST + rng.random_range(0..=(2 * MIB - len));
                     for _ in 0..32 {
-                        if !clashes(dst) {
+                        if !clashes(dst, len) {
                             break;
                         }
                         dst = RDST + rng.random_range(0..=(2 * MIB - len));
                     }
-                    read_checkable = !clashes(dst);
+                    if clashes(dst, len) {
+                        // No free room: make it a zero-length READ, which
+                        // touches no memory.
+                        len = 0;
+                    }
+                    read_checkable = true;
                     dst
                 }
                 SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. } => {
@@ -285,6 +309,10 @@ fn rc_soak() {
                         p.check = Some((local, shadow_b[r..r + ln].to_vec()));
                     }
                 }
+                SendOp::AtomicWrite(v) => {
+                    shadow_b[r..r + 8].copy_from_slice(&v.to_ne_bytes());
+                }
+                SendOp::Flush { .. } => {}
                 SendOp::FetchAdd { add } => {
                     let cur = u64::from_ne_bytes(shadow_b[r..r + 8].try_into().unwrap());
                     shadow_b[r..r + 8].copy_from_slice(&cur.wrapping_add(add).to_ne_bytes());

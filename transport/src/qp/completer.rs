@@ -161,6 +161,23 @@ impl Qp {
         }
         let head = self.sq.head;
         let w = self.sq.at(head);
+        if w.op.is_read_response_acked() && w.sent_once {
+            // ATOMIC_WRITE and FLUSH: one empty READ response ONLY.
+            let op = repr.bth.opcode.0 & 0x1f;
+            if psn != w.first_psn {
+                self.retry(ctx, now, self.comp.psn);
+                return;
+            }
+            if op != 0x10 || !pkt.payload().is_empty() {
+                self.enter_error(ctx, Some(WcStatus::BadRespErr));
+                return;
+            }
+            self.comp.psn = psn_add(psn, 1);
+            self.req.rd_inflight = self.req.rd_inflight.saturating_sub(1);
+            self.complete_head(ctx, WcStatus::Success);
+            self.on_progress(now);
+            return;
+        }
         if w.op != SendOp::Read || !w.sent_once {
             return;
         }

@@ -573,6 +573,8 @@ impl Qp {
                 SendOp::Read => WcOpcode::RdmaRead,
                 SendOp::CmpSwap { .. } => WcOpcode::CompSwap,
                 SendOp::FetchAdd { .. } => WcOpcode::FetchAdd,
+                SendOp::AtomicWrite(_) => WcOpcode::AtomicWrite,
+                SendOp::Flush { .. } => WcOpcode::Flush,
             },
             byte_len: if w.op == SendOp::Read {
                 w.len as u32

@@ -135,6 +135,34 @@ impl Qp {
                 bth.ack_req = true;
                 (0, 1, true)
             }
+            SendOp::AtomicWrite(_) => {
+                ext.reth = Some(RethRepr {
+                    va: remote,
+                    rkey,
+                    dma_len: 8,
+                });
+                bth.opcode = Opcode(0x1d);
+                bth.ack_req = true;
+                (8, 1, true)
+            }
+            SendOp::Flush {
+                len: flen,
+                placement_type,
+                selectivity_level,
+            } => {
+                ext.feth = Some(crate::wire::FethRepr {
+                    placement_type,
+                    selectivity_level,
+                });
+                ext.reth = Some(RethRepr {
+                    va: remote,
+                    rkey,
+                    dma_len: flen,
+                });
+                bth.opcode = Opcode(0x1c);
+                bth.ack_req = true;
+                (0, 1, true)
+            }
             SendOp::FetchAdd { add } => {
                 ext.atomic_eth = Some(AtomicEthRepr {
                     va: remote,
@@ -201,7 +229,10 @@ impl Qp {
             let at = repr.header_len();
             let dst = &mut buf[at..at + payload_len];
             let w = self.sq.at(idx);
-            let res = if w.is_inline {
+            let res = if let SendOp::AtomicWrite(v) = w.op {
+                dst.copy_from_slice(&v.to_ne_bytes());
+                Ok(())
+            } else if w.is_inline {
                 let o = offset as usize;
                 dst.copy_from_slice(&w.inline_data[o..o + payload_len]);
                 Ok(())
@@ -298,7 +329,10 @@ impl Qp {
             if in_wqe {
                 let off = u64::from(psn_diff(psn, w.first_psn) as u32) * mtu;
                 let off = match w.op {
-                    SendOp::CmpSwap { .. } | SendOp::FetchAdd { .. } => 0,
+                    SendOp::CmpSwap { .. }
+                    | SendOp::FetchAdd { .. }
+                    | SendOp::AtomicWrite(_)
+                    | SendOp::Flush { .. } => 0,
                     _ => off.min(w.len),
                 };
                 let (first_psn, state) = (w.first_psn, w.state);

@@ -37,6 +37,11 @@ pub(crate) enum Resource {
         orig: u64,
         msn: u32,
     },
+    /// ATOMIC_WRITE or FLUSH: acknowledged by an empty READ response.
+    Done {
+        psn: u32,
+        msn: u32,
+    },
 }
 
 /// One item of the responder's output, in PSN order.
@@ -135,6 +140,20 @@ const ACK: AethSyndrome = AethSyndrome::Ack {
     credits: INVALID_CREDITS,
 };
 
+/// The access a FLUSH needs: the flags of its placement type (rxe
+/// `check_qp_attr_access`).
+fn flush_access(repr: &PacketRepr) -> Access {
+    let plt = repr.ext.feth.map_or(0, |f| f.placement_type);
+    let mut need = Access(0);
+    if plt & 1 != 0 {
+        need = need.with(Access::FLUSH_GLOBAL);
+    }
+    if plt & 2 != 0 {
+        need = need.with(Access::FLUSH_PERSISTENT);
+    }
+    need
+}
+
 /// Whether opcode (low 5 bits) continues a SEND or a WRITE.
 fn continues_send(op: u8) -> bool {
     matches!(op, 0x01 | 0x02 | 0x03 | 0x16)
@@ -191,11 +210,11 @@ impl Qp {
             return self.nak_error(ctx, NakCode::InvalidRequest, None);
         }
         let need = match op {
-            0x06..=0x0b => Access::REMOTE_WRITE,
+            0x06..=0x0b | 0x1d => Access::REMOTE_WRITE,
             0x0c => Access::REMOTE_READ,
             0x13 | 0x14 => Access::REMOTE_ATOMIC,
+            0x1c => flush_access(repr),
             0x00..=0x05 | 0x16 | 0x17 => Access(0),
-            // FLUSH and ATOMIC_WRITE are not executed yet.
             _ => return self.nak_error(ctx, NakCode::InvalidRequest, None),
         };
         if !self.attrs.access.contains(need) {
@@ -255,6 +274,8 @@ impl Qp {
             }
             0x0c => return self.start_read(ctx, repr),
             0x13 | 0x14 => return self.do_atomic(ctx, repr, op == 0x13),
+            0x1d => return self.do_atomic_write(ctx, repr, pkt.payload()),
+            0x1c => return self.do_flush(ctx, repr),
             _ => {}
         }
         if last {
@@ -405,6 +426,53 @@ impl Qp {
         self.resp.psn = psn_add(psn, 1);
     }
 
+    fn do_atomic_write<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, repr: &PacketRepr, data: &[u8]) {
+        let Some(reth) = repr.ext.reth else { return };
+        if reth.va % 8 != 0 || data.len() != 8 {
+            return self.nak_error(ctx, NakCode::InvalidRequest, None);
+        }
+        let Ok(addr) = ctx
+            .mrs
+            .check(reth.rkey, self.pd, Access::REMOTE_WRITE, reth.va, 8)
+        else {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        };
+        if ctx.mem.write(addr, data).is_err() {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        }
+        self.finish_done(repr.bth.psn);
+    }
+
+    fn do_flush<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, repr: &PacketRepr) {
+        let (Some(reth), Some(feth)) = (repr.ext.reth, repr.ext.feth) else {
+            return;
+        };
+        // Selectivity level 1 flushes the whole region: only the key is
+        // checked. Memory here is coherent, so placement needs no work
+        // once the access is allowed.
+        let need = flush_access(repr);
+        let ok = if feth.selectivity_level == 1 {
+            ctx.mrs
+                .get(reth.rkey)
+                .is_some_and(|m| m.pd == self.pd && m.access.contains(need))
+        } else {
+            ctx.mrs
+                .check(reth.rkey, self.pd, need, reth.va, u64::from(reth.dma_len))
+                .is_ok()
+        };
+        if !ok {
+            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
+        }
+        self.finish_done(repr.bth.psn);
+    }
+
+    fn finish_done(&mut self, psn: u32) {
+        self.resp.msn = psn_add(self.resp.msn, 1);
+        let msn = self.resp.msn;
+        self.resp.alloc_resource(Resource::Done { psn, msn });
+        self.resp.psn = psn_add(psn, 1);
+    }
+
     /// A request with a PSN we have already executed.
     fn on_duplicate(&mut self, repr: &PacketRepr) {
         let op = repr.bth.opcode.0 & 0x1f;
@@ -432,12 +500,12 @@ impl Qp {
                     }
                 }
             }
-            0x13 | 0x14 => {
-                let found = self
-                    .resp
-                    .resources
-                    .iter()
-                    .position(|r| matches!(*r, Resource::Atomic { psn: p, .. } if p == psn));
+            0x13 | 0x14 | 0x1c | 0x1d => {
+                // Atomics replay their saved result; ATOMIC_WRITE and FLUSH
+                // their empty READ response. Nothing executes twice.
+                let found = self.resp.resources.iter().position(|r| {
+                    matches!(*r, Resource::Atomic { psn: p, .. } | Resource::Done { psn: p, .. } if p == psn)
+                });
                 if let Some(slot) = found
                     && !self.resp.out.contains(&RespOut::Resource(slot))
                 {
@@ -683,6 +751,12 @@ impl Qp {
                     bth.psn = psn;
                     ext.aeth = Some(AethRepr { syndrome: ACK, msn });
                     ext.atomic_ack_eth = Some(AtomicAckEthRepr { orig });
+                    self.resp.out.pop_front();
+                }
+                Resource::Done { psn, msn } => {
+                    bth.opcode = Opcode(0x10);
+                    bth.psn = psn;
+                    ext.aeth = Some(AethRepr { syndrome: ACK, msn });
                     self.resp.out.pop_front();
                 }
                 Resource::Read {

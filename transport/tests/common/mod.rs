@@ -28,7 +28,9 @@ pub const ALL_ACCESS: Access = Access(
     Access::LOCAL_WRITE.0
         | Access::REMOTE_WRITE.0
         | Access::REMOTE_READ.0
-        | Access::REMOTE_ATOMIC.0,
+        | Access::REMOTE_ATOMIC.0
+        | Access::FLUSH_GLOBAL.0
+        | Access::FLUSH_PERSISTENT.0,
 );
 
 pub fn make_side(e: &mut Engine<VecMemory>, qp_type: QpType, mem: u64, cq_depth: u32) -> Side {
@@ -83,11 +85,7 @@ pub fn connect(e: &mut Engine<VecMemory>, qp: u32, c: Conn) {
         qp,
         &QpAttr {
             state: Some(QpState::Init),
-            access: Some(
-                Access::REMOTE_WRITE
-                    .with(Access::REMOTE_READ)
-                    .with(Access::REMOTE_ATOMIC),
-            ),
+            access: Some(Access(ALL_ACCESS.0 & !Access::LOCAL_WRITE.0)),
             pkey_index: Some(0),
             qkey: Some(0x1111_1111),
             ..Default::default()
