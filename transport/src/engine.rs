@@ -30,7 +30,7 @@ use crate::{
         Access, AsyncEvent, CqNotification, QpAttr, QpCaps, QpState, QpType, RecvWr, SendWr,
         VerbsError, Wc,
     },
-    wire::{Packet, PacketRepr, Transport},
+    wire::{DEFAULT_PKEY, Packet, PacketRepr, Transport},
 };
 
 /// The first QP number handed out, as in rxe.
@@ -118,6 +118,27 @@ pub enum Drop {
     /// CNPs are only counted.
     #[error("congestion notification")]
     Cnp,
+    /// The P_Key is not in the partition table.
+    #[error("P_Key {0:#06x} not in the partition table")]
+    BadPkey(u16),
+    /// A connected QP got a packet from another address than its peer's.
+    #[error("packet for QP {0} from an address other than its peer")]
+    WrongSource(u32),
+}
+
+/// The source GID in a raw IPv4 or IPv6 header.
+fn source_gid(ip: &[u8]) -> Option<Gid> {
+    match (ip.first()? >> 4, ip.len()) {
+        (4, 20..) => Some(Gid::from_ip(std::net::IpAddr::from([
+            ip[12], ip[13], ip[14], ip[15],
+        ]))),
+        (6, 40..) => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&ip[8..24]);
+            Some(Gid(a))
+        }
+        _ => None,
+    }
 }
 
 /// The UDP source port rxe uses for a QP pair (`rdma_get_udp_sport`).
@@ -310,7 +331,10 @@ impl<M: Memory> Engine<M> {
         {
             return Err(VerbsError::Invalid("remote write/atomic needs local write"));
         }
-        if length > self.attrs.max_mr_size || iova.checked_add(length).is_none() {
+        if length > self.attrs.max_mr_size
+            || iova.checked_add(length).is_none()
+            || base.checked_add(length).is_none()
+        {
             return Err(VerbsError::Invalid("region too large"));
         }
         self.mrs
@@ -538,7 +562,7 @@ impl<M: Memory> Engine<M> {
             }
         }
         let qpn = FIRST_QPN + slot as u32;
-        self.qps[slot] = Some(Qp::new(
+        let mut qp = Qp::new(
             qpn,
             init.qp_type,
             init.pd,
@@ -546,7 +570,12 @@ impl<M: Memory> Engine<M> {
             init.srq,
             init.caps,
             init.sq_sig_all,
-        ));
+        );
+        if matches!(init.qp_type, QpType::Ud | QpType::Gsi) {
+            // Datagrams use the port MTU (rxe `get_mtu`).
+            qp.attrs.path_mtu = self.attrs.max_mtu;
+        }
+        self.qps[slot] = Some(qp);
         Ok(qpn)
     }
 
@@ -573,6 +602,12 @@ impl<M: Memory> Engine<M> {
                 handle: qpn,
             })?;
         let changed = qp.modify(attr, &attrs, now)?;
+        if changed == Some(QpState::Sqd) {
+            qp.req.drained_sent = qp.sq.head == qp.req.idx;
+            if qp.req.drained_sent {
+                self.events.push_back(AsyncEvent::SqDrained(qpn));
+            }
+        }
         if changed == Some(QpState::Err) {
             let mut ctx = ctx!(self);
             if let Some(Some(qp)) = self.qps.get_mut(i) {
@@ -623,6 +658,11 @@ impl<M: Memory> Engine<M> {
         if len > self.attrs.max_msg_size {
             return Err(VerbsError::Invalid("message too long"));
         }
+        if u64::from(crate::qp::packets_for(len, qp.attrs.path_mtu)) >= 1 << 23 {
+            return Err(VerbsError::Invalid(
+                "message needs 2^23 packets or more at this path MTU",
+            ));
+        }
         if ud && len > qp.attrs.path_mtu.bytes() as u64 {
             return Err(VerbsError::Invalid("UD message longer than the path MTU"));
         }
@@ -664,6 +704,8 @@ impl<M: Memory> Engine<M> {
         w.last_psn = 0;
         w.state = WqeState::Posted;
         w.sent_once = false;
+        w.started = false;
+        w.error = None;
         w.rd_counted = false;
         w.read_done = 0;
         if wr.inline {
@@ -748,6 +790,18 @@ impl<M: Memory> Engine<M> {
                 opcode: opcode.0,
                 qpn,
             });
+        }
+        // Only the default partition exists (rxe `check_keys`).
+        if repr.bth.pkey & 0x7fff != DEFAULT_PKEY & 0x7fff {
+            return Err(Drop::BadPkey(repr.bth.pkey));
+        }
+        // A connected QP only takes packets from its peer (rxe
+        // `check_addr`).
+        if matches!(qp.qp_type, QpType::Rc | QpType::Uc)
+            && let Some(src) = source_gid(meta.ip_header)
+            && src != qp.attrs.ah.dgid
+        {
+            return Err(Drop::WrongSource(qpn));
         }
         if meta.ecn == 3 {
             // Congestion experienced: tell the sender with a CNP.

@@ -21,7 +21,7 @@ impl Qp {
         pkt: &Packet<&[u8]>,
         repr: &PacketRepr,
     ) {
-        if !matches!(self.state, QpState::Rts | QpState::Sqd) {
+        if !matches!(self.state, QpState::Rts | QpState::Sqd | QpState::Sqe) {
             return;
         }
         let psn = repr.bth.psn;
@@ -64,7 +64,10 @@ impl Qp {
                 if self.comp.rnr_left != 7 {
                     self.comp.rnr_left -= 1;
                 }
-                self.rewind_to(psn);
+                // Like rxe (`req_retry`), restart from the oldest
+                // unacknowledged PSN, whatever PSN a late RNR NAK names.
+                let from = self.comp.psn;
+                self.rewind_to(from);
                 self.req.rnr_until = Some(now + super::rnr_timeout_ns(timer));
                 self.comp.retrans_at = None;
             }
@@ -78,14 +81,31 @@ impl Qp {
                 }
                 let status = match code {
                     NakCode::PsnSequenceError => {
-                        self.retry(ctx, now, psn);
+                        let from = self.comp.psn;
+                        self.retry(ctx, now, from);
                         return;
                     }
                     NakCode::InvalidRequest => WcStatus::RemInvReqErr,
                     NakCode::RemoteAccessError => WcStatus::RemAccessErr,
-                    NakCode::RemoteOperationalError => WcStatus::RemOpErr,
-                    NakCode::InvalidRdRequest | NakCode::Reserved(_) => WcStatus::BadRespErr,
+                    // rxe `check_ack`: anything else is a remote operational
+                    // error.
+                    NakCode::RemoteOperationalError
+                    | NakCode::InvalidRdRequest
+                    | NakCode::Reserved(_) => WcStatus::RemOpErr,
                 };
+                // The error belongs to the WQE that holds the NAK's PSN. If
+                // the head WQE ends before it (a READ or atomic whose
+                // response is missing), retry instead (rxe `check_psn`).
+                let w = self.sq.at(self.sq.head);
+                let holds = w.sent_once || w.state != WqeState::Posted;
+                let in_head = holds
+                    && psn_diff(psn, w.first_psn) >= 0
+                    && (!w.sent_once || psn_diff(psn, w.last_psn) <= 0);
+                if !in_head {
+                    let from = self.comp.psn;
+                    self.retry(ctx, now, from);
+                    return;
+                }
                 self.enter_error(ctx, Some(status));
             }
             AethSyndrome::Reserved(_) => {}
@@ -277,6 +297,19 @@ impl Qp {
             self.req.offset = 0;
             self.req.psn = self.comp.psn;
         }
+        if self.sq.head < self.sq.tail
+            && let Some(status) = self.sq.at(self.sq.head).error
+        {
+            // A WQE that failed locally is reported once everything before
+            // it has completed.
+            self.enter_error(ctx, Some(status));
+            return;
+        }
+        if self.state == QpState::Sqd && self.sq.head == self.req.idx && !self.req.drained_sent {
+            self.req.drained_sent = true;
+            ctx.events
+                .push_back(crate::verbs::AsyncEvent::SqDrained(self.qpn));
+        }
     }
 
     /// Forward progress: refill the retry budget and restart the timer.
@@ -320,7 +353,9 @@ impl Qp {
             && now >= t
         {
             self.comp.retrans_at = None;
-            if psn_diff(self.req.psn, self.comp.psn) > 0 && self.state == QpState::Rts {
+            if psn_diff(self.req.psn, self.comp.psn) > 0
+                && matches!(self.state, QpState::Rts | QpState::Sqd)
+            {
                 let psn = self.comp.psn;
                 self.retry_inner(ctx, now, psn, true);
             }

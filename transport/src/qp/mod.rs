@@ -120,10 +120,16 @@ pub(crate) struct SendWqe {
     /// Its last packet has been sent at least once, so `last_psn` is
     /// known even after a rewind.
     pub sent_once: bool,
+    /// Its first packet has been sent at least once (SQD finishes such
+    /// WQEs and starts no others).
+    pub started: bool,
     /// Counted against max_rd_atomic.
     pub rd_counted: bool,
     /// Bytes of the READ response placed so far.
     pub read_done: u64,
+    /// The WQE failed locally (e.g. a bad lkey); it is reported with this
+    /// status when it reaches the head of the queue.
+    pub error: Option<WcStatus>,
 }
 
 impl Default for SendWqe {
@@ -145,8 +151,10 @@ impl Default for SendWqe {
             last_psn: 0,
             state: WqeState::Posted,
             sent_once: false,
+            started: false,
             rd_counted: false,
             read_done: 0,
+            error: None,
         }
     }
 }
@@ -203,6 +211,10 @@ pub(crate) struct ReqState {
     pub rd_inflight: u32,
     /// Requester paused by an RNR NAK until this time.
     pub rnr_until: Option<u64>,
+    /// A WQE failed locally: send nothing more.
+    pub halted: bool,
+    /// The SQ-drained event for the current SQD was raised.
+    pub drained_sent: bool,
 }
 
 /// Completer state (rxe `qp->comp`).
@@ -446,8 +458,8 @@ impl Qp {
             at.max_rd_atomic = v.max(1);
         }
         if let Some(v) = a.max_dest_rd_atomic {
-            at.max_dest_rd_atomic = v.max(1);
-            self.resp = responder::RespState::new(usize::from(v.max(1)));
+            at.max_dest_rd_atomic = v;
+            self.resp.resize(usize::from(v));
         }
         if let Some(v) = a.min_rnr_timer {
             at.min_rnr_timer = v;
@@ -471,6 +483,7 @@ impl Qp {
         }
         if let Some(p) = a.rq_psn {
             self.resp.psn = p & PSN_MASK;
+            self.resp.ack_psn = p & PSN_MASK;
         }
         if let Some(p) = a.sq_psn {
             self.req.psn = p & PSN_MASK;
@@ -497,7 +510,7 @@ impl Qp {
             rnr_left: self.attrs.rnr_retry,
             ..CompState::default()
         };
-        self.resp = responder::RespState::new(usize::from(self.attrs.max_dest_rd_atomic));
+        self.resp = responder::RespState::new(usize::from(self.attrs.max_dest_rd_atomic.max(1)));
     }
 
     /// Whether a completion for this send WQE is generated.
@@ -521,6 +534,9 @@ impl Qp {
 
     /// Whether a receive WQE is available, from the SRQ or the RQ.
     pub(crate) fn recv_available<M: Memory>(&self, ctx: &Ctx<'_, M>) -> bool {
+        if self.resp.have_cur {
+            return true;
+        }
         match self.srq {
             Some(h) => ctx
                 .srqs
@@ -531,10 +547,29 @@ impl Qp {
         }
     }
 
-    /// Moves the next receive WQE (from the SRQ or the RQ) into the QP's
-    /// current WQE by swapping slots, which never allocates. Fires the SRQ
+    /// Length of the next receive WQE, if there is one.
+    pub(crate) fn peek_recv_len<M: Memory>(&self, ctx: &Ctx<'_, M>) -> Option<u64> {
+        if self.resp.have_cur {
+            return Some(self.resp.cur.len);
+        }
+        match self.srq {
+            Some(h) => {
+                let s = ctx.srqs.get(h as usize)?.as_ref()?;
+                (!s.is_empty()).then(|| s.ring.at(s.ring.head).len)
+            }
+            None => (self.rq.len() > 0).then(|| self.rq.at(self.rq.head).len),
+        }
+    }
+
+    /// Makes sure the QP holds a current receive WQE: the one it already
+    /// holds, or the next one from the SRQ or the RQ, moved in by swapping
+    /// slots, which never allocates. Fires the SRQ
     /// limit event when the SRQ drops below its armed limit.
     pub(crate) fn take_recv<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) -> bool {
+        if self.resp.have_cur {
+            // A WQE kept from a dropped UC message is used first.
+            return true;
+        }
         let ring = match self.srq {
             Some(h) => match ctx.srqs.get_mut(h as usize).and_then(Option::as_mut) {
                 Some(s) => {

@@ -58,7 +58,7 @@ impl Qp {
         now: u64,
         buf: &mut [u8],
     ) -> Option<Request> {
-        if self.state != QpState::Rts {
+        if !matches!(self.state, QpState::Rts | QpState::Sqd) || self.req.halted {
             return None;
         }
         if let Some(t) = self.req.rnr_until {
@@ -77,6 +77,10 @@ impl Qp {
         let idx = self.req.idx;
         let w = self.sq.at(idx);
         let starting = self.req.offset == 0 && w.state == WqeState::Posted;
+        if self.state == QpState::Sqd && starting && !w.started {
+            // SQD finishes what is under way and starts nothing new.
+            return None;
+        }
         if reliable && w.fence && self.req.rd_inflight > 0 && starting {
             return None;
         }
@@ -195,7 +199,8 @@ impl Qp {
                         SendOp::SendWithInv(key) => ext.ieth = Some(IethRepr { rkey: key }),
                         _ => {}
                     }
-                    bth.solicited = w.solicited;
+                    // SE only on SEND and WRITE with immediate (rxe).
+                    bth.solicited = w.solicited && !matches!(op, SendOp::Write);
                 }
                 if let Some(u) = ud {
                     let qkey = if u.remote_qkey & 0x8000_0000 != 0 {
@@ -240,9 +245,15 @@ impl Qp {
                 mr::gather(&*ctx.mem, ctx.mrs, self.pd, &w.sges, offset, dst)
             };
             if res.is_err() {
-                // A bad lkey on a send: the WQE completes in error and the
-                // QP goes to ERR, as rxe does.
-                self.fail_head_wqe(ctx, idx, WcStatus::LocProtErr);
+                // A bad lkey: the WQE completes with a protection error and
+                // the QP goes to ERR, as rxe does, but only after the WQEs
+                // before it have completed.
+                if idx == self.sq.head {
+                    self.enter_error(ctx, Some(WcStatus::LocProtErr));
+                } else {
+                    self.sq.at_mut(idx).error = Some(WcStatus::LocProtErr);
+                    self.req.halted = true;
+                }
                 return None;
             }
         }
@@ -253,6 +264,7 @@ impl Qp {
         if w.state == WqeState::Posted {
             w.first_psn = psn;
             w.state = WqeState::Sending;
+            w.started = true;
         }
         if w.op.is_read_or_atomic() && !w.rd_counted {
             w.rd_counted = true;
@@ -296,29 +308,12 @@ impl Qp {
         self.sq.head += 1;
     }
 
-    /// Fails the WQE at `idx` (which must be the oldest outstanding one for
-    /// the error to be reported in order) and moves the QP to ERR.
-    pub(crate) fn fail_head_wqe<M: Memory>(
-        &mut self,
-        ctx: &mut Ctx<'_, M>,
-        idx: u64,
-        status: WcStatus,
-    ) {
-        // Complete everything before `idx` that was already acknowledged
-        // is the completer's job; here the failure is reported at `idx`
-        // and everything after it is flushed.
-        while self.sq.head < idx {
-            let w = self.sq.at(self.sq.head).clone();
-            let wc = self.send_wc(&w, WcStatus::WrFlushErr);
-            ctx.complete(self.send_cq, wc, true);
-            self.sq.head += 1;
-        }
-        self.enter_error(ctx, Some(status));
-    }
-
     /// Go-back-N: resume sending from PSN `psn`, which lies within the
     /// outstanding WQEs.
     pub(crate) fn rewind_to(&mut self, psn: u32) {
+        if psn_diff(psn, self.req.psn) >= 0 {
+            return; // nothing sent at or after it
+        }
         let mtu = self.attrs.path_mtu.bytes() as u64;
         let mut i = self.sq.head;
         while i < self.req.idx || (i == self.req.idx && self.req.offset > 0) {

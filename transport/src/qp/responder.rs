@@ -71,6 +71,9 @@ pub(crate) struct RespState {
     pub psn: u32,
     /// Message sequence number.
     pub msn: u32,
+    /// One past the last executed request that is not a READ: what a
+    /// duplicate SEND or WRITE is acknowledged with (rxe `ack_psn`).
+    pub ack_psn: u32,
     sent_psn_nak: bool,
     /// Bytes placed into the receive WQE of the SEND in progress.
     recv_offset: Option<u64>,
@@ -96,6 +99,7 @@ impl RespState {
             have_cur: false,
             psn: 0,
             msn: 0,
+            ack_psn: 0,
             sent_psn_nak: false,
             recv_offset: None,
             write: None,
@@ -112,18 +116,35 @@ impl RespState {
         self.write = None;
     }
 
+    /// Queues an ACK, RNR NAK or NAK. A later one replaces an ACK-type
+    /// entry still waiting at the back of the queue (ACKs coalesce, and a
+    /// peer repeating a request cannot grow the queue), except a fatal NAK,
+    /// which is always sent.
     fn queue_ack(&mut self, psn: u32, syndrome: AethSyndrome) {
         let msn = self.msn;
-        if let Some(RespOut::Ack {
-            syndrome: AethSyndrome::Ack { .. },
-            ..
-        }) = self.out.back()
-            && matches!(syndrome, AethSyndrome::Ack { .. })
-        {
-            // Coalesce: a later ACK covers the earlier one.
+        if let Some(RespOut::Ack { syndrome: back, .. }) = self.out.back() {
+            let fatal = matches!(
+                back,
+                AethSyndrome::Nak(
+                    NakCode::InvalidRequest
+                        | NakCode::RemoteAccessError
+                        | NakCode::RemoteOperationalError
+                )
+            );
+            if fatal {
+                return;
+            }
             self.out.pop_back();
         }
         self.out.push_back(RespOut::Ack { psn, syndrome, msn });
+    }
+
+    /// Changes the number of READ/atomic resources, keeping PSNs.
+    pub(crate) fn resize(&mut self, resources: usize) {
+        self.resources = vec![Resource::Free; resources.max(1)];
+        self.res_next = 0;
+        self.out.clear();
+        self.out.reserve(2 * resources + 2);
     }
 
     fn alloc_resource(&mut self, r: Resource) -> usize {
@@ -135,6 +156,9 @@ impl RespState {
         slot
     }
 }
+
+/// The largest RDMA length (IBTA C9-94: 2^31 bytes).
+const MAX_DMA_LEN: u64 = 1 << 31;
 
 const ACK: AethSyndrome = AethSyndrome::Ack {
     credits: INVALID_CREDITS,
@@ -282,6 +306,7 @@ impl Qp {
             self.resp.msn = psn_add(self.resp.msn, 1);
         }
         self.resp.psn = psn_add(psn, 1);
+        self.resp.ack_psn = self.resp.psn;
         if repr.bth.ack_req {
             self.resp.queue_ack(psn, ACK);
         }
@@ -300,7 +325,7 @@ impl Qp {
         };
         let w = &self.resp.cur;
         if off + data.len() as u64 > w.len {
-            self.nak_error(ctx, NakCode::InvalidRequest, Some(WcStatus::LocLenErr));
+            self.nak_error(ctx, NakCode::InvalidRequest, Some(WcStatus::RemInvReqErr));
             return false;
         }
         if mr::scatter(ctx.mem, ctx.mrs, self.pd, &w.sges, off, data).is_err() {
@@ -326,6 +351,10 @@ impl Qp {
     ) -> bool {
         if let Some(reth) = repr.ext.reth {
             let len = u64::from(reth.dma_len);
+            if len > MAX_DMA_LEN {
+                self.nak_error(ctx, NakCode::InvalidRequest, None);
+                return false;
+            }
             if len > 0
                 && ctx
                     .mrs
@@ -370,6 +399,12 @@ impl Qp {
     fn start_read<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, repr: &PacketRepr) {
         let Some(reth) = repr.ext.reth else { return };
         let len = u64::from(reth.dma_len);
+        if len > MAX_DMA_LEN
+            || u64::from(packets_for(len, self.attrs.path_mtu)) >= 1 << 23
+            || self.attrs.max_dest_rd_atomic == 0
+        {
+            return self.nak_error(ctx, NakCode::InvalidRequest, None);
+        }
         if len > 0
             && ctx
                 .mrs
@@ -396,7 +431,7 @@ impl Qp {
 
     fn do_atomic<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, repr: &PacketRepr, cmp_swap: bool) {
         let Some(a) = repr.ext.atomic_eth else { return };
-        if a.va % 8 != 0 {
+        if a.va % 8 != 0 || self.attrs.max_dest_rd_atomic == 0 {
             return self.nak_error(ctx, NakCode::InvalidRequest, None);
         }
         let Ok(addr) = ctx
@@ -471,6 +506,7 @@ impl Qp {
         let msn = self.resp.msn;
         self.resp.alloc_resource(Resource::Done { psn, msn });
         self.resp.psn = psn_add(psn, 1);
+        self.resp.ack_psn = self.resp.psn;
     }
 
     /// A request with a PSN we have already executed.
@@ -513,8 +549,9 @@ impl Qp {
                 }
             }
             _ => {
-                // SEND or WRITE: acknowledge again what we have (C9-105).
-                let prev = psn_add(self.resp.psn, 0xff_ffff);
+                // SEND or WRITE: acknowledge again what we have (C9-105),
+                // never past a READ whose responses are still owed.
+                let prev = psn_add(self.resp.ack_psn, 0xff_ffff);
                 self.resp.queue_ack(prev, ACK);
             }
         }
@@ -533,18 +570,29 @@ impl Qp {
         code: NakCode,
         recv_status: Option<WcStatus>,
     ) {
+        if self.qp_type != QpType::Rc {
+            // UC (rxe): drop the rest of the message, keep the receive WQE
+            // for the next one, stay up.
+            self.resp.drop_msg = true;
+            self.resp.recv_offset = None;
+            self.resp.write = None;
+            return;
+        }
         let psn = self.resp.psn;
-        if let Some(status) = recv_status
-            && self.resp.have_cur
-        {
+        if self.resp.have_cur {
+            // The receive in progress completes with the error (rxe
+            // `do_class_ac_error`).
+            let status = recv_status.unwrap_or(match code {
+                NakCode::RemoteAccessError => WcStatus::RemAccessErr,
+                NakCode::RemoteOperationalError => WcStatus::RemOpErr,
+                _ => WcStatus::RemInvReqErr,
+            });
             self.resp.have_cur = false;
             let wc = self.recv_wc(self.resp.cur.wr_id, status);
             ctx.complete(self.recv_cq, wc, true);
         }
         self.enter_error(ctx, None);
-        if self.qp_type == QpType::Rc {
-            self.resp.queue_ack(psn, AethSyndrome::Nak(code));
-        }
+        self.resp.queue_ack(psn, AethSyndrome::Nak(code));
     }
 
     /// Completes the receive WQE at the head of the RQ.
@@ -677,20 +725,19 @@ impl Qp {
         if deth.qkey != self.attrs.qkey {
             return; // Q_Key violation: silently dropped, as rxe does.
         }
-        if repr.check_mtu(self.attrs.path_mtu).is_err() || !self.take_recv(ctx) {
+        // The first 40 bytes of the receive buffer hold the GRH. A message
+        // that does not fit is dropped without consuming the WQE (rxe,
+        // class D).
+        let data = pkt.payload();
+        let total = 40 + data.len() as u64;
+        if repr.check_mtu(self.attrs.path_mtu).is_err()
+            || self.peek_recv_len(ctx).is_none_or(|len| total > len)
+            || !self.take_recv(ctx)
+        {
             return;
         }
         self.resp.have_cur = false;
-        // The first 40 bytes of the receive buffer hold the GRH.
-        let data = pkt.payload();
         let w = &self.resp.cur;
-        let total = 40 + data.len() as u64;
-        if total > w.len {
-            let mut wc = self.recv_wc(w.wr_id, WcStatus::LocLenErr);
-            wc.src_qp = deth.src_qp;
-            ctx.complete(self.recv_cq, wc, true);
-            return;
-        }
         // The GRH area: an IPv6 header whole, or 20 zero bytes and then
         // the IPv4 header (rxe `rxe_resp.c`, send_data_in for UD).
         let mut grh = [0u8; 40];
@@ -770,6 +817,11 @@ impl Qp {
                     ..
                 } => {
                     let mtu = self.attrs.path_mtu.bytes() as u64;
+                    if next_off > len {
+                        // The path MTU changed under a replay: give up on it.
+                        self.resp.out.pop_front();
+                        return None;
+                    }
                     let rem = len - next_off;
                     let n = rem.min(mtu);
                     let first = next_psn == first_psn;
@@ -816,7 +868,9 @@ impl Qp {
                     .check(rkey, self.pd, Access::REMOTE_READ, va, n as u64)
                     .is_ok_and(|a| ctx.mem.read(a, &mut buf[at..at + n]).is_ok());
             if !ok {
-                // The region went away under an ongoing READ.
+                // The region went away under an ongoing READ: NAK, and the
+                // QP goes to ERR as rxe's does.
+                self.state = QpState::Err;
                 self.resp.out.clear();
                 let msn = self.resp.msn;
                 let nak = PacketRepr {
