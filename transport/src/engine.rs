@@ -33,8 +33,32 @@ use crate::{
     wire::{DEFAULT_PKEY, Packet, PacketRepr, Transport},
 };
 
-/// The first QP number handed out, as in rxe.
+/// The first QP number handed out to ordinary QPs, as in rxe.
 pub const FIRST_QPN: u32 = 17;
+
+/// The QP number of the general services interface.
+pub const GSI_QPN: u32 = 1;
+
+/// Slot of a QP number in the QP table: slot 0 is QP1 (GSI), slot k > 0
+/// is QPN 16 + k. Numbers that name no slot map past the end.
+fn slot_of(qpn: u32) -> usize {
+    if qpn == GSI_QPN {
+        0
+    } else if qpn >= FIRST_QPN {
+        (qpn - FIRST_QPN + 1) as usize
+    } else {
+        usize::MAX
+    }
+}
+
+/// The QP number of a slot.
+fn qpn_of(slot: usize) -> u32 {
+    if slot == 0 {
+        GSI_QPN
+    } else {
+        FIRST_QPN + slot as u32 - 1
+    }
+}
 
 /// Parameters of `create_qp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +226,7 @@ impl<M: Memory> Engine<M> {
             pds: vec![false],
             cqs: vec![None],
             srqs: vec![None],
-            qps: Vec::new(),
+            qps: vec![None],
             events: VecDeque::new(),
             notifications: VecDeque::new(),
             next_tx: 0,
@@ -231,8 +255,7 @@ impl<M: Memory> Engine<M> {
 
     /// A QP by number.
     pub fn qp(&self, qpn: u32) -> Option<&Qp> {
-        let i = qpn.checked_sub(FIRST_QPN)? as usize;
-        self.qps.get(i)?.as_ref()
+        self.qps.get(slot_of(qpn))?.as_ref()
     }
 
     /// The GID table.
@@ -265,8 +288,10 @@ impl<M: Memory> Engine<M> {
             kind: "QP",
             handle: qpn,
         };
-        let i = qpn.checked_sub(FIRST_QPN).ok_or(nf.clone())? as usize;
-        self.qps.get_mut(i).and_then(Option::as_mut).ok_or(nf)
+        self.qps
+            .get_mut(slot_of(qpn))
+            .and_then(Option::as_mut)
+            .ok_or(nf)
     }
 
     // ----- application commands -----
@@ -542,10 +567,22 @@ impl<M: Memory> Engine<M> {
                 limit: u64::from(a.max_inline_data),
             });
         }
-        let slot = match self.qps.iter().position(Option::is_none) {
+        let free = if init.qp_type == QpType::Gsi {
+            if self.qps[0].is_some() {
+                return Err(VerbsError::Busy("QP1 (GSI)"));
+            }
+            Some(0)
+        } else {
+            self.qps
+                .iter()
+                .skip(1)
+                .position(Option::is_none)
+                .map(|i| i + 1)
+        };
+        let slot = match free {
             Some(i) => i,
             None => {
-                if self.qps.len() as u32 >= a.max_qp {
+                if self.qps.len() as u32 > a.max_qp {
                     return Err(VerbsError::Limit {
                         what: "queue pairs",
                         limit: u64::from(a.max_qp),
@@ -561,7 +598,7 @@ impl<M: Memory> Engine<M> {
                 return Err(VerbsError::Invalid("SRQ of another protection domain"));
             }
         }
-        let qpn = FIRST_QPN + slot as u32;
+        let qpn = qpn_of(slot);
         let mut qp = Qp::new(
             qpn,
             init.qp_type,
@@ -575,6 +612,9 @@ impl<M: Memory> Engine<M> {
             // Datagrams use the port MTU (rxe `get_mtu`).
             qp.attrs.path_mtu = self.attrs.max_mtu;
         }
+        if init.qp_type == QpType::Gsi {
+            qp.attrs.qkey = crate::wire::GSI_QKEY;
+        }
         self.qps[slot] = Some(qp);
         Ok(qpn)
     }
@@ -582,17 +622,14 @@ impl<M: Memory> Engine<M> {
     /// Destroys a QP.
     pub fn destroy_qp(&mut self, qpn: u32) -> Result<(), VerbsError> {
         self.qp_mut(qpn)?;
-        self.qps[(qpn - FIRST_QPN) as usize] = None;
+        self.qps[slot_of(qpn)] = None;
         Ok(())
     }
 
     /// Modifies a QP. Moving to ERR flushes every outstanding WR.
     pub fn modify_qp(&mut self, qpn: u32, attr: &QpAttr, now: u64) -> Result<(), VerbsError> {
         let attrs = self.attrs.clone();
-        let i = (qpn.checked_sub(FIRST_QPN).ok_or(VerbsError::NoSuchObject {
-            kind: "QP",
-            handle: qpn,
-        }))? as usize;
+        let i = slot_of(qpn);
         let qp = self
             .qps
             .get_mut(i)
@@ -620,7 +657,7 @@ impl<M: Memory> Engine<M> {
     /// Posts a send work request.
     pub fn post_send(&mut self, qpn: u32, wr: &SendWr<'_>) -> Result<(), VerbsError> {
         let max_inline = self.attrs.max_inline_data;
-        let i = qpn.wrapping_sub(FIRST_QPN) as usize;
+        let i = slot_of(qpn);
         let Some(Some(qp)) = self.qps.get_mut(i) else {
             return Err(VerbsError::NoSuchObject {
                 kind: "QP",
@@ -726,7 +763,7 @@ impl<M: Memory> Engine<M> {
 
     /// Posts a receive work request.
     pub fn post_recv(&mut self, qpn: u32, wr: &RecvWr<'_>) -> Result<(), VerbsError> {
-        let i = qpn.wrapping_sub(FIRST_QPN) as usize;
+        let i = slot_of(qpn);
         let Some(Some(qp)) = self.qps.get_mut(i) else {
             return Err(VerbsError::NoSuchObject {
                 kind: "QP",
@@ -774,7 +811,7 @@ impl<M: Memory> Engine<M> {
             return Err(Drop::Cnp);
         }
         let qpn = repr.bth.dest_qp;
-        let i = qpn.wrapping_sub(FIRST_QPN) as usize;
+        let i = slot_of(qpn);
         let mut ctx = ctx!(self);
         let Some(Some(qp)) = self.qps.get_mut(i) else {
             return Err(Drop::NoQp(qpn));

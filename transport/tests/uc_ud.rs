@@ -343,3 +343,96 @@ fn ecn_marks_produce_rate_limited_cnps() {
     );
     assert_eq!(s.pair.a.cnps_received(), sent);
 }
+
+#[test]
+fn gsi_qp1_exchanges_mads() {
+    use transport::{
+        engine::{GSI_QPN, QpInit},
+        verbs::{QpAttr, QpCaps, QpState, VerbsError},
+        wire::GSI_QKEY,
+    };
+    let mut s = setup(QpType::Ud, LinkConfig::clean(1000), 9, Mtu::Mtu1024, MEM);
+    let mut gsi = |e: &mut transport::engine::Engine<transport::memory::VecMemory>,
+                   side: &common::Side| {
+        let init = QpInit {
+            qp_type: QpType::Gsi,
+            pd: side.pd,
+            send_cq: side.cq,
+            recv_cq: side.cq,
+            caps: QpCaps {
+                max_send_wr: 16,
+                max_recv_wr: 16,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: 0,
+            },
+            sq_sig_all: true,
+            srq: None,
+        };
+        let qpn = e.create_qp(&init).unwrap();
+        assert_eq!(qpn, GSI_QPN);
+        assert_eq!(e.create_qp(&init), Err(VerbsError::Busy("QP1 (GSI)")));
+        for st in [QpState::Init, QpState::Rtr] {
+            e.modify_qp(
+                qpn,
+                &QpAttr {
+                    state: Some(st),
+                    pkey_index: Some(0),
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+        }
+        e.modify_qp(
+            qpn,
+            &QpAttr {
+                state: Some(QpState::Rts),
+                sq_psn: Some(0),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        qpn
+    };
+    let (a, b) = (gsi(&mut s.pair.a, &s.a), gsi(&mut s.pair.b, &s.b));
+    let rsge = [Sge {
+        addr: RBUF,
+        length: 40 + 256,
+        lkey: s.b.key,
+    }];
+    s.pair
+        .b
+        .post_recv(
+            b,
+            &RecvWr {
+                wr_id: 77,
+                sges: &rsge,
+            },
+        )
+        .unwrap();
+    let mad = message(5, 256);
+    s.pair.a.memory_mut().as_mut_slice()[..256].copy_from_slice(&mad);
+    let sge = [Sge {
+        addr: 0,
+        length: 256,
+        lkey: s.a.key,
+    }];
+    let mut wr = SendWr::new(1, SendOp::Send, &sge);
+    wr.ud = Some(UdDest {
+        remote_qpn: GSI_QPN,
+        remote_qkey: GSI_QKEY,
+        ..ud_dest(&s)
+    });
+    s.pair.a.post_send(a, &wr).unwrap();
+    s.pair.drive(SEC, |_| false);
+    let wb = drain(&mut s.pair.b, s.b.cq);
+    assert_eq!(wb.len(), 1);
+    assert_eq!(
+        (wb[0].wr_id, wb[0].qp_num, wb[0].src_qp, wb[0].byte_len),
+        (77, GSI_QPN, GSI_QPN, 296)
+    );
+    let at = RBUF as usize + 40;
+    assert_eq!(&s.pair.b.memory().as_slice()[at..at + 256], &mad[..]);
+}
