@@ -352,7 +352,7 @@ fn gsi_qp1_exchanges_mads() {
         wire::GSI_QKEY,
     };
     let mut s = setup(QpType::Ud, LinkConfig::clean(1000), 9, Mtu::Mtu1024, MEM);
-    let mut gsi = |e: &mut transport::engine::Engine<transport::memory::VecMemory>,
+    let gsi = |e: &mut transport::engine::Engine<transport::memory::VecMemory>,
                    side: &common::Side| {
         let init = QpInit {
             qp_type: QpType::Gsi,
