@@ -353,7 +353,7 @@ fn gsi_qp1_exchanges_mads() {
     };
     let mut s = setup(QpType::Ud, LinkConfig::clean(1000), 9, Mtu::Mtu1024, MEM);
     let gsi = |e: &mut transport::engine::Engine<transport::memory::VecMemory>,
-                   side: &common::Side| {
+               side: &common::Side| {
         let init = QpInit {
             qp_type: QpType::Gsi,
             pd: side.pd,
