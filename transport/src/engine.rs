@@ -363,13 +363,7 @@ impl<M: Memory> Engine<M> {
             return Err(VerbsError::Invalid("region too large"));
         }
         self.mrs
-            .insert(Mr {
-                pd,
-                iova,
-                length,
-                base,
-                access,
-            })
+            .insert(Mr::linear(pd, iova, length, base, access))
             .ok_or(VerbsError::Limit {
                 what: "memory regions",
                 limit: u64::from(self.attrs.max_mr),

@@ -2,9 +2,12 @@
 //! time a slot is reused, access-flag and bounds checks on every access,
 //! and the copies between packet buffers and scatter/gather lists.
 //!
-//! An MR maps the virtual range `[iova, iova + length)` linearly onto the
-//! address space of a [`Memory`] starting at `base`. lkey and rkey are the
-//! same value, `index << 8 | key`, as in rxe.
+//! An MR maps the virtual range `[iova, iova + length)` onto the address
+//! space of a [`Memory`], either linearly from `base` or through a page
+//! list (as guest memory and fast-registration MRs are mapped). Accesses
+//! are resolved into physically contiguous pieces, so a page list costs no
+//! copy and registering a large region touches none of it. lkey and rkey
+//! are the same value, `index << 8 | key`, as in rxe.
 
 use crate::{
     memory::Memory,
@@ -49,8 +52,42 @@ pub enum AccessError {
     },
 }
 
-/// A registered memory region.
+/// How an MR's virtual range maps onto [`Memory`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MrMap {
+    /// `iova` lies at `base`, and the range is contiguous.
+    Linear {
+        /// Address of `iova`.
+        base: u64,
+    },
+    /// Pages of `1 << page_shift` bytes; `iova` lies `first_offset` bytes
+    /// into the first page.
+    Pages {
+        /// log2 of the page size (12 for 4 KiB).
+        page_shift: u8,
+        /// Offset of `iova` within the first page.
+        first_offset: u64,
+        /// Memory address of each page.
+        pages: Vec<u64>,
+    },
+}
+
+/// What kind of region an MR is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MrKind {
+    /// Registered by `reg_mr`: always valid until deregistered; cannot be
+    /// invalidated.
+    User,
+    /// Allocated by `alloc_mr` for fast registration: valid between a
+    /// REG_MR work request and a LOCAL_INV or SEND_WITH_INV.
+    FastReg {
+        /// Most pages a registration may map.
+        max_pages: u32,
+    },
+}
+
+/// A registered memory region.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mr {
     /// Protection domain handle.
     pub pd: u32,
@@ -58,13 +95,64 @@ pub struct Mr {
     pub iova: u64,
     /// Length in bytes.
     pub length: u64,
-    /// Address in [`Memory`] of `iova`.
-    pub base: u64,
+    /// The mapping onto memory.
+    pub map: MrMap,
     /// Granted access.
     pub access: Access,
+    /// Kind.
+    pub kind: MrKind,
+    /// Whether accesses through its key are allowed now.
+    pub valid: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+impl Mr {
+    /// A valid user MR mapped linearly at `base`.
+    pub fn linear(pd: u32, iova: u64, length: u64, base: u64, access: Access) -> Mr {
+        Mr {
+            pd,
+            iova,
+            length,
+            map: MrMap::Linear { base },
+            access,
+            kind: MrKind::User,
+            valid: true,
+        }
+    }
+
+    /// Calls `f(memory address, offset into the range, bytes)` for each
+    /// contiguous piece of `[off, off + len)` of the region (offsets from
+    /// `iova`, already bounds-checked). Stops at the first `false`.
+    fn pieces(&self, off: u64, len: u64, mut f: impl FnMut(u64, usize, usize) -> bool) -> bool {
+        match &self.map {
+            MrMap::Linear { base } => len == 0 || f(base.wrapping_add(off), 0, len as usize),
+            MrMap::Pages {
+                page_shift,
+                first_offset,
+                pages,
+            } => {
+                let size = 1u64 << page_shift;
+                let mut pos = first_offset + off;
+                let mut done = 0u64;
+                while done < len {
+                    let page = (pos >> page_shift) as usize;
+                    let within = pos & (size - 1);
+                    let n = (size - within).min(len - done);
+                    let Some(&addr) = pages.get(page) else {
+                        return false;
+                    };
+                    if !f(addr.wrapping_add(within), done as usize, n as usize) {
+                        return false;
+                    }
+                    done += n;
+                    pos += n;
+                }
+                true
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Slot {
     key: u8,
     mr: Option<Mr>,
@@ -148,20 +236,38 @@ impl MrTable {
 
     /// Whether any live region belongs to `pd`.
     pub fn uses_pd(&self, pd: u32) -> bool {
-        self.slots.iter().any(|s| s.mr.is_some_and(|m| m.pd == pd))
+        self.slots
+            .iter()
+            .any(|s| s.mr.as_ref().is_some_and(|m| m.pd == pd))
     }
 
-    /// Checks key, PD, access and bounds, and returns the memory address
-    /// of `va`.
-    pub fn check(
+    /// The region of `key` (valid or not), writable.
+    pub fn get_mut_any(&mut self, key: u32) -> Option<&mut Mr> {
+        self.slot_mut(key)?.mr.as_mut()
+    }
+
+    /// The slot's region whatever its key part, with the key part.
+    pub fn by_index_mut(&mut self, key: u32) -> Option<(&mut u8, &mut Mr)> {
+        let index = (key >> 8) as usize;
+        let slot = self.slots.get_mut(index.checked_sub(1)?)?;
+        let mr = slot.mr.as_mut()?;
+        Some((&mut slot.key, mr))
+    }
+
+    /// Checks key, validity, PD, access and bounds; returns the region and
+    /// the offset of `va` within it.
+    fn checked(
         &self,
         key: u32,
         pd: u32,
         need: Access,
         va: u64,
         len: u64,
-    ) -> Result<u64, AccessError> {
-        let mr = self.get(key).ok_or(AccessError::BadKey(key))?;
+    ) -> Result<(&Mr, u64), AccessError> {
+        let mr = self
+            .get(key)
+            .filter(|m| m.valid)
+            .ok_or(AccessError::BadKey(key))?;
         if mr.pd != pd {
             return Err(AccessError::WrongPd(key));
         }
@@ -174,7 +280,57 @@ impl MrTable {
         if end > mr.length {
             return Err(oob);
         }
-        Ok(mr.base + off)
+        Ok((mr, off))
+    }
+
+    /// Checks key, validity, PD, access and bounds.
+    pub fn check(
+        &self,
+        key: u32,
+        pd: u32,
+        need: Access,
+        va: u64,
+        len: u64,
+    ) -> Result<(), AccessError> {
+        self.checked(key, pd, need, va, len).map(|_| ())
+    }
+
+    /// Checks the access, then copies `[va, va + dst.len())` into `dst`.
+    pub fn read<M: Memory>(
+        &self,
+        mem: &M,
+        key: u32,
+        pd: u32,
+        need: Access,
+        va: u64,
+        dst: &mut [u8],
+    ) -> Result<(), AccessError> {
+        let len = dst.len() as u64;
+        let (mr, off) = self.checked(key, pd, need, va, len)?;
+        let ok = mr.pieces(off, len, |addr, at, n| {
+            mem.read(addr, &mut dst[at..at + n]).is_ok()
+        });
+        ok.then_some(())
+            .ok_or(AccessError::OutOfBounds { key, va, len })
+    }
+
+    /// Checks the access, then copies `src` to `va`.
+    pub fn write<M: Memory>(
+        &self,
+        mem: &mut M,
+        key: u32,
+        pd: u32,
+        need: Access,
+        va: u64,
+        src: &[u8],
+    ) -> Result<(), AccessError> {
+        let len = src.len() as u64;
+        let (mr, off) = self.checked(key, pd, need, va, len)?;
+        let ok = mr.pieces(off, len, |addr, at, n| {
+            mem.write(addr, &src[at..at + n]).is_ok()
+        });
+        ok.then_some(())
+            .ok_or(AccessError::OutOfBounds { key, va, len })
     }
 }
 
@@ -193,15 +349,10 @@ pub fn gather<M: Memory>(
     offset: u64,
     dst: &mut [u8],
 ) -> Result<(), AccessError> {
-    walk(
-        mrs,
-        pd,
-        Access(0),
-        sges,
-        offset,
-        dst.len(),
-        |addr, at, n| mem.read(addr, &mut dst[at..at + n]).is_ok(),
-    )
+    let len = dst.len();
+    walk(sges, offset, len, |sge, va, at, n| {
+        mrs.read(mem, sge.lkey, pd, Access(0), va, &mut dst[at..at + n])
+    })
 }
 
 /// Copies `src` into the message described by `sges`, starting at byte
@@ -214,28 +365,18 @@ pub fn scatter<M: Memory>(
     offset: u64,
     src: &[u8],
 ) -> Result<(), AccessError> {
-    walk(
-        mrs,
-        pd,
-        Access::LOCAL_WRITE,
-        sges,
-        offset,
-        src.len(),
-        |addr, at, n| mem.write(addr, &src[at..at + n]).is_ok(),
-    )
+    walk(sges, offset, src.len(), |sge, va, at, n| {
+        mrs.write(mem, sge.lkey, pd, Access::LOCAL_WRITE, va, &src[at..at + n])
+    })
 }
 
-/// Visits the pieces of `[offset, offset + len)` of a scatter/gather list,
-/// checking each piece's key; `f(mem_addr, buf_offset, n)` does the copy
-/// and returns false if the memory refused it.
+/// Visits the SGE pieces of `[offset, offset + len)` of a scatter/gather
+/// list: `f(sge, va, buffer offset, bytes)`.
 fn walk(
-    mrs: &MrTable,
-    pd: u32,
-    need: Access,
     sges: &[Sge],
     offset: u64,
     len: usize,
-    mut f: impl FnMut(u64, usize, usize) -> bool,
+    mut f: impl FnMut(&Sge, u64, usize, usize) -> Result<(), AccessError>,
 ) -> Result<(), AccessError> {
     let mut skip = offset;
     let mut done = 0usize;
@@ -249,15 +390,7 @@ fn walk(
             continue;
         }
         let n = ((sl - skip) as usize).min(len - done);
-        let va = sge.addr.wrapping_add(skip);
-        let addr = mrs.check(sge.lkey, pd, need, va, n as u64)?;
-        if !f(addr, done, n) {
-            return Err(AccessError::OutOfBounds {
-                key: sge.lkey,
-                va,
-                len: n as u64,
-            });
-        }
+        f(sge, sge.addr.wrapping_add(skip), done, n)?;
         done += n;
         skip = 0;
     }
@@ -276,13 +409,7 @@ mod tests {
     use crate::memory::VecMemory;
 
     fn mr(pd: u32, access: Access) -> Mr {
-        Mr {
-            pd,
-            iova: 0x1000,
-            length: 256,
-            base: 64,
-            access,
-        }
+        Mr::linear(pd, 0x1000, 256, 64, access)
     }
 
     #[test]
@@ -305,8 +432,8 @@ mod tests {
     fn checks() {
         let mut t = MrTable::new(4);
         let k = t.insert(mr(1, Access::REMOTE_READ)).unwrap();
-        assert_eq!(t.check(k, 1, Access::REMOTE_READ, 0x1000, 256), Ok(64));
-        assert_eq!(t.check(k, 1, Access::REMOTE_READ, 0x10ff, 1), Ok(64 + 255));
+        assert_eq!(t.check(k, 1, Access::REMOTE_READ, 0x1000, 256), Ok(()));
+        assert_eq!(t.check(k, 1, Access::REMOTE_READ, 0x10ff, 1), Ok(()));
         assert!(matches!(
             t.check(k, 1, Access::REMOTE_READ, 0x10ff, 2),
             Err(AccessError::OutOfBounds { .. })
@@ -331,6 +458,67 @@ mod tests {
             t.check(k ^ 1, 1, Access::REMOTE_READ, 0x1000, 1),
             Err(AccessError::BadKey(_))
         ));
+    }
+
+    #[test]
+    fn page_lists_split_accesses_at_page_boundaries() {
+        let mut mem = VecMemory::new(1 << 16);
+        let mut t = MrTable::new(4);
+        // iova 0x7000_0100, 3 pages of 4 KiB scattered in memory, in
+        // reverse order, starting 0x100 into the first page.
+        let pages = vec![0x8000, 0x4000, 0x0000];
+        let k = t
+            .insert(Mr {
+                pd: 1,
+                iova: 0x7000_0100,
+                length: 3 * 4096 - 0x100,
+                map: MrMap::Pages {
+                    page_shift: 12,
+                    first_offset: 0x100,
+                    pages,
+                },
+                access: Access::LOCAL_WRITE.with(Access::REMOTE_READ),
+                kind: MrKind::User,
+                valid: true,
+            })
+            .unwrap();
+        let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+        t.write(
+            &mut mem,
+            k,
+            1,
+            Access::LOCAL_WRITE,
+            0x7000_0100 + 3000,
+            &data,
+        )
+        .unwrap();
+        // 3000 + 0x100 = 3256 into page 0: 840 bytes there, 4096 in page 1,
+        // the rest (1064) in page 2.
+        assert_eq!(&mem.as_slice()[0x8000 + 3256..0x8000 + 4096], &data[..840]);
+        assert_eq!(&mem.as_slice()[0x4000..0x5000], &data[840..840 + 4096]);
+        assert_eq!(&mem.as_slice()[0..1064], &data[840 + 4096..]);
+        let mut back = vec![0u8; 6000];
+        t.read(
+            &mem,
+            k,
+            1,
+            Access::REMOTE_READ,
+            0x7000_0100 + 3000,
+            &mut back,
+        )
+        .unwrap();
+        assert_eq!(back, data);
+        assert!(
+            t.read(
+                &mem,
+                k,
+                1,
+                Access::REMOTE_READ,
+                0x7000_0100 + 9000,
+                &mut back
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -381,10 +381,10 @@ impl Qp {
             return false;
         }
         if n > 0 {
-            let addr = ctx
+            let ok = ctx
                 .mrs
-                .check(w.rkey, self.pd, Access::REMOTE_WRITE, w.va, n);
-            let ok = addr.is_ok_and(|a| ctx.mem.write(a, data).is_ok());
+                .write(ctx.mem, w.rkey, self.pd, Access::REMOTE_WRITE, w.va, data)
+                .is_ok();
             if !ok {
                 self.nak_error(ctx, NakCode::RemoteAccessError, None);
                 return false;
@@ -434,14 +434,13 @@ impl Qp {
         if a.va % 8 != 0 || self.attrs.max_dest_rd_atomic == 0 {
             return self.nak_error(ctx, NakCode::InvalidRequest, None);
         }
-        let Ok(addr) = ctx
-            .mrs
-            .check(a.rkey, self.pd, Access::REMOTE_ATOMIC, a.va, 8)
-        else {
-            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
-        };
         let mut cur = [0u8; 8];
-        if ctx.mem.read(addr, &mut cur).is_err() {
+        let (rkey, pd) = (a.rkey, self.pd);
+        if ctx
+            .mrs
+            .read(ctx.mem, rkey, pd, Access::REMOTE_ATOMIC, a.va, &mut cur)
+            .is_err()
+        {
             return self.nak_error(ctx, NakCode::RemoteAccessError, None);
         }
         let orig = u64::from_ne_bytes(cur);
@@ -450,7 +449,18 @@ impl Qp {
         } else {
             orig.wrapping_add(a.swap_add)
         };
-        if ctx.mem.write(addr, &new.to_ne_bytes()).is_err() {
+        if ctx
+            .mrs
+            .write(
+                ctx.mem,
+                rkey,
+                pd,
+                Access::REMOTE_ATOMIC,
+                a.va,
+                &new.to_ne_bytes(),
+            )
+            .is_err()
+        {
             return self.nak_error(ctx, NakCode::RemoteAccessError, None);
         }
         let psn = repr.bth.psn;
@@ -466,13 +476,18 @@ impl Qp {
         if reth.va % 8 != 0 || data.len() != 8 {
             return self.nak_error(ctx, NakCode::InvalidRequest, None);
         }
-        let Ok(addr) = ctx
+        if ctx
             .mrs
-            .check(reth.rkey, self.pd, Access::REMOTE_WRITE, reth.va, 8)
-        else {
-            return self.nak_error(ctx, NakCode::RemoteAccessError, None);
-        };
-        if ctx.mem.write(addr, data).is_err() {
+            .write(
+                ctx.mem,
+                reth.rkey,
+                self.pd,
+                Access::REMOTE_WRITE,
+                reth.va,
+                data,
+            )
+            .is_err()
+        {
             return self.nak_error(ctx, NakCode::RemoteAccessError, None);
         }
         self.finish_done(repr.bth.psn);
@@ -489,7 +504,7 @@ impl Qp {
         let ok = if feth.selectivity_level == 1 {
             ctx.mrs
                 .get(reth.rkey)
-                .is_some_and(|m| m.pd == self.pd && m.access.contains(need))
+                .is_some_and(|m| m.valid && m.pd == self.pd && m.access.contains(need))
         } else {
             ctx.mrs
                 .check(reth.rkey, self.pd, need, reth.va, u64::from(reth.dma_len))
@@ -865,8 +880,15 @@ impl Qp {
             let ok = n == 0
                 || ctx
                     .mrs
-                    .check(rkey, self.pd, Access::REMOTE_READ, va, n as u64)
-                    .is_ok_and(|a| ctx.mem.read(a, &mut buf[at..at + n]).is_ok());
+                    .read(
+                        &*ctx.mem,
+                        rkey,
+                        self.pd,
+                        Access::REMOTE_READ,
+                        va,
+                        &mut buf[at..at + n],
+                    )
+                    .is_ok();
             if !ok {
                 // The region went away under an ongoing READ: NAK, and the
                 // QP goes to ERR as rxe's does.
