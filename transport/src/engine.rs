@@ -370,6 +370,82 @@ impl<M: Memory> Engine<M> {
             })
     }
 
+    /// Allocates a fast-registration MR of up to `max_pages` pages. It is
+    /// invalid until a `SendOp::RegMr` work request registers it.
+    pub fn alloc_mr(&mut self, pd: u32, max_pages: u32) -> Result<u32, VerbsError> {
+        self.check_pd(pd)?;
+        if max_pages == 0 || max_pages > self.attrs.max_fast_reg_page_list_len {
+            return Err(VerbsError::Limit {
+                what: "fast-registration pages",
+                limit: u64::from(self.attrs.max_fast_reg_page_list_len),
+            });
+        }
+        let mr = Mr {
+            pd,
+            iova: 0,
+            length: 0,
+            map: mr::MrMap::Pages {
+                page_shift: 12,
+                first_offset: 0,
+                pages: Vec::new(),
+            },
+            access: Access(0),
+            kind: mr::MrKind::FastReg { max_pages },
+            valid: false,
+        };
+        self.mrs.insert(mr).ok_or(VerbsError::Limit {
+            what: "memory regions",
+            limit: u64::from(self.attrs.max_mr),
+        })
+    }
+
+    /// Stages the page list of an invalid fast-registration MR
+    /// (`ib_map_mr_sg`): `length` bytes from `iova`, which lies
+    /// `first_offset` bytes into the first of `pages` (memory addresses of
+    /// pages of `1 << page_shift` bytes). A REG_MR work request makes it
+    /// valid.
+    pub fn map_mr_pages(
+        &mut self,
+        key: u32,
+        iova: u64,
+        length: u64,
+        page_shift: u8,
+        first_offset: u64,
+        pages: &[u64],
+    ) -> Result<(), VerbsError> {
+        let nf = VerbsError::NoSuchObject {
+            kind: "MR",
+            handle: key,
+        };
+        let (_, mr) = self.mrs.by_index_mut(key).ok_or(nf)?;
+        let mr::MrKind::FastReg { max_pages } = mr.kind else {
+            return Err(VerbsError::Invalid("not a fast-registration MR"));
+        };
+        if mr.valid {
+            return Err(VerbsError::Busy("registered MR"));
+        }
+        if !(12..=30).contains(&page_shift) {
+            return Err(VerbsError::Invalid("page size must be 4 KiB to 1 GiB"));
+        }
+        let size = 1u64 << page_shift;
+        if pages.len() > max_pages as usize || first_offset >= size {
+            return Err(VerbsError::Invalid(
+                "page list too long or offset past a page",
+            ));
+        }
+        if length > pages.len() as u64 * size - first_offset || iova.checked_add(length).is_none() {
+            return Err(VerbsError::Invalid("length past the page list"));
+        }
+        mr.iova = iova;
+        mr.length = length;
+        mr.map = mr::MrMap::Pages {
+            page_shift,
+            first_offset,
+            pages: pages.to_vec(),
+        };
+        Ok(())
+    }
+
     /// Deregisters a region.
     pub fn dereg_mr(&mut self, key: u32) -> Result<(), VerbsError> {
         self.mrs
@@ -685,6 +761,9 @@ impl<M: Memory> Engine<M> {
         if qp.qp_type == QpType::Uc && wr.op.is_read_or_atomic() {
             return Err(VerbsError::Invalid("UC QPs do not READ or atomic"));
         }
+        if wr.op.is_local() && !wr.sges.is_empty() {
+            return Err(VerbsError::Invalid("local operations take no SGEs"));
+        }
         let len = mr::sge_total(wr.sges);
         if len > self.attrs.max_msg_size {
             return Err(VerbsError::Invalid("message too long"));
@@ -735,6 +814,7 @@ impl<M: Memory> Engine<M> {
         w.last_psn = 0;
         w.state = WqeState::Posted;
         w.sent_once = false;
+        w.local_done = false;
         w.started = false;
         w.error = None;
         w.rd_counted = false;

@@ -246,6 +246,18 @@ impl MrTable {
         self.slot_mut(key)?.mr.as_mut()
     }
 
+    /// Invalidates a valid fast-registration MR of `pd` through its exact
+    /// key (LOCAL_INV, SEND_WITH_INV). User MRs cannot be invalidated.
+    pub fn invalidate(&mut self, key: u32, pd: u32) -> bool {
+        match self.get_mut_any(key) {
+            Some(mr) if mr.valid && mr.pd == pd && matches!(mr.kind, MrKind::FastReg { .. }) => {
+                mr.valid = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The slot's region whatever its key part, with the key part.
     pub fn by_index_mut(&mut self, key: u32) -> Option<(&mut u8, &mut Mr)> {
         let index = (key >> 8) as usize;

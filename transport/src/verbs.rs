@@ -79,6 +79,20 @@ pub enum SendOp {
     /// Atomic 8-byte write: the bytes of the value (native order, as they
     /// stand in memory) replace the 8 aligned bytes at the remote address.
     AtomicWrite(u64),
+    /// Fast registration: makes the fast-registration MR of `key`'s index
+    /// valid with the page list staged by `map_mr_pages`, the key part of
+    /// `key`, and `access`. A local operation: nothing goes on the wire.
+    RegMr {
+        /// The MR's new key (index and new 8-bit key part).
+        key: u32,
+        /// Access to grant.
+        access: Access,
+    },
+    /// Local invalidation of a fast-registration MR.
+    LocalInv {
+        /// The key to invalidate.
+        key: u32,
+    },
     /// FLUSH of `len` bytes at the remote address to the placement type
     /// (bit 0 global visibility, bit 1 persistence); selectivity level 1
     /// flushes the whole region.
@@ -117,6 +131,11 @@ impl SendOp {
                 | SendOp::AtomicWrite(_)
                 | SendOp::Flush { .. }
         )
+    }
+
+    /// Whether it is a local operation, executed without any packet.
+    pub const fn is_local(self) -> bool {
+        matches!(self, SendOp::RegMr { .. } | SendOp::LocalInv { .. })
     }
 
     /// Whether the response is an empty READ response (ATOMIC_WRITE and
@@ -230,6 +249,8 @@ pub enum WcStatus {
     RnrRetryExcErr,
     /// Memory window bind error.
     MwBindErr,
+    /// Local memory management operation error.
+    MwMgmtErr,
     /// General error.
     GeneralErr,
 }
@@ -251,6 +272,10 @@ pub enum WcOpcode {
     AtomicWrite,
     /// A flush.
     Flush,
+    /// A fast registration.
+    RegMr,
+    /// A local invalidation.
+    LocalInv,
     /// A received message.
     Recv,
     /// A received RDMA WRITE with immediate.

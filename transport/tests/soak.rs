@@ -80,8 +80,12 @@ fn size(rng: &mut SmallRng, max: u64) -> u64 {
 
 #[derive(Debug)]
 enum Expect {
-    /// A SEND: its bytes, and the immediate if any.
-    Send { data: Vec<u8>, imm: Option<u32> },
+    /// A SEND: its bytes, and the immediate or invalidated key if any.
+    Send {
+        data: Vec<u8>,
+        imm: Option<u32>,
+        inv: Option<u32>,
+    },
     /// A WRITE with immediate: consumes a receive with this length.
     WriteImm { len: u32, imm: u32 },
 }
@@ -131,6 +135,33 @@ fn rc_soak() {
             .unwrap();
         next_rbuf += 1;
     }
+    // Fast-registration MRs on B for SEND_WITH_INV to invalidate.
+    let mut inv_pool = VecDeque::new();
+    for i in 0..32u64 {
+        let mr = s.pair.b.alloc_mr(s.b.pd, 1).unwrap();
+        s.pair
+            .b
+            .map_mr_pages(
+                mr,
+                0x7000_0000,
+                4096,
+                12,
+                0,
+                &[12 * MIB + 512 * 1024 + i * 4096],
+            )
+            .unwrap();
+        let mut wr = SendWr::new(
+            0,
+            SendOp::RegMr {
+                key: mr,
+                access: common::ALL_ACCESS,
+            },
+            &[],
+        );
+        wr.signaled = false;
+        s.pair.b.post_send(s.b.qp, &wr).unwrap();
+        inv_pool.push_back(mr);
+    }
     let mut expect_recv: VecDeque<Expect> = VecDeque::new();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut posted = 0usize;
@@ -157,7 +188,11 @@ fn rc_soak() {
                     let op = match kind {
                         0 => SendOp::Send,
                         1 => SendOp::SendWithImm(rng.random()),
-                        _ => SendOp::SendWithInv(rng.random()),
+                        // SEND_WITH_INV names a registered fast-reg MR of B.
+                        _ => match inv_pool.pop_front() {
+                            Some(key) => SendOp::SendWithInv(key),
+                            None => SendOp::Send,
+                        },
                     };
                     (op, len, 0)
                 }
@@ -289,9 +324,14 @@ fn rc_soak() {
                         SendOp::SendWithImm(i) => Some(i),
                         _ => None,
                     };
+                    let inv = match op {
+                        SendOp::SendWithInv(k) => Some(k),
+                        _ => None,
+                    };
                     expect_recv.push_back(Expect::Send {
                         data: shadow_a[l..l + ln].to_vec(),
                         imm,
+                        inv,
                     });
                 }
                 SendOp::Write | SendOp::WriteWithImm(_) => {
@@ -312,7 +352,7 @@ fn rc_soak() {
                 SendOp::AtomicWrite(v) => {
                     shadow_b[r..r + 8].copy_from_slice(&v.to_ne_bytes());
                 }
-                SendOp::Flush { .. } => {}
+                SendOp::Flush { .. } | SendOp::RegMr { .. } | SendOp::LocalInv { .. } => {}
                 SendOp::FetchAdd { add } => {
                     let cur = u64::from_ne_bytes(shadow_b[r..r + 8].try_into().unwrap());
                     shadow_b[r..r + 8].copy_from_slice(&cur.wrapping_add(add).to_ne_bytes());
@@ -383,10 +423,26 @@ fn rc_soak() {
                 .unwrap_or_else(|| panic!("seed {seed}: unexpected receive {wc:?}"));
             let buf = RBUF + wc.wr_id % NRBUF * RBUF_LEN;
             match e {
-                Expect::Send { data, imm } => {
+                Expect::Send { data, imm, inv } => {
                     assert_eq!(wc.opcode, WcOpcode::Recv);
                     assert_eq!(wc.byte_len as usize, data.len(), "seed {seed}");
                     assert_eq!(wc.imm_data, imm, "seed {seed}");
+                    assert_eq!(wc.invalidated_rkey, inv, "seed {seed}");
+                    if let Some(k) = inv {
+                        // B registers the MR again under a new key part.
+                        let next = (k & !0xff) | (k.wrapping_add(1) & 0xff);
+                        let mut wr = SendWr::new(
+                            0,
+                            SendOp::RegMr {
+                                key: next,
+                                access: common::ALL_ACCESS,
+                            },
+                            &[],
+                        );
+                        wr.signaled = false;
+                        s.pair.b.post_send(s.b.qp, &wr).unwrap();
+                        inv_pool.push_back(next);
+                    }
                     let b = buf as usize;
                     let mem = s.pair.b.memory().as_slice();
                     assert_eq!(&mem[b..b + data.len()], &data[..], "seed {seed}: SEND data");

@@ -297,18 +297,32 @@ impl Qp {
             self.req.offset = 0;
             self.req.psn = self.comp.psn;
         }
-        if self.sq.head < self.sq.tail
-            && let Some(status) = self.sq.at(self.sq.head).error
-        {
-            // A WQE that failed locally is reported once everything before
-            // it has completed.
-            self.enter_error(ctx, Some(status));
-            return;
-        }
+        self.complete_ready_heads(ctx);
         if self.state == QpState::Sqd && self.sq.head == self.req.idx && !self.req.drained_sent {
             self.req.drained_sent = true;
             ctx.events
                 .push_back(crate::verbs::AsyncEvent::SqDrained(self.qpn));
+        }
+    }
+
+    /// Completes the local operations at the head of the send queue, and
+    /// reports a WQE that failed locally once everything before it has
+    /// completed.
+    pub(crate) fn complete_ready_heads<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) {
+        while self.sq.head < self.sq.tail && self.state != QpState::Err {
+            let w = self.sq.at(self.sq.head);
+            if let Some(status) = w.error {
+                self.enter_error(ctx, Some(status));
+                return;
+            }
+            if !w.local_done {
+                return;
+            }
+            if self.signals(w) {
+                let wc = self.send_wc(w, WcStatus::Success);
+                ctx.complete(self.send_cq, wc, false);
+            }
+            self.sq.head += 1;
         }
     }
 

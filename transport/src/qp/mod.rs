@@ -120,6 +120,8 @@ pub(crate) struct SendWqe {
     /// Its last packet has been sent at least once, so `last_psn` is
     /// known even after a rewind.
     pub sent_once: bool,
+    /// A local operation that has been executed.
+    pub local_done: bool,
     /// Its first packet has been sent at least once (SQD finishes such
     /// WQEs and starts no others).
     pub started: bool,
@@ -151,6 +153,7 @@ impl Default for SendWqe {
             last_psn: 0,
             state: WqeState::Posted,
             sent_once: false,
+            local_done: false,
             started: false,
             rd_counted: false,
             read_done: 0,
@@ -610,6 +613,8 @@ impl Qp {
                 SendOp::FetchAdd { .. } => WcOpcode::FetchAdd,
                 SendOp::AtomicWrite(_) => WcOpcode::AtomicWrite,
                 SendOp::Flush { .. } => WcOpcode::Flush,
+                SendOp::RegMr { .. } => WcOpcode::RegMr,
+                SendOp::LocalInv { .. } => WcOpcode::LocalInv,
             },
             byte_len: if w.op == SendOp::Read {
                 w.len as u32

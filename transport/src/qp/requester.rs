@@ -67,6 +67,17 @@ impl Qp {
             }
             self.req.rnr_until = None;
         }
+        // Local operations run in order with the sends, and put nothing on
+        // the wire.
+        while self.req.idx < self.sq.tail && self.sq.at(self.req.idx).op.is_local() {
+            if self.state == QpState::Sqd && !self.sq.at(self.req.idx).local_done {
+                return None;
+            }
+            self.run_local_op(ctx);
+            if self.state == QpState::Err {
+                return None;
+            }
+        }
         if self.req.idx >= self.sq.tail {
             return None;
         }
@@ -308,6 +319,52 @@ impl Qp {
         self.sq.head += 1;
     }
 
+    /// Executes the local operation at `req.idx` (once) and moves on.
+    fn run_local_op<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) {
+        let idx = self.req.idx;
+        let (op, done) = {
+            let w = self.sq.at(idx);
+            (w.op, w.local_done)
+        };
+        if !done {
+            let ok = match op {
+                SendOp::RegMr { key, access } => {
+                    let pd = self.pd;
+                    match ctx.mrs.by_index_mut(key) {
+                        Some((slot_key, mr))
+                            if matches!(mr.kind, crate::mr::MrKind::FastReg { .. })
+                                && !mr.valid
+                                && mr.pd == pd
+                                && crate::verbs::Access::ALL.contains(access) =>
+                        {
+                            *slot_key = key as u8;
+                            mr.access = access;
+                            mr.valid = true;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                SendOp::LocalInv { key } => ctx.mrs.invalidate(key, self.pd),
+                _ => true,
+            };
+            let psn = self.req.psn;
+            let w = self.sq.at_mut(idx);
+            w.local_done = true;
+            w.sent_once = true;
+            w.started = true;
+            w.state = WqeState::Sent;
+            w.first_psn = psn;
+            w.last_psn = psn_add(psn, 0xff_ffff);
+            if !ok {
+                w.error = Some(WcStatus::LocQpOpErr);
+            }
+        }
+        self.req.idx += 1;
+        self.req.offset = 0;
+        self.complete_ready_heads(ctx);
+    }
+
     /// Go-back-N: resume sending from PSN `psn`, which lies within the
     /// outstanding WQEs.
     pub(crate) fn rewind_to(&mut self, psn: u32) {
@@ -335,7 +392,7 @@ impl Qp {
                 let mut j = i + 1;
                 while j < self.sq.tail && j <= self.req.idx {
                     let later = self.sq.at_mut(j);
-                    if later.state != WqeState::Posted {
+                    if !later.local_done {
                         later.state = WqeState::Posted;
                     }
                     j += 1;

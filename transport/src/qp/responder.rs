@@ -267,6 +267,13 @@ impl Qp {
                 if last {
                     let imm = repr.ext.imm_dt.map(|i| i.imm);
                     let inv = repr.ext.ieth.map(|i| i.rkey);
+                    if let Some(key) = inv
+                        && !ctx.mrs.invalidate(key, self.pd)
+                    {
+                        // Only a valid fast-registration MR of this PD can
+                        // be invalidated (rxe class J error).
+                        return self.nak_error(ctx, NakCode::InvalidRequest, None);
+                    }
                     self.complete_recv(ctx, WcOpcode::Recv, None, imm, inv, repr.bth.solicited);
                 }
             }
