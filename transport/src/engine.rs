@@ -446,8 +446,36 @@ impl<M: Memory> Engine<M> {
         Ok(())
     }
 
+    /// Allocates a memory window of type 1 or 2, unbound. Returns its key.
+    pub fn alloc_mw(&mut self, pd: u32, mw_type: u8) -> Result<u32, VerbsError> {
+        self.check_pd(pd)?;
+        if !matches!(mw_type, 1 | 2) {
+            return Err(VerbsError::Invalid("memory windows are of type 1 or 2"));
+        }
+        let mw = Mr {
+            pd,
+            iova: 0,
+            length: 0,
+            map: mr::MrMap::Linear { base: 0 },
+            access: Access(0),
+            kind: mr::MrKind::Mw {
+                mw_type,
+                mr_key: 0,
+                qpn: 0,
+            },
+            valid: false,
+        };
+        self.mrs.insert(mw).ok_or(VerbsError::Limit {
+            what: "memory regions and windows",
+            limit: u64::from(self.attrs.max_mr),
+        })
+    }
+
     /// Deregisters a region.
     pub fn dereg_mr(&mut self, key: u32) -> Result<(), VerbsError> {
+        if self.mrs.has_bound_windows(key) {
+            return Err(VerbsError::Busy("memory region with bound windows"));
+        }
         self.mrs
             .remove(key)
             .map(|_| ())

@@ -84,6 +84,17 @@ pub enum MrKind {
         /// Most pages a registration may map.
         max_pages: u32,
     },
+    /// A memory window: while bound, `[iova, iova + length)` of the MR
+    /// `mr_key` is reachable remotely through the window's own key with
+    /// the window's access.
+    Mw {
+        /// 1 or 2.
+        mw_type: u8,
+        /// The MR it is bound to.
+        mr_key: u32,
+        /// For type 2, the only QP that may use it.
+        qpn: u32,
+    },
 }
 
 /// A registered memory region.
@@ -246,16 +257,36 @@ impl MrTable {
         self.slot_mut(key)?.mr.as_mut()
     }
 
-    /// Invalidates a valid fast-registration MR of `pd` through its exact
-    /// key (LOCAL_INV, SEND_WITH_INV). User MRs cannot be invalidated.
-    pub fn invalidate(&mut self, key: u32, pd: u32) -> bool {
+    /// Invalidates, through its exact key, a valid fast-registration MR
+    /// or type 2 memory window of `pd` (LOCAL_INV, SEND_WITH_INV). A type 2
+    /// window can only be invalidated through the QP it is bound to. User
+    /// MRs and type 1 windows cannot be invalidated.
+    pub fn invalidate(&mut self, key: u32, pd: u32, qpn: u32) -> bool {
         match self.get_mut_any(key) {
-            Some(mr) if mr.valid && mr.pd == pd && matches!(mr.kind, MrKind::FastReg { .. }) => {
-                mr.valid = false;
-                true
+            Some(mr) if mr.valid && mr.pd == pd => {
+                let ok = match mr.kind {
+                    MrKind::FastReg { .. } => true,
+                    MrKind::Mw {
+                        mw_type: 2, qpn: q, ..
+                    } => q == qpn,
+                    _ => false,
+                };
+                if ok {
+                    mr.valid = false;
+                }
+                ok
             }
             _ => false,
         }
+    }
+
+    /// Whether a bound memory window refers to the MR of `key`.
+    pub fn has_bound_windows(&self, key: u32) -> bool {
+        self.slots.iter().any(|s| {
+            s.mr.as_ref().is_some_and(|m| {
+                m.valid && matches!(m.kind, MrKind::Mw { mr_key, .. } if mr_key == key)
+            })
+        })
     }
 
     /// The slot's region whatever its key part, with the key part.
@@ -266,12 +297,15 @@ impl MrTable {
         Some((&mut slot.key, mr))
     }
 
-    /// Checks key, validity, PD, access and bounds; returns the region and
-    /// the offset of `va` within it.
+    /// Checks key, validity, PD, access and bounds; returns the MR that
+    /// maps the memory and the offset of `va` within it. `qpn` is the QP of
+    /// a remote access, which may go through a memory window; local
+    /// accesses (`None`) only take MR keys.
     fn checked(
         &self,
         key: u32,
         pd: u32,
+        qpn: Option<u32>,
         need: Access,
         va: u64,
         len: u64,
@@ -280,6 +314,33 @@ impl MrTable {
             .get(key)
             .filter(|m| m.valid)
             .ok_or(AccessError::BadKey(key))?;
+        if let MrKind::Mw {
+            mw_type,
+            mr_key,
+            qpn: bound,
+        } = mr.kind
+        {
+            let Some(q) = qpn else {
+                return Err(AccessError::BadKey(key));
+            };
+            if mw_type == 2 && bound != q {
+                return Err(AccessError::BadKey(key));
+            }
+            if mr.pd != pd {
+                return Err(AccessError::WrongPd(key));
+            }
+            if !mr.access.contains(need) {
+                return Err(AccessError::NoAccess { key, need: need.0 });
+            }
+            let oob = AccessError::OutOfBounds { key, va, len };
+            let off = va.checked_sub(mr.iova).ok_or(oob)?;
+            if off.checked_add(len).ok_or(oob)? > mr.length {
+                return Err(oob);
+            }
+            // Through the window to its MR, whose own remote access does
+            // not matter.
+            return self.checked(mr_key, pd, None, Access(0), va, len);
+        }
         if mr.pd != pd {
             return Err(AccessError::WrongPd(key));
         }
@@ -295,7 +356,7 @@ impl MrTable {
         Ok((mr, off))
     }
 
-    /// Checks key, validity, PD, access and bounds.
+    /// Checks a local access: key, validity, PD, access and bounds.
     pub fn check(
         &self,
         key: u32,
@@ -304,10 +365,54 @@ impl MrTable {
         va: u64,
         len: u64,
     ) -> Result<(), AccessError> {
-        self.checked(key, pd, need, va, len).map(|_| ())
+        self.checked(key, pd, None, need, va, len).map(|_| ())
     }
 
-    /// Checks the access, then copies `[va, va + dst.len())` into `dst`.
+    /// Checks a remote access by QP `qpn`, which may use a memory window.
+    pub fn remote_check(
+        &self,
+        key: u32,
+        pd: u32,
+        qpn: u32,
+        need: Access,
+        va: u64,
+        len: u64,
+    ) -> Result<(), AccessError> {
+        self.checked(key, pd, Some(qpn), need, va, len).map(|_| ())
+    }
+
+    /// A remote read (see [`MrTable::read`]) by QP `qpn`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_read<M: Memory>(
+        &self,
+        mem: &M,
+        key: u32,
+        pd: u32,
+        qpn: u32,
+        need: Access,
+        va: u64,
+        dst: &mut [u8],
+    ) -> Result<(), AccessError> {
+        self.read_as(mem, key, pd, Some(qpn), need, va, dst)
+    }
+
+    /// A remote write (see [`MrTable::write`]) by QP `qpn`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_write<M: Memory>(
+        &self,
+        mem: &mut M,
+        key: u32,
+        pd: u32,
+        qpn: u32,
+        need: Access,
+        va: u64,
+        src: &[u8],
+    ) -> Result<(), AccessError> {
+        self.write_as(mem, key, pd, Some(qpn), need, va, src)
+    }
+
+    /// Checks a local access, then copies `[va, va + dst.len())` into
+    /// `dst`.
     pub fn read<M: Memory>(
         &self,
         mem: &M,
@@ -317,8 +422,22 @@ impl MrTable {
         va: u64,
         dst: &mut [u8],
     ) -> Result<(), AccessError> {
+        self.read_as(mem, key, pd, None, need, va, dst)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_as<M: Memory>(
+        &self,
+        mem: &M,
+        key: u32,
+        pd: u32,
+        qpn: Option<u32>,
+        need: Access,
+        va: u64,
+        dst: &mut [u8],
+    ) -> Result<(), AccessError> {
         let len = dst.len() as u64;
-        let (mr, off) = self.checked(key, pd, need, va, len)?;
+        let (mr, off) = self.checked(key, pd, qpn, need, va, len)?;
         let ok = mr.pieces(off, len, |addr, at, n| {
             mem.read(addr, &mut dst[at..at + n]).is_ok()
         });
@@ -326,7 +445,7 @@ impl MrTable {
             .ok_or(AccessError::OutOfBounds { key, va, len })
     }
 
-    /// Checks the access, then copies `src` to `va`.
+    /// Checks a local access, then copies `src` to `va`.
     pub fn write<M: Memory>(
         &self,
         mem: &mut M,
@@ -336,8 +455,22 @@ impl MrTable {
         va: u64,
         src: &[u8],
     ) -> Result<(), AccessError> {
+        self.write_as(mem, key, pd, None, need, va, src)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_as<M: Memory>(
+        &self,
+        mem: &mut M,
+        key: u32,
+        pd: u32,
+        qpn: Option<u32>,
+        need: Access,
+        va: u64,
+        src: &[u8],
+    ) -> Result<(), AccessError> {
         let len = src.len() as u64;
-        let (mr, off) = self.checked(key, pd, need, va, len)?;
+        let (mr, off) = self.checked(key, pd, qpn, need, va, len)?;
         let ok = mr.pieces(off, len, |addr, at, n| {
             mem.write(addr, &src[at..at + n]).is_ok()
         });

@@ -88,6 +88,22 @@ pub enum SendOp {
         /// Access to grant.
         access: Access,
     },
+    /// Binds a memory window to `[addr, addr + len)` of an MR with
+    /// remote `access`. A type 2 window takes the key part of `mw`; a type
+    /// 1 window may be bound again (length 0 unbinds it). A local
+    /// operation.
+    BindMw {
+        /// The window's (new) key.
+        mw: u32,
+        /// The MR's key; the MR needs MW_BIND access.
+        mr: u32,
+        /// Start of the window.
+        addr: u64,
+        /// Length of the window.
+        len: u64,
+        /// Remote access through the window.
+        access: Access,
+    },
     /// Local invalidation of a fast-registration MR.
     LocalInv {
         /// The key to invalidate.
@@ -135,7 +151,10 @@ impl SendOp {
 
     /// Whether it is a local operation, executed without any packet.
     pub const fn is_local(self) -> bool {
-        matches!(self, SendOp::RegMr { .. } | SendOp::LocalInv { .. })
+        matches!(
+            self,
+            SendOp::RegMr { .. } | SendOp::LocalInv { .. } | SendOp::BindMw { .. }
+        )
     }
 
     /// Whether the response is an empty READ response (ATOMIC_WRITE and
@@ -276,6 +295,8 @@ pub enum WcOpcode {
     RegMr,
     /// A local invalidation.
     LocalInv,
+    /// A memory window bind.
+    BindMw,
     /// A received message.
     Recv,
     /// A received RDMA WRITE with immediate.

@@ -615,6 +615,7 @@ impl Qp {
                 SendOp::Flush { .. } => WcOpcode::Flush,
                 SendOp::RegMr { .. } => WcOpcode::RegMr,
                 SendOp::LocalInv { .. } => WcOpcode::LocalInv,
+                SendOp::BindMw { .. } => WcOpcode::BindMw,
             },
             byte_len: if w.op == SendOp::Read {
                 w.len as u32

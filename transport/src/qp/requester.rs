@@ -345,7 +345,8 @@ impl Qp {
                         _ => false,
                     }
                 }
-                SendOp::LocalInv { key } => ctx.mrs.invalidate(key, self.pd),
+                SendOp::LocalInv { key } => ctx.mrs.invalidate(key, self.pd, self.qpn),
+                SendOp::BindMw { .. } => self.bind_mw(ctx, op),
                 _ => true,
             };
             let psn = self.req.psn;
@@ -357,12 +358,76 @@ impl Qp {
             w.first_psn = psn;
             w.last_psn = psn_add(psn, 0xff_ffff);
             if !ok {
-                w.error = Some(WcStatus::LocQpOpErr);
+                w.error = Some(match op {
+                    SendOp::BindMw { .. } => WcStatus::MwBindErr,
+                    _ => WcStatus::LocQpOpErr,
+                });
             }
         }
         self.req.idx += 1;
         self.req.offset = 0;
         self.complete_ready_heads(ctx);
+    }
+
+    /// Binds a memory window (rxe `rxe_bind_mw` checks): the MR must be
+    /// valid, of this PD, grant MW_BIND and contain the range; the window
+    /// grants only remote access, and remote write or atomic access needs
+    /// local write on the MR; a type 2 window must be free.
+    fn bind_mw<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, op: SendOp) -> bool {
+        use crate::{mr::MrKind, verbs::Access};
+        let SendOp::BindMw {
+            mw,
+            mr,
+            addr,
+            len,
+            access,
+        } = op
+        else {
+            return false;
+        };
+        let remote = Access::REMOTE_READ
+            .with(Access::REMOTE_WRITE)
+            .with(Access::REMOTE_ATOMIC);
+        if !remote.contains(access) {
+            return false;
+        }
+        let mr_ok = ctx.mrs.get(mr).is_some_and(|m| {
+            m.valid
+                && m.pd == self.pd
+                && !matches!(m.kind, MrKind::Mw { .. })
+                && m.access.contains(Access::MW_BIND)
+                && addr >= m.iova
+                && addr
+                    .checked_add(len)
+                    .is_some_and(|end| end <= m.iova + m.length)
+                && (!(access.contains(Access::REMOTE_WRITE)
+                    || access.contains(Access::REMOTE_ATOMIC))
+                    || m.access.contains(Access::LOCAL_WRITE))
+        });
+        if !mr_ok {
+            return false;
+        }
+        let (pd, qpn) = (self.pd, self.qpn);
+        let Some((slot_key, w)) = ctx.mrs.by_index_mut(mw) else {
+            return false;
+        };
+        let MrKind::Mw { mw_type, .. } = w.kind else {
+            return false;
+        };
+        if w.pd != pd || (mw_type == 2 && (w.valid || len == 0)) {
+            return false;
+        }
+        *slot_key = mw as u8;
+        w.iova = addr;
+        w.length = len;
+        w.access = access;
+        w.valid = len > 0;
+        w.kind = MrKind::Mw {
+            mw_type,
+            mr_key: mr,
+            qpn: if mw_type == 2 { qpn } else { 0 },
+        };
+        true
     }
 
     /// Go-back-N: resume sending from PSN `psn`, which lies within the

@@ -268,7 +268,7 @@ impl Qp {
                     let imm = repr.ext.imm_dt.map(|i| i.imm);
                     let inv = repr.ext.ieth.map(|i| i.rkey);
                     if let Some(key) = inv
-                        && !ctx.mrs.invalidate(key, self.pd)
+                        && !ctx.mrs.invalidate(key, self.pd, self.qpn)
                     {
                         // Only a valid fast-registration MR of this PD can
                         // be invalidated (rxe class J error).
@@ -365,7 +365,14 @@ impl Qp {
             if len > 0
                 && ctx
                     .mrs
-                    .check(reth.rkey, self.pd, Access::REMOTE_WRITE, reth.va, len)
+                    .remote_check(
+                        reth.rkey,
+                        self.pd,
+                        self.qpn,
+                        Access::REMOTE_WRITE,
+                        reth.va,
+                        len,
+                    )
                     .is_err()
             {
                 self.nak_error(ctx, NakCode::RemoteAccessError, None);
@@ -390,7 +397,15 @@ impl Qp {
         if n > 0 {
             let ok = ctx
                 .mrs
-                .write(ctx.mem, w.rkey, self.pd, Access::REMOTE_WRITE, w.va, data)
+                .remote_write(
+                    ctx.mem,
+                    w.rkey,
+                    self.pd,
+                    self.qpn,
+                    Access::REMOTE_WRITE,
+                    w.va,
+                    data,
+                )
                 .is_ok();
             if !ok {
                 self.nak_error(ctx, NakCode::RemoteAccessError, None);
@@ -415,7 +430,14 @@ impl Qp {
         if len > 0
             && ctx
                 .mrs
-                .check(reth.rkey, self.pd, Access::REMOTE_READ, reth.va, len)
+                .remote_check(
+                    reth.rkey,
+                    self.pd,
+                    self.qpn,
+                    Access::REMOTE_READ,
+                    reth.va,
+                    len,
+                )
                 .is_err()
         {
             return self.nak_error(ctx, NakCode::RemoteAccessError, None);
@@ -445,7 +467,15 @@ impl Qp {
         let (rkey, pd) = (a.rkey, self.pd);
         if ctx
             .mrs
-            .read(ctx.mem, rkey, pd, Access::REMOTE_ATOMIC, a.va, &mut cur)
+            .remote_read(
+                ctx.mem,
+                rkey,
+                pd,
+                self.qpn,
+                Access::REMOTE_ATOMIC,
+                a.va,
+                &mut cur,
+            )
             .is_err()
         {
             return self.nak_error(ctx, NakCode::RemoteAccessError, None);
@@ -458,10 +488,11 @@ impl Qp {
         };
         if ctx
             .mrs
-            .write(
+            .remote_write(
                 ctx.mem,
                 rkey,
                 pd,
+                self.qpn,
                 Access::REMOTE_ATOMIC,
                 a.va,
                 &new.to_ne_bytes(),
@@ -485,10 +516,11 @@ impl Qp {
         }
         if ctx
             .mrs
-            .write(
+            .remote_write(
                 ctx.mem,
                 reth.rkey,
                 self.pd,
+                self.qpn,
                 Access::REMOTE_WRITE,
                 reth.va,
                 data,
@@ -514,7 +546,14 @@ impl Qp {
                 .is_some_and(|m| m.valid && m.pd == self.pd && m.access.contains(need))
         } else {
             ctx.mrs
-                .check(reth.rkey, self.pd, need, reth.va, u64::from(reth.dma_len))
+                .remote_check(
+                    reth.rkey,
+                    self.pd,
+                    self.qpn,
+                    need,
+                    reth.va,
+                    u64::from(reth.dma_len),
+                )
                 .is_ok()
         };
         if !ok {
@@ -887,10 +926,11 @@ impl Qp {
             let ok = n == 0
                 || ctx
                     .mrs
-                    .read(
+                    .remote_read(
                         &*ctx.mem,
                         rkey,
                         self.pd,
+                        self.qpn,
                         Access::REMOTE_READ,
                         va,
                         &mut buf[at..at + n],
