@@ -218,5 +218,4 @@ fn bind_checks() {
         wb.iter().map(|w| w.status).collect::<Vec<_>>(),
         vec![WcStatus::Success, WcStatus::LocProtErr]
     );
-    let _ = none;
 }
