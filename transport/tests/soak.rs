@@ -352,7 +352,10 @@ fn rc_soak() {
                 SendOp::AtomicWrite(v) => {
                     shadow_b[r..r + 8].copy_from_slice(&v.to_ne_bytes());
                 }
-                SendOp::Flush { .. } | SendOp::RegMr { .. } | SendOp::LocalInv { .. } => {}
+                SendOp::Flush { .. }
+                | SendOp::RegMr { .. }
+                | SendOp::LocalInv { .. }
+                | SendOp::BindMw { .. } => {}
                 SendOp::FetchAdd { add } => {
                     let cur = u64::from_ne_bytes(shadow_b[r..r + 8].try_into().unwrap());
                     shadow_b[r..r + 8].copy_from_slice(&cur.wrapping_add(add).to_ne_bytes());
