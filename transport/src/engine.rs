@@ -27,8 +27,8 @@ use crate::{
     qp::{Ctx, Qp, RecvWqe, SendWqe, WqeState},
     srq::Srq,
     verbs::{
-        Access, AsyncEvent, CqNotification, QpAttr, QpCaps, QpState, QpType, RecvWr, SendWr,
-        VerbsError, Wc,
+        Access, AhAttr, AsyncEvent, CqNotification, QpAttr, QpCaps, QpState, QpType, RecvWr,
+        SendWr, VerbsError, Wc,
     },
     wire::{DEFAULT_PKEY, Packet, PacketRepr, Transport},
 };
@@ -188,6 +188,7 @@ pub struct Engine<M: Memory> {
     mrs: MrTable,
     cqs: Vec<Option<Cq>>,
     srqs: Vec<Option<Srq>>,
+    ahs: Vec<Option<(u32, AhAttr)>>,
     qps: Vec<Option<Qp>>,
     events: VecDeque<AsyncEvent>,
     notifications: VecDeque<CqNotification>,
@@ -226,6 +227,7 @@ impl<M: Memory> Engine<M> {
             pds: vec![false],
             cqs: vec![None],
             srqs: vec![None],
+            ahs: vec![None],
             qps: vec![None],
             events: VecDeque::new(),
             notifications: VecDeque::new(),
@@ -318,6 +320,7 @@ impl<M: Memory> Engine<M> {
         if self.mrs.uses_pd(pd)
             || self.qps.iter().flatten().any(|q| q.pd == pd)
             || self.srqs.iter().flatten().any(|s| s.pd == pd)
+            || self.ahs.iter().flatten().any(|(p, _)| *p == pd)
         {
             return Err(VerbsError::Busy("protection domain"));
         }
@@ -444,6 +447,49 @@ impl<M: Memory> Engine<M> {
             pages: pages.to_vec(),
         };
         Ok(())
+    }
+
+    /// Creates an address handle. The source GID index must name a GID.
+    pub fn create_ah(&mut self, pd: u32, attr: AhAttr) -> Result<u32, VerbsError> {
+        self.check_pd(pd)?;
+        if self.gids.get(usize::from(attr.sgid_index)).is_none() {
+            return Err(VerbsError::Invalid("source GID index names no GID"));
+        }
+        if attr.flow_label > 0xf_ffff {
+            return Err(VerbsError::Invalid("flow labels are 20 bits"));
+        }
+        let entry = Some((pd, attr));
+        if let Some(i) = self.ahs.iter().skip(1).position(Option::is_none) {
+            self.ahs[i + 1] = entry;
+            return Ok(i as u32 + 1);
+        }
+        if self.ahs.len() as u32 > self.attrs.max_ah {
+            return Err(VerbsError::Limit {
+                what: "address handles",
+                limit: u64::from(self.attrs.max_ah),
+            });
+        }
+        self.ahs.push(entry);
+        Ok(self.ahs.len() as u32 - 1)
+    }
+
+    /// The attributes of an address handle.
+    pub fn ah(&self, ah: u32) -> Option<AhAttr> {
+        self.ahs.get(ah as usize)?.map(|(_, a)| a)
+    }
+
+    /// Destroys an address handle.
+    pub fn destroy_ah(&mut self, ah: u32) -> Result<(), VerbsError> {
+        match self.ahs.get_mut(ah as usize) {
+            Some(slot @ Some(_)) if ah != 0 => {
+                *slot = None;
+                Ok(())
+            }
+            _ => Err(VerbsError::NoSuchObject {
+                kind: "AH",
+                handle: ah,
+            }),
+        }
     }
 
     /// Allocates a memory window of type 1 or 2, unbound. Returns its key.

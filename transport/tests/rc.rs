@@ -389,3 +389,37 @@ fn atomic_write_and_flush() {
         WcStatus::RemAccessErr
     );
 }
+
+#[test]
+fn fence_waits_for_earlier_reads() {
+    // A READ, then a fenced WRITE of the READ's destination to B: the
+    // WRITE must carry the data the READ brought back.
+    let mut s = setup(QpType::Rc, LinkConfig::clean(5000), 7, Mtu::Mtu256, 1 << 20);
+    fill(
+        &mut s.pair.b.memory_mut().as_mut_slice()[0x20000..0x21000],
+        42,
+    );
+    let rsge = [Sge {
+        addr: 0x8000,
+        length: 2000,
+        lkey: s.a.key,
+    }];
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(1, SendOp::Read, &rsge).remote(0x20000, s.b.key),
+        )
+        .unwrap();
+    let mut wr = SendWr::new(2, SendOp::Write, &rsge).remote(0x30000, s.b.key);
+    wr.fence = true;
+    s.pair.a.post_send(s.a.qp, &wr).unwrap();
+    s.pair.drive(SEC, |_| false);
+    let wa = drain(&mut s.pair.a, s.a.cq);
+    assert_eq!(
+        wa.iter().map(|w| w.status).collect::<Vec<_>>(),
+        vec![WcStatus::Success; 2]
+    );
+    let m = s.pair.b.memory().as_slice();
+    assert_eq!(&m[0x30000..0x30000 + 2000], &m[0x20000..0x20000 + 2000]);
+}

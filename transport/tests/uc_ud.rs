@@ -436,3 +436,46 @@ fn gsi_qp1_exchanges_mads() {
     let at = RBUF as usize + 40;
     assert_eq!(&s.pair.b.memory().as_slice()[at..at + 256], &mad[..]);
 }
+
+#[test]
+fn address_handles() {
+    use transport::verbs::VerbsError;
+    let mut s = setup(QpType::Ud, LinkConfig::clean(1000), 10, Mtu::Mtu1024, MEM);
+    let attr = AhAttr {
+        dgid: Pair::gid_b(),
+        hop_limit: 64,
+        ..Default::default()
+    };
+    let ah = s.pair.a.create_ah(s.a.pd, attr).unwrap();
+    assert_eq!(s.pair.a.ah(ah), Some(attr));
+    let bad = AhAttr {
+        sgid_index: 7,
+        ..attr
+    };
+    assert!(
+        s.pair.a.create_ah(s.a.pd, bad).is_err(),
+        "no GID at index 7"
+    );
+    // A send through the handle's attributes arrives.
+    post_recvs(&mut s, 1, 2048, 0);
+    let sge = [Sge {
+        addr: 0,
+        length: 10,
+        lkey: s.a.key,
+    }];
+    let mut wr = SendWr::new(1, SendOp::Send, &sge);
+    wr.ud = Some(UdDest {
+        ah: s.pair.a.ah(ah).unwrap(),
+        ..ud_dest(&s)
+    });
+    s.pair.a.post_send(s.a.qp, &wr).unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(drain(&mut s.pair.b, s.b.cq).len(), 1);
+    assert_eq!(
+        s.pair.a.dealloc_pd(s.a.pd),
+        Err(VerbsError::Busy("protection domain"))
+    );
+    s.pair.a.destroy_ah(ah).unwrap();
+    assert!(s.pair.a.destroy_ah(ah).is_err());
+    assert_eq!(s.pair.a.ah(ah), None);
+}
