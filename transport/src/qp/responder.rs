@@ -282,25 +282,8 @@ impl Qp {
                 if with_imm && !self.recv_available(ctx) {
                     return self.rnr_nak(psn);
                 }
-                if !self.place_write(ctx, repr, pkt.payload(), last) {
+                if !self.write_message(ctx, repr, pkt.payload(), last, with_imm) {
                     return;
-                }
-                if with_imm {
-                    let total = self.resp.write.map_or(0, |w| w.total);
-                    let imm = repr.ext.imm_dt.map(|i| i.imm);
-                    self.resp.recv_offset = None;
-                    self.take_recv(ctx);
-                    self.complete_recv(
-                        ctx,
-                        WcOpcode::RecvRdmaWithImm,
-                        Some(total),
-                        imm,
-                        None,
-                        repr.bth.solicited,
-                    );
-                }
-                if last {
-                    self.resp.write = None;
                 }
             }
             0x0c => return self.start_read(ctx, repr),
@@ -344,6 +327,39 @@ impl Qp {
             return false;
         }
         self.resp.recv_offset = Some(off + data.len() as u64);
+        true
+    }
+
+    /// Places a WRITE packet and, at the end of a WRITE with immediate,
+    /// completes a receive WQE with the whole length and the immediate.
+    fn write_message<M: Memory>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        repr: &PacketRepr,
+        data: &[u8],
+        last: bool,
+        with_imm: bool,
+    ) -> bool {
+        if !self.place_write(ctx, repr, data, last) {
+            return false;
+        }
+        if with_imm {
+            let total = self.resp.write.map_or(0, |w| w.total);
+            let imm = repr.ext.imm_dt.map(|i| i.imm);
+            self.resp.recv_offset = None;
+            self.take_recv(ctx);
+            self.complete_recv(
+                ctx,
+                WcOpcode::RecvRdmaWithImm,
+                Some(total),
+                imm,
+                None,
+                repr.bth.solicited,
+            );
+        }
+        if last {
+            self.resp.write = None;
+        }
         true
     }
 
@@ -751,24 +767,8 @@ impl Qp {
                     self.resp.write = None;
                     return;
                 }
-                if !self.place_write(ctx, repr, pkt.payload(), last) {
+                if !self.write_message(ctx, repr, pkt.payload(), last, with_imm) {
                     return;
-                }
-                if with_imm {
-                    let total = self.resp.write.map_or(0, |w| w.total);
-                    let imm = repr.ext.imm_dt.map(|i| i.imm);
-                    self.take_recv(ctx);
-                    self.complete_recv(
-                        ctx,
-                        WcOpcode::RecvRdmaWithImm,
-                        Some(total),
-                        imm,
-                        None,
-                        repr.bth.solicited,
-                    );
-                }
-                if last {
-                    self.resp.write = None;
                 }
             }
             _ => {}
