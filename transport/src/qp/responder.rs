@@ -767,9 +767,8 @@ impl Qp {
                     self.resp.write = None;
                     return;
                 }
-                if !self.write_message(ctx, repr, pkt.payload(), last, with_imm) {
-                    return;
-                }
+                // A failed write has already dropped the message.
+                let _ = self.write_message(ctx, repr, pkt.payload(), last, with_imm);
             }
             _ => {}
         }
