@@ -17,11 +17,8 @@ use std::{
 use transport::{
     engine::{Engine, QpInit},
     memory::VecMemory,
-    sim::{LinkConfig, Pair},
-    verbs::{
-        Access, AhAttr, QpAttr, QpCaps, QpState, QpType, RecvWr, SendOp, SendWr, Sge, Wc, WcOpcode,
-        WcStatus,
-    },
+    sim::{Conn, LinkConfig, Pair, connect},
+    verbs::{Access, QpCaps, QpType, RecvWr, SendOp, SendWr, Sge, Wc, WcOpcode, WcStatus},
     wire::Mtu,
 };
 
@@ -107,54 +104,6 @@ fn side(e: &mut Engine<VecMemory>) -> Result<Side, PerfError> {
     Ok(Side { cq, key, qp })
 }
 
-fn connect(
-    e: &mut Engine<VecMemory>,
-    qp: u32,
-    dest: u32,
-    dgid: transport::device::Gid,
-    mtu: Mtu,
-) -> Result<(), PerfError> {
-    let steps = [
-        QpAttr {
-            state: Some(QpState::Init),
-            access: Some(
-                Access::REMOTE_WRITE
-                    .with(Access::REMOTE_READ)
-                    .with(Access::REMOTE_ATOMIC),
-            ),
-            pkey_index: Some(0),
-            ..Default::default()
-        },
-        QpAttr {
-            state: Some(QpState::Rtr),
-            dest_qp_num: Some(dest),
-            rq_psn: Some(0),
-            path_mtu: Some(mtu),
-            max_dest_rd_atomic: Some(16),
-            min_rnr_timer: Some(1),
-            ah: Some(AhAttr {
-                dgid,
-                hop_limit: 64,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        QpAttr {
-            state: Some(QpState::Rts),
-            sq_psn: Some(0),
-            timeout: Some(14),
-            retry_cnt: Some(7),
-            rnr_retry: Some(7),
-            max_rd_atomic: Some(16),
-            ..Default::default()
-        },
-    ];
-    for a in &steps {
-        e.modify_qp(qp, a, 0)?;
-    }
-    Ok(())
-}
-
 struct Bench {
     pair: Pair,
     a: Side,
@@ -170,8 +119,26 @@ impl Bench {
         let mut pair = Pair::new(LinkConfig::clean(0), 1, MEM);
         let a = side(&mut pair.a)?;
         let b = side(&mut pair.b)?;
-        connect(&mut pair.a, a.qp, b.qp, Pair::gid_b(), mtu)?;
-        connect(&mut pair.b, b.qp, a.qp, Pair::gid_a(), mtu)?;
+        let c = Conn {
+            dest: b.qp,
+            dgid: Pair::gid_b(),
+            mtu,
+            sq_psn: 0,
+            rq_psn: 0,
+            timeout: 14,
+            retry: 7,
+            rnr_retry: 7,
+        };
+        connect(&mut pair.a, a.qp, c)?;
+        connect(
+            &mut pair.b,
+            b.qp,
+            Conn {
+                dest: a.qp,
+                dgid: Pair::gid_a(),
+                ..c
+            },
+        )?;
         Ok(Bench {
             pair,
             a,

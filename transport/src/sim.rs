@@ -114,6 +114,79 @@ pub struct Pair {
     seq: u64,
 }
 
+/// How to connect a QP to its peer with [`connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    /// The peer's QP number.
+    pub dest: u32,
+    /// The peer's GID.
+    pub dgid: Gid,
+    /// Path MTU.
+    pub mtu: crate::wire::Mtu,
+    /// First PSN this QP sends.
+    pub sq_psn: u32,
+    /// First PSN this QP expects.
+    pub rq_psn: u32,
+    /// Retransmit timeout code (4.096 µs × 2^timeout).
+    pub timeout: u8,
+    /// Transport retries (7: infinite, as in rxe).
+    pub retry: u8,
+    /// RNR retries (7: infinite).
+    pub rnr_retry: u8,
+}
+
+/// Takes a QP from RESET through INIT and RTR to RTS, granting remote
+/// read, write, atomic and flush access, 16 READ/atomic resources each way,
+/// Q_Key 0x11111111 and the RNR timer code 1.
+pub fn connect(
+    e: &mut Engine<VecMemory>,
+    qp: u32,
+    c: Conn,
+) -> Result<(), crate::verbs::VerbsError> {
+    use crate::verbs::{Access, AhAttr, QpAttr, QpState};
+    let remote = Access::REMOTE_WRITE
+        .with(Access::REMOTE_READ)
+        .with(Access::REMOTE_ATOMIC)
+        .with(Access::FLUSH_GLOBAL)
+        .with(Access::FLUSH_PERSISTENT);
+    let steps = [
+        QpAttr {
+            state: Some(QpState::Init),
+            access: Some(remote),
+            pkey_index: Some(0),
+            qkey: Some(0x1111_1111),
+            ..Default::default()
+        },
+        QpAttr {
+            state: Some(QpState::Rtr),
+            dest_qp_num: Some(c.dest),
+            rq_psn: Some(c.rq_psn),
+            path_mtu: Some(c.mtu),
+            max_dest_rd_atomic: Some(16),
+            min_rnr_timer: Some(1),
+            ah: Some(AhAttr {
+                dgid: c.dgid,
+                hop_limit: 64,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        QpAttr {
+            state: Some(QpState::Rts),
+            sq_psn: Some(c.sq_psn),
+            timeout: Some(c.timeout),
+            retry_cnt: Some(c.retry),
+            rnr_retry: Some(c.rnr_retry),
+            max_rd_atomic: Some(16),
+            ..Default::default()
+        },
+    ];
+    for a in &steps {
+        e.modify_qp(qp, a, 0)?;
+    }
+    Ok(())
+}
+
 /// The addresses of the two sides.
 pub const ADDR_A: [u8; 4] = [10, 0, 0, 1];
 /// The address of side B.

@@ -7,7 +7,7 @@ use transport::{
     engine::{Engine, QpInit},
     memory::VecMemory,
     sim::{LinkConfig, Pair},
-    verbs::{Access, AhAttr, QpAttr, QpCaps, QpState, QpType, Wc, WcOpcode, WcStatus},
+    verbs::{Access, QpCaps, QpType, Wc, WcOpcode, WcStatus},
     wire::Mtu,
 };
 
@@ -57,75 +57,11 @@ pub fn make_side(e: &mut Engine<VecMemory>, qp_type: QpType, mem: u64, cq_depth:
     Side { pd, cq, key, qp }
 }
 
-/// How to connect a QP.
-#[derive(Clone, Copy)]
-pub struct Conn {
-    pub dest: u32,
-    pub dgid: transport::device::Gid,
-    pub mtu: Mtu,
-    pub sq_psn: u32,
-    pub rq_psn: u32,
-    pub timeout: u8,
-    pub retry: u8,
-    pub rnr_retry: u8,
-}
+pub use transport::sim::Conn;
 
+/// Connects a QP (see `transport::sim::connect`); panics on failure.
 pub fn connect(e: &mut Engine<VecMemory>, qp: u32, c: Conn) {
-    let Conn {
-        dest,
-        dgid,
-        mtu,
-        timeout,
-        retry,
-        rnr_retry,
-        ..
-    } = c;
-    let psn = (c.sq_psn, c.rq_psn);
-    e.modify_qp(
-        qp,
-        &QpAttr {
-            state: Some(QpState::Init),
-            access: Some(Access(ALL_ACCESS.0 & !Access::LOCAL_WRITE.0)),
-            pkey_index: Some(0),
-            qkey: Some(0x1111_1111),
-            ..Default::default()
-        },
-        0,
-    )
-    .unwrap();
-    e.modify_qp(
-        qp,
-        &QpAttr {
-            state: Some(QpState::Rtr),
-            dest_qp_num: Some(dest),
-            rq_psn: Some(psn.1),
-            path_mtu: Some(mtu),
-            max_dest_rd_atomic: Some(16),
-            min_rnr_timer: Some(1),
-            ah: Some(AhAttr {
-                dgid,
-                hop_limit: 64,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        0,
-    )
-    .unwrap();
-    e.modify_qp(
-        qp,
-        &QpAttr {
-            state: Some(QpState::Rts),
-            sq_psn: Some(psn.0),
-            timeout: Some(timeout),
-            retry_cnt: Some(retry),
-            rnr_retry: Some(rnr_retry),
-            max_rd_atomic: Some(16),
-            ..Default::default()
-        },
-        0,
-    )
-    .unwrap();
+    transport::sim::connect(e, qp, c).expect("connect QP");
 }
 
 /// Two engines with one QP each of `qp_type`, connected, PSNs chosen near
