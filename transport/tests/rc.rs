@@ -423,3 +423,81 @@ fn fence_waits_for_earlier_reads() {
     let m = s.pair.b.memory().as_slice();
     assert_eq!(&m[0x30000..0x30000 + 2000], &m[0x20000..0x20000 + 2000]);
 }
+
+#[test]
+fn armed_cq_notifies_once_per_arming() {
+    let mut s = setup(
+        QpType::Rc,
+        LinkConfig::clean(1000),
+        8,
+        Mtu::Mtu1024,
+        1 << 20,
+    );
+    let sge = [Sge {
+        addr: 0,
+        length: 8,
+        lkey: s.a.key,
+    }];
+    s.pair.a.req_notify_cq(s.a.cq, false).unwrap();
+    for i in 0..3 {
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(i, SendOp::Write, &sge).remote(0, s.b.key),
+            )
+            .unwrap();
+    }
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(
+        s.pair.a.poll_notification(),
+        Some(transport::verbs::CqNotification(s.a.cq))
+    );
+    assert_eq!(
+        s.pair.a.poll_notification(),
+        None,
+        "one notification per arming"
+    );
+    assert_eq!(drain(&mut s.pair.a, s.a.cq).len(), 3);
+    // Solicited-only arming ignores an unsolicited receive.
+    let rsge = [Sge {
+        addr: 0x100,
+        length: 64,
+        lkey: s.b.key,
+    }];
+    s.pair
+        .b
+        .post_recv(
+            s.b.qp,
+            &RecvWr {
+                wr_id: 1,
+                sges: &rsge,
+            },
+        )
+        .unwrap();
+    s.pair
+        .b
+        .post_recv(
+            s.b.qp,
+            &RecvWr {
+                wr_id: 2,
+                sges: &rsge,
+            },
+        )
+        .unwrap();
+    s.pair.b.req_notify_cq(s.b.cq, true).unwrap();
+    s.pair
+        .a
+        .post_send(s.a.qp, &SendWr::new(10, SendOp::Send, &sge))
+        .unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(s.pair.b.poll_notification(), None);
+    let mut wr = SendWr::new(11, SendOp::Send, &sge);
+    wr.solicited = true;
+    s.pair.a.post_send(s.a.qp, &wr).unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(
+        s.pair.b.poll_notification(),
+        Some(transport::verbs::CqNotification(s.b.cq))
+    );
+}
