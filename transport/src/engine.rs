@@ -124,7 +124,7 @@ impl RxMeta<'_> {
 
 /// Why an incoming packet was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Drop {
+pub enum DropReason {
     /// Its headers do not parse.
     #[error("malformed: {0}")]
     Malformed(#[from] crate::wire::Error),
@@ -770,8 +770,9 @@ impl<M: Memory> Engine<M> {
         Ok(())
     }
 
-    /// Modifies a QP. Moving to ERR flushes every outstanding WR.
-    pub fn modify_qp(&mut self, qpn: u32, attr: &QpAttr, now: u64) -> Result<(), VerbsError> {
+    /// Modifies a QP. Moving to ERR flushes every outstanding WR. `now` is
+    /// unused today and keeps the command in line with the others.
+    pub fn modify_qp(&mut self, qpn: u32, attr: &QpAttr, _now: u64) -> Result<(), VerbsError> {
         let attrs = self.attrs.clone();
         let i = slot_of(qpn);
         let qp = self
@@ -782,7 +783,7 @@ impl<M: Memory> Engine<M> {
                 kind: "QP",
                 handle: qpn,
             })?;
-        let changed = qp.modify(attr, &attrs, now)?;
+        let changed = qp.modify(attr, &attrs)?;
         if changed == Some(QpState::Sqd) {
             qp.req.drained_sent = qp.sq.head == qp.req.idx;
             if qp.req.drained_sent {
@@ -950,19 +951,24 @@ impl<M: Memory> Engine<M> {
 
     /// Handles a transport packet (BTH through ICRC) whose ICRC the link
     /// has verified.
-    pub fn handle_packet(&mut self, now: u64, meta: &RxMeta<'_>, ib: &[u8]) -> Result<(), Drop> {
+    pub fn handle_packet(
+        &mut self,
+        now: u64,
+        meta: &RxMeta<'_>,
+        ib: &[u8],
+    ) -> Result<(), DropReason> {
         let pkt = Packet::new_checked(ib)?;
         let repr = PacketRepr::parse(&pkt)?;
         let opcode = repr.bth.opcode;
         if opcode.transport() == Transport::Cnp {
             self.cnps += 1;
-            return Err(Drop::Cnp);
+            return Err(DropReason::Cnp);
         }
         let qpn = repr.bth.dest_qp;
         let i = slot_of(qpn);
         let mut ctx = ctx!(self);
         let Some(Some(qp)) = self.qps.get_mut(i) else {
-            return Err(Drop::NoQp(qpn));
+            return Err(DropReason::NoQp(qpn));
         };
         let fits = matches!(
             (opcode.transport(), qp.qp_type),
@@ -971,14 +977,14 @@ impl<M: Memory> Engine<M> {
                 | (Transport::Ud, QpType::Ud | QpType::Gsi)
         );
         if !fits {
-            return Err(Drop::WrongTransport {
+            return Err(DropReason::WrongTransport {
                 opcode: opcode.0,
                 qpn,
             });
         }
         // Only the default partition exists (rxe `check_keys`).
         if repr.bth.pkey & 0x7fff != DEFAULT_PKEY & 0x7fff {
-            return Err(Drop::BadPkey(repr.bth.pkey));
+            return Err(DropReason::BadPkey(repr.bth.pkey));
         }
         // A connected QP only takes packets from its peer (rxe
         // `check_addr`).
@@ -986,7 +992,7 @@ impl<M: Memory> Engine<M> {
             && let Some(src) = source_gid(meta.ip_header)
             && src != qp.attrs.ah.dgid
         {
-            return Err(Drop::WrongSource(qpn));
+            return Err(DropReason::WrongSource(qpn));
         }
         if meta.ecn == 3 {
             // Congestion experienced: tell the sender with a CNP.

@@ -199,11 +199,11 @@ fn packets_from_the_wrong_address_or_partition_are_dropped() {
     };
     assert!(matches!(
         s.pair.b.handle_packet(0, &meta, &write(0xffff)),
-        Err(transport::engine::Drop::WrongSource(_))
+        Err(transport::engine::DropReason::WrongSource(_))
     ));
     assert!(matches!(
         s.pair.b.handle_packet(0, &RxMeta::NONE, &write(0x1234)),
-        Err(transport::engine::Drop::BadPkey(0x1234))
+        Err(transport::engine::DropReason::BadPkey(0x1234))
     ));
     assert!(outputs(&mut s.pair.b).is_empty());
     assert_ne!(&s.pair.b.memory().as_slice()[0x100..0x104], b"evil");

@@ -378,7 +378,6 @@ impl Qp {
         &mut self,
         a: &QpAttr,
         dev: &DeviceAttrs,
-        now: u64,
     ) -> Result<Option<QpState>, VerbsError> {
         use QpState::{Init, Reset, Rtr, Rts, Sqd, Sqe};
         let from = self.state;
@@ -493,7 +492,6 @@ impl Qp {
             self.req.max_psn = p & PSN_MASK;
             self.comp.psn = p & PSN_MASK;
         }
-        let _ = now;
         if to == Reset && from != Reset {
             self.reset();
         }
@@ -667,12 +665,9 @@ impl Qp {
             ctx.complete(self.recv_cq, wc, true);
             self.rq.head += 1;
         }
-        if let Some(srq) = self.srq {
+        if self.srq.is_some() && self.state == QpState::Err {
             // The SRQ keeps its WQEs; the QP will take no more of them.
-            if self.state == QpState::Err {
-                ctx.events.push_back(AsyncEvent::QpLastWqeReached(self.qpn));
-            }
-            let _ = srq;
+            ctx.events.push_back(AsyncEvent::QpLastWqeReached(self.qpn));
         }
         self.req.idx = self.sq.head;
         self.req.offset = 0;

@@ -452,7 +452,6 @@ impl Qp {
                     | SendOp::Flush { .. } => 0,
                     _ => off.min(w.len),
                 };
-                let (first_psn, state) = (w.first_psn, w.state);
                 // Everything after it is sent again from scratch.
                 let mut j = i + 1;
                 while j < self.sq.tail && j <= self.req.idx {
@@ -462,14 +461,13 @@ impl Qp {
                     }
                     j += 1;
                 }
-                let w = self.sq.at_mut(i);
-                if off == 0 {
-                    w.state = WqeState::Posted;
+                // Resumed mid-message it keeps its first PSN; from the
+                // start it is posted again.
+                self.sq.at_mut(i).state = if off == 0 {
+                    WqeState::Posted
                 } else {
-                    w.state = WqeState::Sending;
-                    w.first_psn = first_psn;
-                }
-                let _ = state;
+                    WqeState::Sending
+                };
                 self.req.idx = i;
                 self.req.offset = off;
                 self.req.psn = psn;
