@@ -5,7 +5,8 @@
 #
 # Installs cargo-fuzz if it is missing, builds fresh seed corpora in
 # fuzz/corpus/<target>/ from tests/data/*.pcap (whole captures for
-# `decode`, single frames for `frame`, transport packets for `packet`),
+# `decode`, single frames for `frame`, transport packets for `packet`,
+# length-prefixed packet streams for `engine`),
 # then runs each target for SECONDS_PER_TARGET seconds, one at a time.
 # Exits non-zero if any target crashes; the crashing input is left in
 # fuzz/artifacts/<target>/.
@@ -40,7 +41,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 echo "cargo-fuzz: $(cargo fuzz --version)"
 
-TARGETS=(frame decode packet)
+TARGETS=(frame decode packet engine)
 
 # --- seed corpora -----------------------------------------------------------
 echo "+ generating seed corpora in fuzz/corpus/ from tests/data/*.pcap" >&2
@@ -146,7 +147,8 @@ def put(target, blob):
         fh.write(blob)
 
 
-counts = {"decode": 0, "frame": 0, "packet": 0}
+counts = {"decode": 0, "frame": 0, "packet": 0, "engine": 0}
+stream = b""
 for path in sorted(glob.glob(os.path.join(data_dir, "*.pcap")) +
                    glob.glob(os.path.join(data_dir, "*.pcapng"))):
     with open(path, "rb") as fh:
@@ -167,6 +169,14 @@ for path in sorted(glob.glob(os.path.join(data_dir, "*.pcap")) +
         if p is not None:
             put("packet", p)
             counts["packet"] += 1
+            # engine: chunks of (u16 LE length, QP selector, packet).
+            chunk = struct.pack("<H", len(p)) + bytes([counts["engine"] % 3]) + p
+            put("engine", chunk)
+            counts["engine"] += 1
+            if len(stream) < 16384:
+                stream += chunk
+if stream:
+    put("engine", stream)
 for t in counts:
     os.makedirs(os.path.join(corpus, t), exist_ok=True)
     n = len(os.listdir(os.path.join(corpus, t)))
