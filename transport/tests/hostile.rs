@@ -365,3 +365,46 @@ fn sqd_finishes_what_is_under_way_and_reports_drained() {
     s.pair.drive(s.pair.now + 10 * SEC, |_| false);
     assert_eq!(drain(&mut s.pair.a, s.a.cq)[0].wr_id, 2);
 }
+
+#[test]
+fn a_duplicate_read_must_match_the_original() {
+    let mut s = setup(
+        QpType::Rc,
+        LinkConfig::clean(1000),
+        8,
+        transport::wire::Mtu::Mtu256,
+        MEM,
+    );
+    let psn = s.pair.b.qp(s.b.qp).unwrap().rq_psn();
+    let read = |va: u64, len: u32, psn: u32| {
+        packet(PacketRepr {
+            bth: bth(0x0c, s.b.qp, psn),
+            ext: ExtHeaders {
+                reth: Some(RethRepr {
+                    va,
+                    rkey: s.b.key,
+                    dma_len: len,
+                }),
+                ..Default::default()
+            },
+            payload_len: 0,
+        })
+    };
+    s.pair
+        .b
+        .handle_packet(0, &RxMeta::NONE, &read(0x1000, 1000, psn))
+        .unwrap();
+    assert_eq!(outputs(&mut s.pair.b).len(), 4);
+    // The same READ again, from its second packet: replayed (3 packets).
+    s.pair
+        .b
+        .handle_packet(0, &RxMeta::NONE, &read(0x1100, 744, psn + 1))
+        .unwrap();
+    assert_eq!(outputs(&mut s.pair.b).len(), 3);
+    // A "duplicate" that names other memory is not served.
+    s.pair
+        .b
+        .handle_packet(0, &RxMeta::NONE, &read(0x9000, 744, psn + 1))
+        .unwrap();
+    assert!(outputs(&mut s.pair.b).is_empty());
+}

@@ -592,10 +592,27 @@ impl Qp {
         let psn = repr.bth.psn;
         match op {
             0x0c => {
+                // Replay from the requested PSN, but only if the request
+                // names what the original did from that point on (rxe
+                // `duplicate_request`): same key, the matching address and
+                // the remaining length.
                 let mtu = self.attrs.path_mtu.bytes() as u64;
-                let found = self.resp.resources.iter().position(|r| {
-                    matches!(*r, Resource::Read { first_psn, last_psn, .. }
-                        if psn_diff(psn, first_psn) >= 0 && psn_diff(psn, last_psn) <= 0)
+                let Some(reth) = repr.ext.reth else { return };
+                let found = self.resp.resources.iter().position(|r| match *r {
+                    Resource::Read {
+                        first_psn,
+                        last_psn,
+                        va,
+                        rkey,
+                        len,
+                        ..
+                    } if psn_diff(psn, first_psn) >= 0 && psn_diff(psn, last_psn) <= 0 => {
+                        let off = u64::from(psn_diff(psn, first_psn) as u32) * mtu;
+                        rkey == reth.rkey
+                            && va.wrapping_add(off) == reth.va
+                            && len.saturating_sub(off) == u64::from(reth.dma_len)
+                    }
+                    _ => false,
                 });
                 if let Some(slot) = found {
                     if let Resource::Read {
