@@ -42,20 +42,26 @@ fn allowed(from: QpState, to: QpState) -> bool {
     )
 }
 
-/// Attributes that satisfy every transition's requirements.
-fn full_attr(to: QpState) -> QpAttr {
-    QpAttr {
+/// The attributes a transition requires, and only those.
+fn attr_for(from: QpState, to: QpState) -> QpAttr {
+    let mut a = QpAttr {
         state: Some(to),
-        dest_qp_num: Some(99),
-        rq_psn: Some(5),
-        sq_psn: Some(7),
-        path_mtu: Some(Mtu::Mtu1024),
-        ah: Some(AhAttr {
-            dgid: Pair::gid_b(),
-            ..Default::default()
-        }),
         ..Default::default()
+    };
+    match (from, to) {
+        (QpState::Init, QpState::Rtr) => {
+            a.dest_qp_num = Some(99);
+            a.rq_psn = Some(5);
+            a.path_mtu = Some(Mtu::Mtu1024);
+            a.ah = Some(AhAttr {
+                dgid: Pair::gid_b(),
+                ..Default::default()
+            });
+        }
+        (QpState::Rtr, QpState::Rts) => a.sq_psn = Some(7),
+        _ => {}
     }
+    a
 }
 
 fn new_qp(e: &mut Engine<VecMemory>, qp_type: QpType) -> (u32, u32, u32) {
@@ -82,14 +88,24 @@ fn new_qp(e: &mut Engine<VecMemory>, qp_type: QpType) -> (u32, u32, u32) {
 
 proptest! {
     #[test]
-    fn transitions_follow_the_model(seq in proptest::collection::vec(0usize..7, 1..40), ud: bool) {
+    fn transitions_follow_the_model(
+        seq in proptest::collection::vec((0usize..7, any::<bool>()), 1..40),
+        ud: bool,
+    ) {
         let mut e = Engine::new(Default::default(), VecMemory::new(1 << 16));
         let (qp, _, _) = new_qp(&mut e, if ud { QpType::Ud } else { QpType::Rc });
         let mut state = QpState::Reset;
-        for i in seq {
+        for (i, stray) in seq {
             let to = STATES[i];
-            let r = e.modify_qp(qp, &full_attr(to), 0);
-            if allowed(state, to) {
+            let mut a = attr_for(state, to);
+            // A send-side attribute where the transition does not allow it.
+            let forbidden = stray && !matches!((state, to), (QpState::Rtr, QpState::Rts) | (QpState::Sqd, QpState::Sqd))
+                && !matches!(to, QpState::Reset | QpState::Err);
+            if stray {
+                a.timeout = Some(3);
+            }
+            let r = e.modify_qp(qp, &a, 0);
+            if allowed(state, to) && !forbidden {
                 prop_assert!(r.is_ok(), "{state:?} -> {to:?}: {r:?}");
                 state = to;
             } else {
@@ -141,8 +157,10 @@ fn connected_qps_need_their_attributes() {
 fn error_flushes_everything_and_reset_empties() {
     let mut e = Engine::new(Default::default(), VecMemory::new(1 << 16));
     let (qp, cq, key) = new_qp(&mut e, QpType::Rc);
+    let mut from = QpState::Reset;
     for s in [QpState::Init, QpState::Rtr, QpState::Rts] {
-        e.modify_qp(qp, &full_attr(s), 0).unwrap();
+        e.modify_qp(qp, &attr_for(from, s), 0).unwrap();
+        from = s;
     }
     let sge = [Sge {
         addr: 0,
@@ -161,7 +179,8 @@ fn error_flushes_everything_and_reset_empties() {
         e.post_send(qp, &SendWr::new(i, SendOp::Send, &sge))
             .unwrap();
     }
-    e.modify_qp(qp, &full_attr(QpState::Err), 0).unwrap();
+    e.modify_qp(qp, &attr_for(QpState::Rts, QpState::Err), 0)
+        .unwrap();
     let wcs = common::drain(&mut e, cq);
     assert_eq!(wcs.len(), 6);
     assert!(wcs.iter().all(|w| w.status == WcStatus::WrFlushErr));
@@ -173,7 +192,8 @@ fn error_flushes_everything_and_reset_empties() {
         e.poll_transmit(0, &mut buf).is_none(),
         "nothing goes out of a QP in ERR"
     );
-    e.modify_qp(qp, &full_attr(QpState::Reset), 0).unwrap();
+    e.modify_qp(qp, &attr_for(QpState::Err, QpState::Reset), 0)
+        .unwrap();
     assert!(common::drain(&mut e, cq).is_empty());
     assert_eq!(e.qp(qp).unwrap().state(), QpState::Reset);
 }

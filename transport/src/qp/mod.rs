@@ -412,6 +412,37 @@ impl Qp {
         if to == Rts && from == Rtr && a.sq_psn.is_none() {
             return Err(bad("RTS needs sq_psn"));
         }
+        // Attributes a transition may not change (IBTA 11.2.4.2, as
+        // ib_core's state table): the path and receive side are set going
+        // to RTR, the send side going to RTS, and both again only in SQD.
+        let to_rtr = from == Init && to == Rtr;
+        let to_rts = from == Rtr && to == Rts;
+        let in_sqd = from == Sqd && to == Sqd;
+        let path_ok = to_rtr || in_sqd;
+        let send_ok = to_rts || in_sqd;
+        let fixed = [
+            (a.dest_qp_num.is_some(), path_ok, "dest_qp_num"),
+            (a.rq_psn.is_some(), path_ok, "rq_psn"),
+            (a.path_mtu.is_some(), path_ok, "path_mtu"),
+            (a.ah.is_some(), path_ok, "the address vector"),
+            (
+                a.max_dest_rd_atomic.is_some(),
+                path_ok,
+                "max_dest_rd_atomic",
+            ),
+            (a.sq_psn.is_some(), send_ok, "sq_psn"),
+            (a.timeout.is_some(), send_ok, "timeout"),
+            (a.retry_cnt.is_some(), send_ok, "retry_cnt"),
+            (a.rnr_retry.is_some(), send_ok, "rnr_retry"),
+            (a.max_rd_atomic.is_some(), send_ok, "max_rd_atomic"),
+        ];
+        if !matches!(to, Reset | QpState::Err) {
+            for (given, allowed, _name) in fixed {
+                if given && !allowed {
+                    return Err(bad("attribute not modifiable in this transition"));
+                }
+            }
+        }
         if let Some(m) = a.path_mtu
             && m > dev.max_mtu
         {
