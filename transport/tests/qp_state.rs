@@ -120,37 +120,48 @@ proptest! {
 fn connected_qps_need_their_attributes() {
     let mut e = Engine::new(Default::default(), VecMemory::new(1 << 16));
     let (qp, _, _) = new_qp(&mut e, QpType::Rc);
-    e.modify_qp(
-        qp,
-        &QpAttr {
-            state: Some(QpState::Init),
-            ..Default::default()
-        },
-        0,
-    )
-    .unwrap();
-    let mut a = full_attr(QpState::Rtr);
+    let mut a = attr_for(QpState::Reset, QpState::Init);
+    a.sq_psn = Some(1);
+    assert!(
+        e.modify_qp(qp, &a, 0).is_err(),
+        "sq_psn is not set going to INIT"
+    );
+    e.modify_qp(qp, &attr_for(QpState::Reset, QpState::Init), 0)
+        .unwrap();
+    let rtr = attr_for(QpState::Init, QpState::Rtr);
+    let mut a = rtr;
     a.dest_qp_num = None;
     assert!(e.modify_qp(qp, &a, 0).is_err());
-    let mut a = full_attr(QpState::Rtr);
+    let mut a = rtr;
     a.ah = None;
     assert!(e.modify_qp(qp, &a, 0).is_err());
-    let mut a = full_attr(QpState::Rtr);
+    let mut a = rtr;
     a.path_mtu = None;
     assert!(e.modify_qp(qp, &a, 0).is_err());
-    e.modify_qp(qp, &full_attr(QpState::Rtr), 0).unwrap();
-    let mut a = full_attr(QpState::Rts);
+    e.modify_qp(qp, &rtr, 0).unwrap();
+    let rts = attr_for(QpState::Rtr, QpState::Rts);
+    let mut a = rts;
     a.sq_psn = None;
     assert!(e.modify_qp(qp, &a, 0).is_err());
-    let mut a = full_attr(QpState::Rts);
+    let mut a = rts;
     a.retry_cnt = Some(8);
     assert!(e.modify_qp(qp, &a, 0).is_err(), "retry_cnt is 3 bits");
-    let mut a = full_attr(QpState::Rts);
+    let mut a = rts;
     a.max_rd_atomic = Some(255);
     assert!(e.modify_qp(qp, &a, 0).is_err(), "above max_qp_init_rd_atom");
-    e.modify_qp(qp, &full_attr(QpState::Rts), 0).unwrap();
+    let mut a = rts;
+    a.path_mtu = Some(Mtu::Mtu256);
+    assert!(
+        e.modify_qp(qp, &a, 0).is_err(),
+        "the path is fixed after RTR"
+    );
+    e.modify_qp(qp, &rts, 0).unwrap();
     assert_eq!(e.qp(qp).unwrap().sq_psn(), 7);
     assert_eq!(e.qp(qp).unwrap().rq_psn(), 5);
+    // In RTS the responder resources cannot change under the peer.
+    let mut a = attr_for(QpState::Rts, QpState::Rts);
+    a.max_dest_rd_atomic = Some(4);
+    assert!(e.modify_qp(qp, &a, 0).is_err());
 }
 
 #[test]
