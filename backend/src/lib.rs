@@ -5,11 +5,14 @@
 //! - [`capture`]: reading pcap and pcapng files frame by frame;
 //! - [`decode`]: the `decode` subcommand, a RoCEv2 capture decoder that
 //!   validates headers and ICRCs;
-//! - [`perf`]: the `perf` subcommand, two engines on an in-memory link.
+//! - [`perf`]: the `perf` subcommand, two engines on an in-memory link;
+//! - [`oob`]: the TCP address records of ibv_*_pingpong and perftest, for
+//!   the `peer` command (not built yet).
 //!
 //! The daemon itself (vhost-user net port, stream port, vfio-user PVRDMA
 //! server) is not built yet; see the README's status table.
 
 pub mod capture;
 pub mod decode;
+pub mod oob;
 pub mod perf;
