@@ -69,3 +69,85 @@ fn perftest_records_round_trip_and_match_the_traffic() {
         assert!(seen.contains(q), "QP {q:#x} announced but never used");
     }
 }
+
+/// The TCP payloads of one perftest connection, in order, with whether
+/// the client sent each.
+fn perftest_session(client_port: u16) -> Vec<(bool, Vec<u8>)> {
+    read_frames("rxe-with-handshakes.pcap")
+        .into_iter()
+        .filter_map(|(_, f)| {
+            let s = SlicedPacket::from_ethernet(&f).ok()?;
+            let Some(TransportSlice::Tcp(t)) = s.transport else {
+                return None;
+            };
+            let from_client = t.source_port() == client_port;
+            let ours = from_client || t.destination_port() == client_port;
+            (ours && !t.payload().is_empty()).then(|| (from_client, t.payload().to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn perftest_session_decodes_message_by_message() {
+    use backend::oob::{
+        BwReport, DONE, PERFTEST_VERSION, encode_mtu, encode_u32, parse_mtu, parse_perftest_version,
+    };
+    use transport::wire::Mtu;
+
+    let msgs = perftest_session(39060);
+    let mut it = msgs.iter();
+    let mut next = |from_client: bool| {
+        let (c, m) = it.next().expect("message");
+        assert_eq!(*c, from_client, "direction of {m:?}");
+        m.clone()
+    };
+    // Versions, client first.
+    for side in [true, false] {
+        let v = next(side);
+        assert_eq!(&v[..], &PERFTEST_VERSION[..]);
+        assert_eq!(parse_perftest_version(&v), Ok(6.06));
+    }
+    // System data: page size, then cache line, each way.
+    for value in [4096, 64] {
+        for side in [true, false] {
+            assert_eq!(next(side), encode_u32(value));
+        }
+    }
+    // MTU: ibv_mtu 3 (1024), each way.
+    for side in [true, false] {
+        let m = next(side);
+        assert_eq!(parse_mtu(&m), Ok(Mtu::Mtu1024));
+        assert_eq!(m, encode_mtu(Mtu::Mtu1024));
+    }
+    // Three key exchanges before traffic, one after.
+    for _ in 0..4 {
+        for side in [true, false] {
+            let r = next(side);
+            assert_eq!(&PerftestDest::parse(&r).unwrap().to_wire()[..], &r[..]);
+        }
+    }
+    // Five report exchanges; only the client's values mean anything.
+    let mut client = [[0u8; 8]; 5];
+    for slot in &mut client {
+        *slot = next(true).try_into().unwrap();
+        let _server_junk = next(false);
+    }
+    let rep = BwReport::parse(&client);
+    assert_eq!((rep.size, rep.iters), (64, 5));
+    assert!(rep.bw_avg > 0.0 && rep.bw_peak >= rep.bw_avg);
+    let rate = rep.bw_avg * f64::from(1 << 20) / 64.0 / 1e6;
+    assert!(
+        (rate - rep.msg_rate).abs() < 1e-9,
+        "{rate} vs {}",
+        rep.msg_rate
+    );
+    assert_eq!(rep.to_wire(), client);
+    // The close handshake: one more key exchange, then "done" both ways.
+    for side in [true, false] {
+        let r = next(side);
+        assert!(PerftestDest::parse(&r).is_ok());
+    }
+    let rest: Vec<_> = it.collect();
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|(_, m)| &m[..] == DONE));
+}

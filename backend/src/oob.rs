@@ -1,12 +1,18 @@
-//! The out-of-band messages the stock RDMA tools exchange over TCP before
-//! any RDMA traffic: each side's LID, QPN, PSN, GID (and for perftest the
-//! rkey, buffer address and outstanding-reads limit), as fixed-size ASCII
-//! records. The `peer` command will speak them; the formats here are
-//! checked byte for byte against a capture of the real tools.
+//! The out-of-band messages the stock RDMA tools exchange over TCP around
+//! their RDMA traffic: each side's LID, QPN, PSN, GID (and for perftest the
+//! rkey, buffer address and outstanding-reads limit) as fixed-size ASCII
+//! records, and perftest's version, system data, MTU and result messages.
+//! Every message is one write of a fixed size with no framing; in each
+//! exchange the client writes first and the server reads first
+//! ([`exchange`]). The `peer` command will speak them; the formats here
+//! are checked byte for byte against a capture of the real tools.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    io::{self, Read, Write},
+};
 
-use transport::device::Gid;
+use transport::{device::Gid, wire::Mtu};
 
 /// A record that does not have the expected form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -227,9 +233,208 @@ impl PerftestDest {
     }
 }
 
+/// Which end of the TCP connection we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Connected to the server; writes first in every exchange.
+    Client,
+    /// Accepted the connection; reads first in every exchange.
+    Server,
+}
+
+/// One exchange of fixed-size messages: the client writes `ours` then
+/// reads, the server reads then writes. Returns the peer's message.
+pub fn exchange<S: Read + Write>(
+    stream: &mut S,
+    role: Role,
+    ours: &[u8],
+    theirs_len: usize,
+) -> io::Result<Vec<u8>> {
+    let mut theirs = vec![0u8; theirs_len];
+    match role {
+        Role::Client => {
+            stream.write_all(ours)?;
+            stream.read_exact(&mut theirs)?;
+        }
+        Role::Server => {
+            stream.read_exact(&mut theirs)?;
+            stream.write_all(ours)?;
+        }
+    }
+    Ok(theirs)
+}
+
+/// The version perftest 4.5 reports and that we present: 16 bytes,
+/// NUL-padded ASCII.
+pub const PERFTEST_VERSION: &[u8; 16] = b"6.06\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// The version number in a peer's 16-byte version message.
+pub fn parse_perftest_version(msg: &[u8]) -> Result<f64, OobError> {
+    let bad = OobError::Field {
+        what: "perftest version",
+        field: 0,
+        width: 16,
+    };
+    if msg.len() != 16 {
+        return Err(OobError::Length {
+            what: "perftest version",
+            expected: 16,
+            got: msg.len(),
+        });
+    }
+    let end = msg.iter().position(|&b| b == 0).unwrap_or(16);
+    std::str::from_utf8(&msg[..end])
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or(bad)
+}
+
+/// A 4-byte big-endian integer (perftest's `hton_int`), as the system-data
+/// exchange sends the page size and cache-line size.
+pub fn encode_u32(v: u32) -> [u8; 4] {
+    v.to_be_bytes()
+}
+
+/// The MTU message: the `enum ibv_mtu` value (1 = 256 … 5 = 4096) as a
+/// decimal string with its NUL, 2 bytes.
+pub fn encode_mtu(mtu: Mtu) -> [u8; 2] {
+    let code = match mtu {
+        Mtu::Mtu256 => b'1',
+        Mtu::Mtu512 => b'2',
+        Mtu::Mtu1024 => b'3',
+        Mtu::Mtu2048 => b'4',
+        Mtu::Mtu4096 => b'5',
+    };
+    [code, 0]
+}
+
+/// Parses the MTU message.
+pub fn parse_mtu(msg: &[u8]) -> Result<Mtu, OobError> {
+    let bad = OobError::Field {
+        what: "perftest MTU",
+        field: 0,
+        width: 1,
+    };
+    match msg {
+        [c @ b'1'..=b'5', 0] => Ok(Mtu::ALL[usize::from(c - b'1')]),
+        [_, _] => Err(bad),
+        _ => Err(OobError::Length {
+            what: "perftest MTU",
+            expected: 2,
+            got: msg.len(),
+        }),
+    }
+}
+
+/// perftest's bandwidth report (`struct bw_report_data`), exchanged after
+/// a one-way bandwidth test as five 8-byte big-endian values, client
+/// first. A one-way server sends whatever its stack held; only the
+/// client's report is meaningful.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BwReport {
+    /// Message size in bytes.
+    pub size: u64,
+    /// Iterations.
+    pub iters: u64,
+    /// Peak bandwidth in MiB/s.
+    pub bw_peak: f64,
+    /// Average bandwidth in MiB/s.
+    pub bw_avg: f64,
+    /// Average message rate in millions per second.
+    pub msg_rate: f64,
+}
+
+impl BwReport {
+    /// The five messages, in order.
+    pub fn to_wire(&self) -> [[u8; 8]; 5] {
+        [
+            self.size.to_be_bytes(),
+            self.iters.to_be_bytes(),
+            self.bw_peak.to_bits().to_be_bytes(),
+            self.bw_avg.to_bits().to_be_bytes(),
+            self.msg_rate.to_bits().to_be_bytes(),
+        ]
+    }
+
+    /// Parses the five messages.
+    pub fn parse(msgs: &[[u8; 8]; 5]) -> BwReport {
+        let u = |i: usize| u64::from_be_bytes(msgs[i]);
+        BwReport {
+            size: u(0),
+            iters: u(1),
+            bw_peak: f64::from_bits(u(2)),
+            bw_avg: f64::from_bits(u(3)),
+            msg_rate: f64::from_bits(u(4)),
+        }
+    }
+}
+
+/// What both sides write when they close: `"done"` and its NUL. Nobody
+/// reads it back.
+pub const DONE: &[u8; 5] = b"done\0";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_messages() {
+        assert_eq!(parse_perftest_version(PERFTEST_VERSION), Ok(6.06));
+        assert!(parse_perftest_version(b"6.06").is_err());
+        assert!(parse_perftest_version(&[b'x'; 16]).is_err());
+        for m in Mtu::ALL {
+            assert_eq!(parse_mtu(&encode_mtu(m)), Ok(m));
+        }
+        assert_eq!(encode_mtu(Mtu::Mtu1024), *b"3\0");
+        assert!(parse_mtu(b"6\0").is_err());
+        assert!(parse_mtu(b"3").is_err());
+        assert_eq!(encode_u32(4096), [0, 0, 0x10, 0]);
+    }
+
+    #[test]
+    fn exchange_order() {
+        // A stream that logs writes and serves reads from a script.
+        struct Script {
+            input: std::io::Cursor<Vec<u8>>,
+            log: Vec<(char, usize)>,
+        }
+        impl Read for Script {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                let n = self.input.read(b)?;
+                self.log.push(('r', n));
+                Ok(n)
+            }
+        }
+        impl Write for Script {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.log.push(('w', b.len()));
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut s = Script {
+            input: std::io::Cursor::new(b"peer".to_vec()),
+            log: vec![],
+        };
+        assert_eq!(exchange(&mut s, Role::Client, b"me", 4).unwrap(), b"peer");
+        assert_eq!(s.log.first(), Some(&('w', 2)));
+        let mut s = Script {
+            input: std::io::Cursor::new(b"peer".to_vec()),
+            log: vec![],
+        };
+        exchange(&mut s, Role::Server, b"me", 4).unwrap();
+        assert_eq!(s.log.first().map(|e| e.0), Some('r'));
+        let mut s = Script {
+            input: std::io::Cursor::new(b"pe".to_vec()),
+            log: vec![],
+        };
+        assert!(
+            exchange(&mut s, Role::Server, b"me", 4).is_err(),
+            "short read"
+        );
+    }
 
     #[test]
     fn pingpong_round_trip_and_errors() {
