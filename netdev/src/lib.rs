@@ -1,9 +1,44 @@
 //! Packet I/O for the RoCE engine.
 //!
-//! This crate will own the links that carry RoCEv2 frames between the
-//! engine in `transport` and a real network: a kernel UDP socket on port
-//! 4791 (`udp`), a TAP device with our own Ethernet/IP/UDP framing and
-//! ARP/NDP (`tap`), and AF_PACKET with a BPF filter on an existing NIC
-//! (`packet`).
+//! This crate owns the links that carry RoCEv2 between the engine in
+//! `transport` and a real network. Built so far:
 //!
-//! Nothing is built here yet; see the status table in the README.
+//! - [`udp`]: a kernel UDP socket on port 4791 (IPv4). The kernel builds
+//!   IP and UDP; we compute the ICRC over exactly the header it sends, and
+//!   receive through a raw socket so that a peer's ICRC is checked over the
+//!   header it really sent.
+//!
+//! Not built yet: the `tap` link (our own Ethernet/IP/UDP framing, ARP and
+//! NDP), the `packet` link (AF_PACKET with a BPF filter), IPv6 on the UDP
+//! link, batching. See the README's status table.
+
+pub mod udp;
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Creating or configuring a socket failed.
+    #[error("cannot set up the {what} socket")]
+    Setup {
+        /// Which socket.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sending failed.
+    #[error("cannot send to {to}")]
+    Send {
+        /// Destination.
+        to: std::net::IpAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Receiving failed.
+    #[error("cannot receive")]
+    Recv(#[source] std::io::Error),
+    /// The link cannot carry this packet.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
