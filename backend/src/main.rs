@@ -40,9 +40,10 @@ enum Command {
     ///
     /// Example: vhost-user-rdma perf --link memory --test write --max-size 1048576
     Perf {
-        /// The link between the engines; only `memory` exists so far.
-        #[arg(long, default_value = "memory", value_parser = ["memory"])]
-        link: String,
+        /// The link between the engines: `memory` (one core, in memory) or
+        /// `udp` (the real UDP link over loopback; needs CAP_NET_RAW).
+        #[arg(long, value_enum, default_value = "memory")]
+        link: backend::perf::PerfLink,
         /// Tests to run (repeat or comma-separate); all by default.
         #[arg(long, value_enum, value_delimiter = ',')]
         test: Vec<PerfTest>,
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Decode { file, verbose } => run_decode(&file, verbose),
         Command::Perf {
-            link: _,
+            link,
             test,
             mtu,
             min_size,
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let opts = PerfOptions {
+                link,
                 tests,
                 mtu,
                 min_size,

@@ -37,9 +37,30 @@ pub enum PerfTest {
     Lat,
 }
 
+/// The link between the two engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerfLink {
+    /// In memory, one core, every packet framed and ICRC-checked.
+    Memory,
+    /// The real `udp` link over loopback (127.0.0.1 and 127.0.0.2; needs
+    /// CAP_NET_RAW), in real time.
+    Udp,
+}
+
+impl PerfLink {
+    fn name(self) -> &'static str {
+        match self {
+            PerfLink::Memory => "memory",
+            PerfLink::Udp => "udp",
+        }
+    }
+}
+
 /// Options of a run.
 #[derive(Debug, Clone)]
 pub struct PerfOptions {
+    /// The link.
+    pub link: PerfLink,
     /// Tests to run, in order.
     pub tests: Vec<PerfTest>,
     /// Path MTU.
@@ -67,6 +88,12 @@ pub enum PerfError {
     /// Writing the results failed.
     #[error("cannot write the results")]
     Output(#[source] io::Error),
+    /// The link could not be set up.
+    #[error("link setup failed")]
+    Link(#[from] netdev::LinkError),
+    /// A UDP baseline socket failed.
+    #[error("UDP baseline failed")]
+    Baseline(#[source] io::Error),
 }
 
 const RBUF: u64 = 8 << 20;
@@ -104,8 +131,109 @@ fn side(e: &mut Engine<VecMemory>) -> Result<Side, PerfError> {
     Ok(Side { cq, key, qp })
 }
 
+/// Two engines joined by some link, driven one step at a time.
+trait Duo {
+    /// Engine A.
+    fn a(&mut self) -> &mut Engine<VecMemory>;
+    /// Engine B.
+    fn b(&mut self) -> &mut Engine<VecMemory>;
+    /// Moves packets and timers once; returns whether anything happened.
+    fn step(&mut self) -> bool;
+    /// The GIDs of A and B.
+    fn gids(&self) -> (transport::device::Gid, transport::device::Gid);
+}
+
+impl Duo for Pair {
+    fn a(&mut self) -> &mut Engine<VecMemory> {
+        &mut self.a
+    }
+    fn b(&mut self) -> &mut Engine<VecMemory> {
+        &mut self.b
+    }
+    fn step(&mut self) -> bool {
+        Pair::step(self)
+    }
+    fn gids(&self) -> (transport::device::Gid, transport::device::Gid) {
+        (Pair::gid_a(), Pair::gid_b())
+    }
+}
+
+/// Two engines over the real UDP link on loopback, in real time.
+struct UdpDuo {
+    a: Engine<VecMemory>,
+    b: Engine<VecMemory>,
+    la: netdev::udp::UdpLink,
+    lb: netdev::udp::UdpLink,
+    start: Instant,
+    buf: Vec<u8>,
+}
+
+const UDP_A: [u8; 4] = [127, 0, 0, 1];
+const UDP_B: [u8; 4] = [127, 0, 0, 2];
+
+impl UdpDuo {
+    fn new() -> Result<UdpDuo, PerfError> {
+        use transport::device::Gid;
+        let mut a = Engine::new(Default::default(), VecMemory::new(MEM));
+        let mut b = Engine::new(Default::default(), VecMemory::new(MEM));
+        let (ia, ib) = (std::net::IpAddr::from(UDP_A), std::net::IpAddr::from(UDP_B));
+        a.gids_mut().set(0, Some(Gid::from_ip(ia)));
+        b.gids_mut().set(0, Some(Gid::from_ip(ib)));
+        Ok(UdpDuo {
+            a,
+            b,
+            la: netdev::udp::UdpLink::bind(ia)?,
+            lb: netdev::udp::UdpLink::bind(ib)?,
+            start: Instant::now(),
+            buf: vec![0; 65536],
+        })
+    }
+}
+
+impl Duo for UdpDuo {
+    fn a(&mut self) -> &mut Engine<VecMemory> {
+        &mut self.a
+    }
+    fn b(&mut self) -> &mut Engine<VecMemory> {
+        &mut self.b
+    }
+    fn step(&mut self) -> bool {
+        let now = self.start.elapsed().as_nanos() as u64;
+        let mut any = false;
+        for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
+            while let Some(t) = e.poll_transmit(now, &mut self.buf) {
+                // A send error (e.g. a full socket buffer) is a loss the
+                // engine recovers from.
+                let _ = l.send(&t, &mut self.buf[..t.len]);
+                any = true;
+            }
+        }
+        for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
+            while let Ok(Some(r)) = l.recv(&mut self.buf) {
+                let meta = transport::engine::RxMeta {
+                    ip_header: &self.buf[r.ip_start..r.ip_start + r.ip_len],
+                    ecn: r.ecn,
+                };
+                let _ = e.handle_packet(now, &meta, &self.buf[r.ib_start..r.ib_start + r.ib_len]);
+                any = true;
+            }
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+                any = true;
+            }
+        }
+        any
+    }
+    fn gids(&self) -> (transport::device::Gid, transport::device::Gid) {
+        (
+            transport::device::Gid::from_ip(UDP_A.into()),
+            transport::device::Gid::from_ip(UDP_B.into()),
+        )
+    }
+}
+
 struct Bench {
-    pair: Pair,
+    duo: Box<dyn Duo>,
     a: Side,
     b: Side,
     wcs: Vec<Wc>,
@@ -115,13 +243,17 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(mtu: Mtu) -> Result<Bench, PerfError> {
-        let mut pair = Pair::new(LinkConfig::clean(0), 1, MEM);
-        let a = side(&mut pair.a)?;
-        let b = side(&mut pair.b)?;
+    fn new(mtu: Mtu, link: PerfLink) -> Result<Bench, PerfError> {
+        let mut duo: Box<dyn Duo> = match link {
+            PerfLink::Memory => Box::new(Pair::new(LinkConfig::clean(0), 1, MEM)),
+            PerfLink::Udp => Box::new(UdpDuo::new()?),
+        };
+        let (gid_a, gid_b) = duo.gids();
+        let a = side(duo.a())?;
+        let b = side(duo.b())?;
         let c = Conn {
             dest: b.qp,
-            dgid: Pair::gid_b(),
+            dgid: gid_b,
             mtu,
             sq_psn: 0,
             rq_psn: 0,
@@ -129,18 +261,18 @@ impl Bench {
             retry: 7,
             rnr_retry: 7,
         };
-        connect(&mut pair.a, a.qp, c)?;
+        connect(duo.a(), a.qp, c)?;
         connect(
-            &mut pair.b,
+            duo.b(),
             b.qp,
             Conn {
                 dest: a.qp,
-                dgid: Pair::gid_a(),
+                dgid: gid_a,
                 ..c
             },
         )?;
         Ok(Bench {
-            pair,
+            duo,
             a,
             b,
             wcs: vec![
@@ -167,9 +299,9 @@ impl Bench {
         const SLOT: u64 = 1 << 20;
         let (e, s) = if on_b {
             self.b_recvs += 1;
-            (&mut self.pair.b, &self.b)
+            (self.duo.b(), &self.b)
         } else {
-            (&mut self.pair.a, &self.a)
+            (self.duo.a(), &self.a)
         };
         let sge = [Sge {
             addr: RBUF + (self.next_recv % 4) * SLOT,
@@ -217,15 +349,15 @@ impl Bench {
             let running = start.elapsed() < duration;
             while running && posted_at.len() < depth {
                 let wr = SendWr::new(posted, op, &sge).remote(0x40_0000, self.b.key);
-                self.pair.a.post_send(self.a.qp, &wr)?;
+                self.duo.a().post_send(self.a.qp, &wr)?;
                 posted_at.push_back(Instant::now());
                 posted += 1;
             }
             if !running && posted_at.is_empty() {
                 break;
             }
-            let moved = self.pair.step();
-            let n = self.pair.a.poll_cq(self.a.cq, &mut self.wcs)?;
+            let moved = self.duo.step();
+            let n = self.duo.a().poll_cq(self.a.cq, &mut self.wcs)?;
             for wc in &self.wcs[..n] {
                 if wc.status != WcStatus::Success {
                     return Err(PerfError::Completion(wc.status));
@@ -236,7 +368,7 @@ impl Bench {
                 done += 1;
             }
             if is_send {
-                let m = self.pair.b.poll_cq(self.b.cq, &mut self.wcs)?;
+                let m = self.duo.b().poll_cq(self.b.cq, &mut self.wcs)?;
                 self.b_recvs -= m;
                 for _ in 0..m {
                     self.post_recv(true)?;
@@ -278,12 +410,12 @@ impl Bench {
             let t = Instant::now();
             let mut wr = SendWr::new(iters, SendOp::Send, &sa);
             wr.signaled = false;
-            self.pair.a.post_send(self.a.qp, &wr)?;
+            self.duo.a().post_send(self.a.qp, &wr)?;
             // B answers as soon as the ping lands.
             self.wait_recv(true)?;
             let mut wr = SendWr::new(iters, SendOp::Send, &sb);
             wr.signaled = false;
-            self.pair.b.post_send(self.b.qp, &wr)?;
+            self.duo.b().post_send(self.b.qp, &wr)?;
             self.wait_recv(false)?;
             lat.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
             iters += 1;
@@ -293,11 +425,11 @@ impl Bench {
 
     fn wait_recv(&mut self, on_b: bool) -> Result<(), PerfError> {
         for _ in 0..100_000 {
-            self.pair.step();
+            self.duo.step();
             let (e, cq) = if on_b {
-                (&mut self.pair.b, self.b.cq)
+                (self.duo.b(), self.b.cq)
             } else {
-                (&mut self.pair.a, self.a.cq)
+                (self.duo.a(), self.a.cq)
             };
             let n = e.poll_cq(cq, &mut self.wcs)?;
             if let Some(wc) = self.wcs[..n].iter().find(|w| w.opcode == WcOpcode::Recv) {
@@ -344,10 +476,59 @@ pub fn baselines(duration: Duration) -> (f64, f64) {
     (memcpy, crc)
 }
 
+/// Raw UDP on loopback, for the `udp` link: stream throughput of 8 KiB
+/// datagrams in Gbit/s, and one-way latency of a 64-byte ping-pong in µs,
+/// measured like the engine (one thread, polling).
+pub fn udp_baselines(duration: Duration) -> Result<(f64, f64), PerfError> {
+    use std::net::UdpSocket;
+    let e = PerfError::Baseline;
+    let a = UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    let b = UdpSocket::bind("127.0.0.2:0").map_err(PerfError::Baseline)?;
+    a.set_nonblocking(true).map_err(PerfError::Baseline)?;
+    b.set_nonblocking(true).map_err(PerfError::Baseline)?;
+    let (aa, ba) = (
+        a.local_addr().map_err(PerfError::Baseline)?,
+        b.local_addr().map_err(PerfError::Baseline)?,
+    );
+    let msg = vec![0x5au8; 8192];
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < duration {
+        for _ in 0..16 {
+            let _ = a.send_to(&msg, ba);
+        }
+        while let Ok(n) = b.recv(&mut buf) {
+            bytes += n as u64;
+        }
+    }
+    let stream = bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        a.send_to(&msg[..64], ba).map_err(PerfError::Baseline)?;
+        while b.recv(&mut buf).is_err() {}
+        b.send_to(&msg[..64], aa).map_err(PerfError::Baseline)?;
+        while a.recv(&mut buf).is_err() {}
+        lat.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((stream, percentile(&lat, 0.5)))
+}
+
 /// Runs the measurements and prints one JSON object per line.
 pub fn run<W: Write>(opts: &PerfOptions, out: &mut W) -> Result<(), PerfError> {
     let (memcpy, crc) = baselines(Duration::from_millis(200));
-    let mut bench = Bench::new(opts.mtu)?;
+    let udp = match opts.link {
+        PerfLink::Udp => Some(udp_baselines(Duration::from_millis(300))?),
+        PerfLink::Memory => None,
+    };
+    let extra = udp.map_or(String::new(), |(s, l)| {
+        format!(",\"udp_stream_gbit_per_s\":{s:.3},\"udp_pingpong_lat_us\":{l:.3}")
+    });
+    let link = opts.link.name();
+    let mut bench = Bench::new(opts.mtu, opts.link)?;
     let mut line = |test: &str,
                     bytes: u32,
                     msgs: u64,
@@ -359,7 +540,7 @@ pub fn run<W: Write>(opts: &PerfOptions, out: &mut W) -> Result<(), PerfError> {
         let rate = msgs as f64 / secs;
         writeln!(
             out,
-            "{{\"test\":\"{test}\",\"link\":\"memory\",\"bytes\":{bytes},\"mtu\":{},\"iters\":{msgs},\"gbit_per_s\":{:.3},\"msgs_per_s\":{:.0},\"lat_us_p50\":{:.3},\"lat_us_p99\":{:.3},\"memcpy_gbit_per_s\":{memcpy:.1},\"crc32_gbit_per_s\":{crc:.1}}}",
+            "{{\"test\":\"{test}\",\"link\":\"{link}\",\"bytes\":{bytes},\"mtu\":{},\"iters\":{msgs},\"gbit_per_s\":{:.3},\"msgs_per_s\":{:.0},\"lat_us_p50\":{:.3},\"lat_us_p99\":{:.3},\"memcpy_gbit_per_s\":{memcpy:.1},\"crc32_gbit_per_s\":{crc:.1}{extra}}}",
             opts.mtu.bytes(),
             rate * f64::from(bytes) * 8.0 / 1e9,
             rate,

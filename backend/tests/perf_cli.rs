@@ -61,3 +61,40 @@ fn perf_rejects_a_bad_mtu() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid MTU 1500"));
 }
+
+#[test]
+fn perf_over_the_udp_link_reports_udp_baselines() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-rdma"))
+        .args([
+            "perf",
+            "--link",
+            "udp",
+            "--test",
+            "write,lat",
+            "--seconds",
+            "0.1",
+            "--max-size",
+            "4096",
+            "--min-size",
+            "4096",
+        ])
+        .output()
+        .expect("run perf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for v in &lines {
+        assert_eq!(v["link"], "udp");
+        assert!(v["gbit_per_s"].as_f64().unwrap() > 0.0);
+        assert!(v["udp_stream_gbit_per_s"].as_f64().unwrap() > 0.0);
+        assert!(v["udp_pingpong_lat_us"].as_f64().unwrap() > 0.0);
+    }
+}
