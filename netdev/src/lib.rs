@@ -3,14 +3,15 @@
 //! This crate owns the links that carry RoCEv2 between the engine in
 //! `transport` and a real network. Built so far:
 //!
-//! - [`udp`]: a kernel UDP socket on port 4791 (IPv4). The kernel builds
-//!   IP and UDP; we compute the ICRC over exactly the header it sends, and
-//!   receive through a raw socket so that a peer's ICRC is checked over the
-//!   header it really sent.
+//! - [`udp`]: a kernel UDP socket on port 4791 (IPv4 and IPv6). The
+//!   kernel builds IP and UDP; we compute the ICRC over exactly the header
+//!   it sends. IPv4 receives through a raw socket so that a peer's ICRC is
+//!   checked over the header it really sent; IPv6 rebuilds the header,
+//!   since every field the ICRC covers is known.
 //!
 //! Not built yet: the `tap` link (our own Ethernet/IP/UDP framing, ARP and
-//! NDP), the `packet` link (AF_PACKET with a BPF filter), IPv6 on the UDP
-//! link, batching. See the README's status table.
+//! NDP), the `packet` link (AF_PACKET with a BPF filter), batching. See
+//! the README's status table.
 
 pub mod udp;
 

@@ -13,15 +13,25 @@
 //! over the real header. The UDP socket only holds the port, so the
 //! kernel does not answer with ICMP port unreachable; what it queues is
 //! discarded.
+//!
+//! IPv6 needs no raw socket. Every IPv6 header field that the ICRC covers
+//! is known from the datagram itself: version, payload length, next header
+//! (UDP), and the two addresses (traffic class, flow label and hop limit
+//! are masked). The link reads through the UDP socket, which is bound to
+//! the local address, rebuilds the IPv6 and UDP headers in front of the
+//! payload from the sender's address and port, and checks the ICRC over
+//! that. Sending uses `IPV6_PMTUDISC_DO`, so the kernel never fragments.
+//! Not built yet: the ECN bits of received IPv6 datagrams (they would need
+//! `IPV6_RECVTCLASS` control messages); they are reported as 0.
 
 use std::{
     io::Read,
     mem::MaybeUninit,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::AsRawFd,
 };
 
-use etherparse::{IpNumber, Ipv4Header, UdpHeader};
+use etherparse::{IpNumber, Ipv4Header, Ipv6Header, UdpHeader};
 use socket2::{Domain, Protocol, Socket, Type};
 use transport::{
     engine::Transmit,
@@ -56,11 +66,12 @@ pub struct UdpLinkStats {
     pub bad: u64,
 }
 
-/// A UDP link on one local IPv4 address.
+/// A UDP link on one local IPv4 or IPv6 address.
 pub struct UdpLink {
-    local: Ipv4Addr,
+    local: IpAddr,
     udp: Socket,
-    raw: Socket,
+    /// The raw receive socket (IPv4 only).
+    raw: Option<Socket>,
     stats: UdpLinkStats,
     discard: Vec<MaybeUninit<u8>>,
 }
@@ -69,38 +80,74 @@ fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
     move |source| LinkError::Setup { what, source }
 }
 
+/// Sets an integer socket option.
+fn set_int(
+    sock: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: `sock` is an open socket; the option value is a c_int that
+    // lives across the call, and its size is passed exactly.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl UdpLink {
-    /// Binds port 4791 on `local` and opens the raw receive socket.
+    /// Binds port 4791 on `local`; for IPv4 also opens the raw receive
+    /// socket.
     pub fn bind(local: IpAddr) -> Result<UdpLink, LinkError> {
-        let IpAddr::V4(local) = local else {
-            return Err(LinkError::Unsupported("IPv6 on the UDP link"));
+        let domain = match local {
+            IpAddr::V4(_) => Domain::IPV4,
+            IpAddr::V6(_) => Domain::IPV6,
         };
-        let udp =
-            Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(setup("UDP"))?;
-        let addr = SocketAddr::V4(SocketAddrV4::new(local, ROCE_V2_UDP_PORT));
-        udp.bind(&addr.into()).map_err(setup("UDP"))?;
-        udp.set_nonblocking(true).map_err(setup("UDP"))?;
-        let mode: libc::c_int = libc::IP_PMTUDISC_DO;
-        // SAFETY: `udp` is an open socket; the option value is a c_int that
-        // lives across the call, and its size is passed exactly.
-        let rc = unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&raw const mode).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(setup("UDP")(std::io::Error::last_os_error()));
+        let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(setup("UDP"))?;
+        if local.is_ipv6() {
+            udp.set_only_v6(true).map_err(setup("UDP"))?;
         }
-        let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
-            .map_err(setup("raw UDP (needs CAP_NET_RAW)"))?;
-        raw.set_nonblocking(true).map_err(setup("raw UDP"))?;
-        // Bursts of full-MTU datagrams: a larger queue means fewer drops
-        // (and retransmissions) when the engine falls behind.
-        let _ = raw.set_recv_buffer_size(4 << 20);
+        udp.bind(&SocketAddr::new(local, ROCE_V2_UDP_PORT).into())
+            .map_err(setup("UDP"))?;
+        udp.set_nonblocking(true).map_err(setup("UDP"))?;
+        let raw = match local {
+            IpAddr::V4(_) => {
+                set_int(
+                    &udp,
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_DO,
+                )
+                .map_err(setup("UDP"))?;
+                let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
+                    .map_err(setup("raw UDP (needs CAP_NET_RAW)"))?;
+                raw.set_nonblocking(true).map_err(setup("raw UDP"))?;
+                // Bursts of full-MTU datagrams: a larger queue means fewer
+                // drops (and retransmissions) when the engine falls behind.
+                let _ = raw.set_recv_buffer_size(4 << 20);
+                Some(raw)
+            }
+            IpAddr::V6(_) => {
+                set_int(
+                    &udp,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_DO,
+                )
+                .map_err(setup("UDP"))?;
+                let _ = udp.set_recv_buffer_size(4 << 20);
+                None
+            }
+        };
         Ok(UdpLink {
             local,
             udp,
@@ -112,7 +159,7 @@ impl UdpLink {
 
     /// The local address.
     pub fn local(&self) -> IpAddr {
-        IpAddr::V4(self.local)
+        self.local
     }
 
     /// Counters.
@@ -120,47 +167,60 @@ impl UdpLink {
         self.stats
     }
 
-    /// File descriptors to wait on for receive: the raw socket.
+    /// The file descriptor to wait on for receive: the raw socket for
+    /// IPv4, the UDP socket for IPv6.
     pub fn recv_fd(&self) -> std::os::fd::RawFd {
-        self.raw.as_raw_fd()
+        self.raw.as_ref().unwrap_or(&self.udp).as_raw_fd()
     }
 
     /// Sends the transport packet `ib` (BTH through ICRC, as the engine
     /// wrote it) per `t`, filling in the ICRC first.
     pub fn send(&mut self, t: &Transmit, ib: &mut [u8]) -> Result<(), LinkError> {
-        let IpAddr::V4(dst) = t.dgid.to_ip() else {
-            return Err(LinkError::Unsupported("IPv6 on the UDP link"));
-        };
         if ib.len() < ICRC_LEN {
             return Err(LinkError::Unsupported("packet shorter than its ICRC"));
         }
+        let dst = t.dgid.to_ip();
         let udp_len = UdpHeader::LEN + ib.len();
-        // The header Linux will put in front: ID 0 and DF for an
-        // unconnected socket with PMTU discovery on; TOS, TTL and the
-        // checksums are masked by the ICRC.
-        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, self.local.octets(), dst.octets())
-            .map_err(|_| LinkError::Unsupported("datagram too long"))?;
-        ip.dont_fragment = true;
-        ip.identification = 0;
-        ip.set_payload_len(udp_len)
-            .map_err(|_| LinkError::Unsupported("datagram too long"))?;
         let udp = UdpHeader {
             source_port: ROCE_V2_UDP_PORT,
             destination_port: ROCE_V2_UDP_PORT,
-            length: udp_len as u16,
+            length: u16::try_from(udp_len)
+                .map_err(|_| LinkError::Unsupported("datagram too long"))?,
             checksum: 0,
         };
         let end = ib.len() - ICRC_LEN;
-        let crc = icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
-            .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
+        let crc = match (self.local, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                // The header Linux will put in front: ID 0 and DF for an
+                // unconnected socket with PMTU discovery on; TOS, TTL and
+                // the checksums are masked by the ICRC.
+                let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, src.octets(), dst.octets())
+                    .map_err(|_| LinkError::Unsupported("datagram too long"))?;
+                ip.dont_fragment = true;
+                ip.identification = 0;
+                ip.set_payload_len(udp_len)
+                    .map_err(|_| LinkError::Unsupported("datagram too long"))?;
+                icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let ip = v6_header(src.octets(), dst.octets(), udp_len)?;
+                icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
+            }
+            _ => {
+                return Err(LinkError::Unsupported(
+                    "destination of the other IP version",
+                ));
+            }
+        }
+        .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
         ib[end..].copy_from_slice(&crc.to_le_bytes());
-        let to = SocketAddr::V4(SocketAddrV4::new(dst, ROCE_V2_UDP_PORT));
+        let to = match dst {
+            IpAddr::V4(d) => SocketAddr::V4(SocketAddrV4::new(d, ROCE_V2_UDP_PORT)),
+            IpAddr::V6(d) => SocketAddr::V6(SocketAddrV6::new(d, ROCE_V2_UDP_PORT, 0, 0)),
+        };
         self.udp
             .send_to(ib, &to.into())
-            .map_err(|source| LinkError::Send {
-                to: IpAddr::V4(dst),
-                source,
-            })?;
+            .map_err(|source| LinkError::Send { to: dst, source })?;
         self.stats.sent += 1;
         Ok(())
     }
@@ -169,10 +229,16 @@ impl UdpLink {
     /// waiting. Datagrams for other addresses or ports are skipped; ours
     /// with a bad ICRC are counted and dropped.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<Received>, LinkError> {
+        let Some(raw) = &self.raw else {
+            return self.recv_v6(buf);
+        };
         // The UDP socket's copies are never read otherwise.
         while self.udp.recv(&mut self.discard).is_ok() {}
+        let IpAddr::V4(local) = self.local else {
+            unreachable!("the raw socket exists for IPv4 only")
+        };
         loop {
-            let n = match (&self.raw).read(buf) {
+            let n = match (&*raw).read(buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(LinkError::Recv(e)),
@@ -182,7 +248,7 @@ impl UdpLink {
                 Err(_) => continue, // not RoCEv2: another UDP user's datagram
             };
             let for_us = match &frame.repr.ip {
-                transport::wire::frame::IpRepr::V4(h) => h.destination == self.local.octets(),
+                transport::wire::frame::IpRepr::V4(h) => h.destination == local.octets(),
                 transport::wire::frame::IpRepr::V6(_) => false,
             };
             if !for_us {
@@ -205,4 +271,83 @@ impl UdpLink {
             }));
         }
     }
+
+    /// The IPv6 receive path: read the payload through the UDP socket and
+    /// rebuild the headers in front of it.
+    fn recv_v6(&mut self, buf: &mut [u8]) -> Result<Option<Received>, LinkError> {
+        const HDRS: usize = Ipv6Header::LEN + UdpHeader::LEN;
+        let IpAddr::V6(local) = self.local else {
+            unreachable!("recv_v6 runs on IPv6 links only")
+        };
+        if buf.len() <= HDRS {
+            return Err(LinkError::Unsupported("receive buffer too short"));
+        }
+        loop {
+            let (n, from) = {
+                // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and
+                // the slice is initialised already; the socket only writes
+                // bytes into it.
+                let tail = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        buf[HDRS..].as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                        buf.len() - HDRS,
+                    )
+                };
+                match self.udp.recv_from(tail) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(e) => return Err(LinkError::Recv(e)),
+                }
+            };
+            let Some(SocketAddr::V6(from)) = from.as_socket() else {
+                continue;
+            };
+            let udp_len = UdpHeader::LEN + n;
+            let (Ok(ip), Ok(length)) = (
+                v6_header(from.ip().octets(), local.octets(), udp_len),
+                u16::try_from(udp_len),
+            ) else {
+                self.stats.bad += 1;
+                continue;
+            };
+            let udp = UdpHeader {
+                source_port: from.port(),
+                destination_port: ROCE_V2_UDP_PORT,
+                length,
+                checksum: 0,
+            };
+            buf[..Ipv6Header::LEN].copy_from_slice(&ip.to_bytes());
+            buf[Ipv6Header::LEN..HDRS].copy_from_slice(&udp.to_bytes());
+            let ok = RoceFrame::parse_ip(&buf[..HDRS + n])
+                .ok()
+                .is_some_and(|f| f.verify_icrc().is_ok());
+            if !ok {
+                self.stats.bad += 1;
+                continue;
+            }
+            self.stats.received += 1;
+            return Ok(Some(Received {
+                ip_start: 0,
+                ip_len: Ipv6Header::LEN,
+                ib_start: HDRS,
+                ib_len: n,
+                ecn: 0,
+            }));
+        }
+    }
+}
+
+/// The IPv6 header of a datagram with `udp_len` bytes of UDP, as far as
+/// the ICRC sees it (traffic class, flow label and hop limit are masked).
+fn v6_header(src: [u8; 16], dst: [u8; 16], udp_len: usize) -> Result<Ipv6Header, LinkError> {
+    Ok(Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: u16::try_from(udp_len)
+            .map_err(|_| LinkError::Unsupported("datagram too long"))?,
+        next_header: IpNumber::UDP,
+        hop_limit: 64,
+        source: src,
+        destination: dst,
+    })
 }
