@@ -8,11 +8,15 @@
 //!   it sends. IPv4 receives through a raw socket so that a peer's ICRC is
 //!   checked over the header it really sent; IPv6 rebuilds the header,
 //!   since every field the ICRC covers is known.
+//! - [`neigh`]: ARP and NDP, sans-IO: answering for our addresses and
+//!   resolving neighbours with retries and a clear error, for the links
+//!   that build their own Ethernet frames.
 //!
-//! Not built yet: the `tap` link (our own Ethernet/IP/UDP framing, ARP and
-//! NDP), the `packet` link (AF_PACKET with a BPF filter), batching. See
+//! Not built yet: the `tap` link (our own Ethernet/IP/UDP framing around
+//! [`neigh`]), the `packet` link (AF_PACKET with a BPF filter), batching. See
 //! the README's status table.
 
+pub mod neigh;
 pub mod udp;
 
 /// Why a link failed.
