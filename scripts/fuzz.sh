@@ -6,7 +6,7 @@
 # Installs cargo-fuzz if it is missing, builds fresh seed corpora in
 # fuzz/corpus/<target>/ from tests/data/*.pcap (whole captures for
 # `decode`, single frames for `frame`, transport packets for `packet`,
-# length-prefixed packet streams for `engine`),
+# length-prefixed packet streams for `engine`; `neigh` starts empty),
 # then runs each target for SECONDS_PER_TARGET seconds, one at a time.
 # Exits non-zero if any target crashes; the crashing input is left in
 # fuzz/artifacts/<target>/.
@@ -41,7 +41,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 echo "cargo-fuzz: $(cargo fuzz --version)"
 
-TARGETS=(frame decode packet engine)
+TARGETS=(frame decode packet engine neigh)
 
 # --- seed corpora -----------------------------------------------------------
 echo "+ generating seed corpora in fuzz/corpus/ from tests/data/*.pcap" >&2
