@@ -17,6 +17,7 @@
 //! the README's status table.
 
 pub mod neigh;
+pub mod tap;
 pub mod udp;
 
 /// Why a link failed.
@@ -43,6 +44,18 @@ pub enum LinkError {
     /// Receiving failed.
     #[error("cannot receive")]
     Recv(#[source] std::io::Error),
+    /// Reading or writing the TAP device failed.
+    #[error("TAP device {name} failed")]
+    Tap {
+        /// The TAP's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination's MAC could not be resolved.
+    #[error(transparent)]
+    Neighbour(#[from] neigh::NeighError),
     /// The link cannot carry this packet.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

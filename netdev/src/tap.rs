@@ -1,0 +1,365 @@
+//! The `tap` link: RoCEv2 over a TAP device, with our own Ethernet, IP and
+//! UDP headers.
+//!
+//! This module owns the TAP file descriptor, the framing of outgoing
+//! packets and the filtering of incoming frames. Neighbour resolution is
+//! [`crate::neigh`]'s; this link feeds it every frame and sends what it
+//! asks.
+//!
+//! - Sending: Ethernet (our MAC to the neighbour's), then IPv4 with DF and
+//!   ID 0, or IPv6; the traffic class and hop limit come from the engine,
+//!   and the UDP source port is the engine's per-QP port, as in rxe. The
+//!   ICRC is computed over exactly these headers. IPv6 also gets a real UDP
+//!   checksum (a zero one is not allowed there). Headers and packet go out
+//!   in one `writev`, without copying the packet.
+//! - A packet for a neighbour not yet resolved waits in a small queue (at
+//!   most [`MAX_PENDING`] packets) and goes out when the answer comes; a
+//!   neighbour that never answers gives [`LinkError::Neighbour`].
+//! - Receiving: frames to our MAC (or broadcast/multicast for ARP and NDP)
+//!   with our IP address and UDP port 4791, whose ICRC checks out.
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::Read,
+    net::IpAddr,
+    os::fd::{AsRawFd, RawFd},
+};
+
+use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, UdpHeader};
+use transport::{
+    engine::Transmit,
+    wire::{
+        ICRC_LEN, ROCE_V2_UDP_PORT,
+        frame::{IpRepr, RoceFrame},
+        icrc,
+    },
+};
+
+use crate::{
+    LinkError,
+    neigh::{NeighError, Neighbours},
+    udp::Received,
+};
+
+/// Packets that may wait for neighbour resolution.
+pub const MAX_PENDING: usize = 64;
+
+/// Longest header we put in front of a packet: Ethernet + IPv6 + UDP.
+const MAX_HDR: usize = Ethernet2Header::LEN + Ipv6Header::LEN + UdpHeader::LEN;
+
+/// Counters of one TAP link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapLinkStats {
+    /// RoCEv2 frames sent.
+    pub sent: u64,
+    /// RoCEv2 frames received with a good ICRC.
+    pub received: u64,
+    /// Frames for us whose ICRC or headers were bad.
+    pub bad: u64,
+    /// Packets dropped because their neighbour did not answer, or the
+    /// pending queue was full.
+    pub unresolved: u64,
+}
+
+/// A RoCEv2 link on a TAP device.
+pub struct TapLink {
+    file: File,
+    name: String,
+    mac: [u8; 6],
+    addrs: Vec<IpAddr>,
+    neigh: Neighbours,
+    pending: VecDeque<(Transmit, Vec<u8>)>,
+    stats: TapLinkStats,
+}
+
+fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
+    move |source| LinkError::Setup { what, source }
+}
+
+impl TapLink {
+    /// Opens TAP `name` (creating it if it does not exist) without the
+    /// packet-information header; we are `mac` and own `addrs` on it.
+    pub fn open(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<TapLink, LinkError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(LinkError::Unsupported("TAP name must be 1 to 15 bytes"));
+        }
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(setup("/dev/net/tun"))?;
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: `ifr` is a 40-byte buffer laid out as `struct ifreq`
+        // (the NUL-terminated name, then the flags short), valid for the
+        // kernel to read and write during the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(setup("TAP (TUNSETIFF)")(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fcntl on a descriptor we own, with plain integer flags.
+        let rc = unsafe {
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)
+        };
+        if rc != 0 {
+            return Err(setup("TAP (O_NONBLOCK)")(std::io::Error::last_os_error()));
+        }
+        Ok(TapLink {
+            file,
+            name: name.to_string(),
+            mac,
+            neigh: Neighbours::new(mac, addrs.clone()),
+            addrs,
+            pending: VecDeque::new(),
+            stats: TapLinkStats::default(),
+        })
+    }
+
+    /// The TAP's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> TapLinkStats {
+        self.stats
+    }
+
+    /// The descriptor to wait on.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// When [`TapLink::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.neigh.poll_timeout()
+    }
+
+    /// Sends neighbour requests that are due and drops packets waiting for
+    /// neighbours that have stopped answering.
+    pub fn handle_timeout(&mut self, now: u64) -> Result<(), LinkError> {
+        self.neigh.handle_timeout(now);
+        self.flush(now)
+    }
+
+    /// Sends the transport packet `ib` (BTH through ICRC, as the engine
+    /// wrote it) per `t`, filling in the ICRC first. If the neighbour is
+    /// not resolved yet, the packet is queued.
+    pub fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
+        let dst = t.dgid.to_ip();
+        match self.neigh.resolve(dst, now) {
+            Ok(Some(mac)) => {
+                let r = self.emit(t, ib, mac);
+                self.flush_control()?;
+                r
+            }
+            Ok(None) => {
+                self.flush_control()?;
+                if self.pending.len() >= MAX_PENDING {
+                    self.stats.unresolved += 1;
+                } else {
+                    self.pending.push_back((*t, ib.to_vec()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.unresolved += 1;
+                Err(LinkError::Neighbour(e))
+            }
+        }
+    }
+
+    /// Sends the neighbour table's frames, then the pending packets whose
+    /// neighbours are known.
+    fn flush(&mut self, now: u64) -> Result<(), LinkError> {
+        self.flush_control()?;
+        let mut result = Ok(());
+        for _ in 0..self.pending.len() {
+            let Some((t, mut ib)) = self.pending.pop_front() else {
+                break;
+            };
+            match self.neigh.resolve(t.dgid.to_ip(), now) {
+                Ok(Some(mac)) => {
+                    if let Err(e) = self.emit(&t, &mut ib, mac) {
+                        result = Err(e);
+                    }
+                }
+                Ok(None) => self.pending.push_back((t, ib)),
+                Err(e @ NeighError::Unreachable(_)) | Err(e @ NeighError::NoSource(..)) => {
+                    self.stats.unresolved += 1;
+                    result = Err(LinkError::Neighbour(e));
+                }
+            }
+        }
+        self.flush_control()?;
+        result
+    }
+
+    fn flush_control(&mut self) -> Result<(), LinkError> {
+        while let Some(f) = self.neigh.poll_transmit() {
+            self.write_frame(&[&f])?;
+        }
+        Ok(())
+    }
+
+    fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), LinkError> {
+        let iov: [libc::iovec; 2] = std::array::from_fn(|i| match parts.get(i) {
+            Some(p) => libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            },
+            None => libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        });
+        // SAFETY: each iovec points into a slice borrowed for the whole
+        // call (or is empty); the kernel only reads them.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), parts.len() as i32) };
+        if n < 0 {
+            return Err(LinkError::Tap {
+                name: self.name.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Frames and sends one packet to `mac`.
+    fn emit(&mut self, t: &Transmit, ib: &mut [u8], mac: [u8; 6]) -> Result<(), LinkError> {
+        if ib.len() < ICRC_LEN {
+            return Err(LinkError::Unsupported("packet shorter than its ICRC"));
+        }
+        let udp_len = UdpHeader::LEN + ib.len();
+        let mut udp = UdpHeader {
+            source_port: t.udp_sport,
+            destination_port: ROCE_V2_UDP_PORT,
+            length: u16::try_from(udp_len)
+                .map_err(|_| LinkError::Unsupported("datagram too long"))?,
+            checksum: 0,
+        };
+        let end = ib.len() - ICRC_LEN;
+        let mut hdr = [0u8; MAX_HDR];
+        let eth = Ethernet2Header {
+            source: self.mac,
+            destination: mac,
+            ether_type: EtherType::IPV4,
+        };
+        let too_long = |_| LinkError::Unsupported("datagram too long");
+        let hlen = match (self.source(t.dgid.to_ip())?, t.dgid.to_ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let mut ip =
+                    Ipv4Header::new(0, t.hop_limit, IpNumber::UDP, src.octets(), dst.octets())
+                        .map_err(too_long)?;
+                ip.dont_fragment = true;
+                ip.dscp = etherparse::IpDscp::try_new(t.traffic_class >> 2).unwrap_or_default();
+                ip.ecn = etherparse::IpEcn::try_new(t.traffic_class & 3).unwrap_or_default();
+                ip.set_payload_len(udp_len)
+                    .map_err(|_| LinkError::Unsupported("datagram too long"))?;
+                ip.header_checksum = ip.calc_header_checksum();
+                let crc = icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
+                    .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
+                ib[end..].copy_from_slice(&crc.to_le_bytes());
+                hdr[..14].copy_from_slice(&eth.to_bytes());
+                hdr[14..34].copy_from_slice(&ip.to_bytes());
+                hdr[34..42].copy_from_slice(&udp.to_bytes());
+                42
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let ip = Ipv6Header {
+                    traffic_class: t.traffic_class,
+                    flow_label: Default::default(),
+                    payload_length: udp.length,
+                    next_header: IpNumber::UDP,
+                    hop_limit: t.hop_limit,
+                    source: src.octets(),
+                    destination: dst.octets(),
+                };
+                let crc = icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
+                    .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
+                ib[end..].copy_from_slice(&crc.to_le_bytes());
+                udp.checksum = udp
+                    .calc_checksum_ipv6(&ip, ib)
+                    .map_err(|_| LinkError::Unsupported("datagram too long"))?;
+                let eth = Ethernet2Header {
+                    ether_type: EtherType::IPV6,
+                    ..eth
+                };
+                hdr[..14].copy_from_slice(&eth.to_bytes());
+                hdr[14..54].copy_from_slice(&ip.to_bytes());
+                hdr[54..62].copy_from_slice(&udp.to_bytes());
+                62
+            }
+            _ => unreachable!("source() returns an address of the destination's family"),
+        };
+        self.write_frame(&[&hdr[..hlen], ib])?;
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    /// Our address of the same family as `dst`.
+    fn source(&self, dst: IpAddr) -> Result<IpAddr, LinkError> {
+        self.addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == dst.is_ipv4())
+            .ok_or(LinkError::Unsupported(
+                "no local address of the destination's IP version",
+            ))
+    }
+
+    /// Receives the next good RoCEv2 frame for us into `buf`, if one is
+    /// waiting. ARP and NDP are handled on the way (and may release
+    /// pending packets); other frames are skipped; ours with a bad ICRC
+    /// are counted and dropped.
+    pub fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError> {
+        loop {
+            let n = match (&self.file).read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(source) => {
+                    return Err(LinkError::Tap {
+                        name: self.name.clone(),
+                        source,
+                    });
+                }
+            };
+            if self.neigh.handle_frame(&buf[..n], now) {
+                self.flush(now)?;
+                continue;
+            }
+            let Ok(frame) = RoceFrame::parse_ethernet(&buf[..n]) else {
+                continue; // not RoCEv2
+            };
+            let to_us = frame
+                .repr
+                .ethernet
+                .as_ref()
+                .is_some_and(|e| e.destination == self.mac);
+            let dst = match &frame.repr.ip {
+                IpRepr::V4(h) => IpAddr::from(h.destination),
+                IpRepr::V6(h) => IpAddr::from(h.destination),
+            };
+            if !to_us || !self.addrs.contains(&dst) {
+                continue;
+            }
+            if frame.verify_icrc().is_err() {
+                self.stats.bad += 1;
+                continue;
+            }
+            self.stats.received += 1;
+            let base = buf.as_ptr() as usize;
+            return Ok(Some(Received {
+                ip_start: frame.l3.as_ptr() as usize - base,
+                ip_len: frame.repr.ip.header_len(),
+                ib_start: frame.ib.as_ptr() as usize - base,
+                ib_len: frame.ib.len(),
+                ecn: frame.repr.ip.ecn(),
+            }));
+        }
+    }
+}

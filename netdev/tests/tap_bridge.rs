@@ -1,0 +1,109 @@
+//! Two engines on the `tap` link: two TAP devices that this test creates,
+//! joined by a Linux bridge, all in a private network namespace (a thread
+//! of this test unshares it, so everything vanishes with the thread).
+//! The engines resolve each other with ARP or NDP through the kernel's
+//! bridge and run the shared content-checked workload, over IPv4 and over
+//! IPv6. A third check: a destination that never answers gives a clear
+//! neighbour error.
+
+mod common;
+
+use std::{net::IpAddr, time::Instant};
+
+use common::TestLink;
+use netdev::{LinkError, neigh::NeighError, tap::TapLink, udp::Received};
+use transport::{device::Gid, engine::Transmit};
+
+impl TestLink for TapLink {
+    fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) {
+        // Losses (a full queue) are recovered by the engine; a neighbour
+        // that does not answer would show up as a stuck workload.
+        let _ = TapLink::send(self, t, ib, now);
+    }
+    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<Received> {
+        TapLink::recv(self, buf, now).unwrap()
+    }
+    fn tick(&mut self, now: u64) {
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.handle_timeout(now);
+        }
+    }
+    fn counts(&self) -> (u64, u64) {
+        (self.stats().received, self.stats().bad)
+    }
+}
+
+fn ip(args: &[&str]) {
+    // Children inherit the calling thread's network namespace.
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// Opens two TAPs for addresses `a` and `b` and puts them on bridge br0.
+fn bridged(a: &str, b: &str) -> [TapLink; 2] {
+    let links = [("vurt0", a, 0xa), ("vurt1", b, 0xb)].map(|(name, addr, m)| {
+        let addr: IpAddr = addr.parse().unwrap();
+        TapLink::open(name, [0x02, 0x76, 0x75, 0x72, 0, m], vec![addr]).unwrap()
+    });
+    for l in &links {
+        ip(&["link", "set", l.name(), "master", "br0", "up"]);
+    }
+    links
+}
+
+#[test]
+fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
+    std::thread::spawn(|| {
+        // SAFETY: unshare affects only this (new) thread's namespaces.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        let err = std::io::Error::last_os_error();
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {err}");
+        ip(&["link", "add", "br0", "type", "bridge"]);
+        ip(&["link", "set", "br0", "up"]);
+        for (a, b) in [("10.89.0.1", "10.89.0.2"), ("fd00:89::1", "fd00:89::2")] {
+            let [sa, sb] = common::run(bridged(a, b), a, b, 50);
+            assert!(sa.0 > 100 && sb.0 > 100, "{sa:?} {sb:?}");
+        }
+
+        // A silent destination: the packet waits, three requests go out,
+        // then the next send reports the neighbour clearly.
+        let mut l = TapLink::open(
+            "vurt2",
+            [2, 0, 0, 0, 0, 0xc],
+            vec!["10.89.0.3".parse().unwrap()],
+        )
+        .unwrap();
+        ip(&["link", "set", "vurt2", "master", "br0", "up"]);
+        let silent: IpAddr = "10.89.0.99".parse().unwrap();
+        let t = Transmit {
+            len: 32,
+            src_qp: 17,
+            dest_qp: 18,
+            dgid: Gid::from_ip(silent),
+            sgid_index: 0,
+            udp_sport: 0xc000,
+            traffic_class: 0,
+            hop_limit: 64,
+        };
+        let mut pkt = [0u8; 32];
+        pkt[0] = 0x04; // RC SEND Only
+        l.send(&t, &mut pkt, 0).unwrap();
+        let start = Instant::now();
+        let mut now = 0;
+        while let Some(due) = l.poll_timeout() {
+            now = due;
+            let _ = l.handle_timeout(now);
+            assert!(start.elapsed().as_secs() < 5);
+        }
+        assert_eq!(l.stats().unresolved, 1, "the waiting packet was dropped");
+        match l.send(&t, &mut pkt, now) {
+            Err(LinkError::Neighbour(NeighError::Unreachable(ip))) => assert_eq!(ip, silent),
+            other => panic!("expected an unreachable neighbour, got {other:?}"),
+        }
+    })
+    .join()
+    .unwrap();
+}
