@@ -12,8 +12,10 @@
 //!   resolving neighbours with retries and a clear error, for the links
 //!   that build their own Ethernet frames.
 //!
-//! Not built yet: the `tap` link (our own Ethernet/IP/UDP framing around
-//! [`neigh`]), the `packet` link (AF_PACKET with a BPF filter), batching. See
+//! - [`tap`]: a TAP device with our own Ethernet, IP and UDP headers,
+//!   resolving neighbours through [`neigh`].
+//!
+//! Not built yet: the `packet` link (AF_PACKET with a BPF filter), batching. See
 //! the README's status table.
 
 pub mod neigh;

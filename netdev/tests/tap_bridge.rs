@@ -54,6 +54,63 @@ fn bridged(a: &str, b: &str) -> [TapLink; 2] {
     links
 }
 
+/// An AF_PACKET socket seeing every frame in the namespace.
+fn capture() -> socket2::Socket {
+    let proto = socket2::Protocol::from(i32::from((libc::ETH_P_ALL as u16).to_be()));
+    let cap = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, Some(proto))
+        .expect("AF_PACKET capture socket");
+    cap.set_nonblocking(true).unwrap();
+    let _ = cap.set_recv_buffer_size(8 << 20);
+    cap
+}
+
+/// An independent look at our framing as the kernel carried it: every
+/// RoCEv2 frame has a good ICRC, IPv4 frames a good header checksum and
+/// DF, IPv6 frames a good UDP checksum, and the UDP source port is not
+/// the fixed 4791 (it is the engine's per-QP port).
+fn check_captured(cap: &socket2::Socket, family_of: &str) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let v6 = family_of.contains(':');
+    let mut frame = vec![0u8; 65536];
+    let mut good = 0;
+    while let Ok(n) = std::io::Read::read(&mut &*cap, &mut frame) {
+        let f = &frame[..n];
+        let Ok(p) = SlicedPacket::from_ethernet(f) else {
+            continue;
+        };
+        let Some(TransportSlice::Udp(udp)) = &p.transport else {
+            continue;
+        };
+        if udp.destination_port() != 4791 {
+            continue;
+        }
+        assert_ne!(udp.source_port(), 4791);
+        let roce = transport::wire::frame::RoceFrame::parse_ethernet(f).unwrap();
+        roce.verify_icrc().expect("ICRC of a captured frame");
+        match &p.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                assert!(!v6);
+                let h = ip.header().to_header();
+                assert_eq!(h.header_checksum, h.calc_header_checksum());
+                assert!(h.dont_fragment);
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                assert!(v6);
+                let h = ip.header().to_header();
+                let want = udp
+                    .to_header()
+                    .calc_checksum_ipv6(&h, udp.payload())
+                    .unwrap();
+                assert_eq!(udp.checksum(), want, "IPv6 UDP checksum");
+            }
+            _ => continue,
+        }
+        good += 1;
+    }
+    eprintln!("captured {good} RoCEv2 frames for {family_of}: all well-formed");
+    assert!(good >= 100, "only {good} frames captured");
+}
+
 #[test]
 fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
     std::thread::spawn(|| {
@@ -64,8 +121,10 @@ fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
         ip(&["link", "add", "br0", "type", "bridge"]);
         ip(&["link", "set", "br0", "up"]);
         for (a, b) in [("10.89.0.1", "10.89.0.2"), ("fd00:89::1", "fd00:89::2")] {
+            let cap = capture();
             let [sa, sb] = common::run(bridged(a, b), a, b, 50);
             assert!(sa.0 > 100 && sb.0 > 100, "{sa:?} {sb:?}");
+            check_captured(&cap, a);
         }
 
         // A silent destination: the packet waits, three requests go out,
