@@ -12,14 +12,16 @@
 //!   resolving neighbours with retries and a clear error, for the links
 //!   that build their own Ethernet frames.
 //!
-//! - [`tap`]: a TAP device with our own Ethernet, IP and UDP headers,
-//!   resolving neighbours through [`neigh`].
+//! - [`eth`]: the links with our own Ethernet, IP and UDP headers,
+//!   resolving neighbours through [`neigh`]: `tap` (a TAP device) and
+//!   `packet` (AF_PACKET on an existing interface, see [`packet`]).
 //!
-//! Not built yet: the `packet` link (AF_PACKET with a BPF filter), batching. See
-//! the README's status table.
+//! Not built yet: batching (sendmmsg/recvmmsg, vnet headers), the link
+//! down → QP error path. See the README's status table.
 
+pub mod eth;
 pub mod neigh;
-pub mod tap;
+pub mod packet;
 pub mod udp;
 
 /// Why a link failed.
@@ -46,10 +48,10 @@ pub enum LinkError {
     /// Receiving failed.
     #[error("cannot receive")]
     Recv(#[source] std::io::Error),
-    /// Reading or writing the TAP device failed.
-    #[error("TAP device {name} failed")]
-    Tap {
-        /// The TAP's name.
+    /// Reading or writing the network device failed.
+    #[error("network device {name} failed")]
+    Device {
+        /// The device's name.
         name: String,
         /// The cause.
         #[source]
@@ -58,6 +60,9 @@ pub enum LinkError {
     /// The destination's MAC could not be resolved.
     #[error(transparent)]
     Neighbour(#[from] neigh::NeighError),
+    /// No interface of that name.
+    #[error("no network interface named {0}")]
+    NoInterface(String),
     /// The link cannot carry this packet.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

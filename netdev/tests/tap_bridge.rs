@@ -11,17 +11,17 @@ mod common;
 use std::{net::IpAddr, time::Instant};
 
 use common::TestLink;
-use netdev::{LinkError, neigh::NeighError, tap::TapLink, udp::Received};
+use netdev::{LinkError, eth::EthLink, neigh::NeighError, udp::Received};
 use transport::{device::Gid, engine::Transmit};
 
-impl TestLink for TapLink {
+impl TestLink for EthLink {
     fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) {
         // Losses (a full queue) are recovered by the engine; a neighbour
         // that does not answer would show up as a stuck workload.
-        let _ = TapLink::send(self, t, ib, now);
+        let _ = EthLink::send(self, t, ib, now);
     }
     fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<Received> {
-        TapLink::recv(self, buf, now).unwrap()
+        EthLink::recv(self, buf, now).unwrap()
     }
     fn tick(&mut self, now: u64) {
         if self.poll_timeout().is_some_and(|t| t <= now) {
@@ -43,10 +43,10 @@ fn ip(args: &[&str]) {
 }
 
 /// Opens two TAPs for addresses `a` and `b` and puts them on bridge br0.
-fn bridged(a: &str, b: &str) -> [TapLink; 2] {
+fn bridged(a: &str, b: &str) -> [EthLink; 2] {
     let links = [("vurt0", a, 0xa), ("vurt1", b, 0xb)].map(|(name, addr, m)| {
         let addr: IpAddr = addr.parse().unwrap();
-        TapLink::open(name, [0x02, 0x76, 0x75, 0x72, 0, m], vec![addr]).unwrap()
+        EthLink::tap(name, [0x02, 0x76, 0x75, 0x72, 0, m], vec![addr]).unwrap()
     });
     for l in &links {
         ip(&["link", "set", l.name(), "master", "br0", "up"]);
@@ -129,7 +129,7 @@ fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
 
         // A silent destination: the packet waits, three requests go out,
         // then the next send reports the neighbour clearly.
-        let mut l = TapLink::open(
+        let mut l = EthLink::tap(
             "vurt2",
             [2, 0, 0, 0, 0, 0xc],
             vec!["10.89.0.3".parse().unwrap()],

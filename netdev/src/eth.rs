@@ -1,8 +1,11 @@
-//! The `tap` link: RoCEv2 over a TAP device, with our own Ethernet, IP and
-//! UDP headers.
+//! The links that carry our own Ethernet frames: `tap` (a TAP device that
+//! we open or create, here) and `packet` (an AF_PACKET socket on an
+//! existing interface, opened in [`crate::packet`]). Both are an
+//! [`EthLink`] around a file descriptor that reads and writes whole
+//! Ethernet frames.
 //!
-//! This module owns the TAP file descriptor, the framing of outgoing
-//! packets and the filtering of incoming frames. Neighbour resolution is
+//! This module owns the framing of outgoing packets and the filtering of
+//! incoming frames. Neighbour resolution is
 //! [`crate::neigh`]'s; this link feeds it every frame and sends what it
 //! asks.
 //!
@@ -50,7 +53,7 @@ const MAX_HDR: usize = Ethernet2Header::LEN + Ipv6Header::LEN + UdpHeader::LEN;
 
 /// Counters of one TAP link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TapLinkStats {
+pub struct EthLinkStats {
     /// RoCEv2 frames sent.
     pub sent: u64,
     /// RoCEv2 frames received with a good ICRC.
@@ -62,25 +65,25 @@ pub struct TapLinkStats {
     pub unresolved: u64,
 }
 
-/// A RoCEv2 link on a TAP device.
-pub struct TapLink {
+/// A RoCEv2 link that frames its own Ethernet: on a TAP or on AF_PACKET.
+pub struct EthLink {
     file: File,
     name: String,
     mac: [u8; 6],
     addrs: Vec<IpAddr>,
     neigh: Neighbours,
     pending: VecDeque<(Transmit, Vec<u8>)>,
-    stats: TapLinkStats,
+    stats: EthLinkStats,
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
     move |source| LinkError::Setup { what, source }
 }
 
-impl TapLink {
+impl EthLink {
     /// Opens TAP `name` (creating it if it does not exist) without the
     /// packet-information header; we are `mac` and own `addrs` on it.
-    pub fn open(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<TapLink, LinkError> {
+    pub fn tap(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<EthLink, LinkError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(LinkError::Unsupported("TAP name must be 1 to 15 bytes"));
         }
@@ -108,24 +111,30 @@ impl TapLink {
         if rc != 0 {
             return Err(setup("TAP (O_NONBLOCK)")(std::io::Error::last_os_error()));
         }
-        Ok(TapLink {
+        Ok(EthLink::from_file(file, name.to_string(), mac, addrs))
+    }
+
+    /// A link on `file`, which reads and writes whole Ethernet frames of
+    /// interface `name`, where we are `mac` and own `addrs`.
+    pub(crate) fn from_file(file: File, name: String, mac: [u8; 6], addrs: Vec<IpAddr>) -> EthLink {
+        EthLink {
             file,
-            name: name.to_string(),
+            name,
             mac,
             neigh: Neighbours::new(mac, addrs.clone()),
             addrs,
             pending: VecDeque::new(),
-            stats: TapLinkStats::default(),
-        })
+            stats: EthLinkStats::default(),
+        }
     }
 
-    /// The TAP's name.
+    /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Counters.
-    pub fn stats(&self) -> TapLinkStats {
+    pub fn stats(&self) -> EthLinkStats {
         self.stats
     }
 
@@ -134,7 +143,7 @@ impl TapLink {
         self.file.as_raw_fd()
     }
 
-    /// When [`TapLink::handle_timeout`] next has work.
+    /// When [`EthLink::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.neigh.poll_timeout()
     }
@@ -221,7 +230,7 @@ impl TapLink {
         // call (or is empty); the kernel only reads them.
         let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), parts.len() as i32) };
         if n < 0 {
-            return Err(LinkError::Tap {
+            return Err(LinkError::Device {
                 name: self.name.clone(),
                 source: std::io::Error::last_os_error(),
             });
@@ -322,7 +331,7 @@ impl TapLink {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(source) => {
-                    return Err(LinkError::Tap {
+                    return Err(LinkError::Device {
                         name: self.name.clone(),
                         source,
                     });
