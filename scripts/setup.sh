@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing vhost-user-rdma needs on a fresh
 # Debian machine: Debian packages (compiler for libFuzzer, python3 for the
-# fuzz seed extraction) and the Rust components rustfmt and clippy.
+# fuzz seed extraction, iproute2 for the namespace and TAP tests) and the
+# Rust components rustfmt and clippy.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
 need_apt=()
-for pkg in build-essential python3 ca-certificates; do
+for pkg in build-essential python3 ca-certificates iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
