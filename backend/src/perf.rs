@@ -7,6 +7,12 @@
 //! Every packet takes the full path a real link would: the engine builds
 //! it, it is framed in IPv4/UDP with a real ICRC, parsed and ICRC-checked
 //! on the other side, and handed to the peer engine.
+//!
+//! With `--link udp` the two engines talk over the real `udp` link on
+//! loopback; with `--link veth` over the real `packet` link on a veth
+//! pair between two private network namespaces that the run creates (and
+//! that vanish with it). Both add raw UDP stream and ping-pong baselines
+//! measured over the same path in the same run.
 
 use std::{
     hint::black_box,
@@ -45,6 +51,9 @@ pub enum PerfLink {
     /// The real `udp` link over loopback (127.0.0.1 and 127.0.0.2; needs
     /// CAP_NET_RAW), in real time.
     Udp,
+    /// The real `packet` link over a veth pair between two private network
+    /// namespaces created for the run (needs root and `ip`), in real time.
+    Veth,
 }
 
 impl PerfLink {
@@ -52,6 +61,7 @@ impl PerfLink {
         match self {
             PerfLink::Memory => "memory",
             PerfLink::Udp => "udp",
+            PerfLink::Veth => "veth",
         }
     }
 }
@@ -94,9 +104,14 @@ pub enum PerfError {
     /// A UDP baseline socket failed.
     #[error("UDP baseline failed")]
     Baseline(#[source] io::Error),
+    /// Creating the namespaces or the veth pair failed.
+    #[error("veth setup failed: {0}")]
+    Namespace(String),
 }
 
 const RBUF: u64 = 8 << 20;
+/// How long nothing may move before a run counts as stalled.
+const STALL: Duration = Duration::from_secs(5);
 const MEM: usize = 12 << 20;
 
 struct Side {
@@ -158,39 +173,77 @@ impl Duo for Pair {
     }
 }
 
-/// Two engines over the real UDP link on loopback, in real time.
-struct UdpDuo {
+/// What a real link must do for the benchmark.
+trait PerfNet {
+    /// Sends one packet; an error (a full queue) is a loss the engine
+    /// recovers from.
+    fn send(&mut self, t: &transport::engine::Transmit, ib: &mut [u8], now: u64);
+    /// The next good packet, if any.
+    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<netdev::udp::Received>;
+    /// Timers of the link itself.
+    fn tick(&mut self, _now: u64) {}
+}
+
+impl PerfNet for netdev::udp::UdpLink {
+    fn send(&mut self, t: &transport::engine::Transmit, ib: &mut [u8], _now: u64) {
+        let _ = netdev::udp::UdpLink::send(self, t, ib);
+    }
+    fn recv(&mut self, buf: &mut [u8], _now: u64) -> Option<netdev::udp::Received> {
+        netdev::udp::UdpLink::recv(self, buf).ok().flatten()
+    }
+}
+
+impl PerfNet for netdev::eth::EthLink {
+    fn send(&mut self, t: &transport::engine::Transmit, ib: &mut [u8], now: u64) {
+        let _ = netdev::eth::EthLink::send(self, t, ib, now);
+    }
+    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<netdev::udp::Received> {
+        netdev::eth::EthLink::recv(self, buf, now).ok().flatten()
+    }
+    fn tick(&mut self, now: u64) {
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.handle_timeout(now);
+        }
+    }
+}
+
+/// Two engines over a real link, in real time.
+struct NetDuo<L> {
     a: Engine<VecMemory>,
     b: Engine<VecMemory>,
-    la: netdev::udp::UdpLink,
-    lb: netdev::udp::UdpLink,
+    la: L,
+    lb: L,
+    ips: (std::net::IpAddr, std::net::IpAddr),
     start: Instant,
     buf: Vec<u8>,
 }
 
 const UDP_A: [u8; 4] = [127, 0, 0, 1];
 const UDP_B: [u8; 4] = [127, 0, 0, 2];
+/// The engines' addresses on the veth (the kernels' are .1 and .2).
+const VETH_A: [u8; 4] = [10, 91, 0, 11];
+const VETH_B: [u8; 4] = [10, 91, 0, 12];
 
-impl UdpDuo {
-    fn new() -> Result<UdpDuo, PerfError> {
+impl<L: PerfNet> NetDuo<L> {
+    fn new(ia: std::net::IpAddr, ib: std::net::IpAddr, la: L, lb: L) -> NetDuo<L> {
         use transport::device::Gid;
         let mut a = Engine::new(Default::default(), VecMemory::new(MEM));
         let mut b = Engine::new(Default::default(), VecMemory::new(MEM));
-        let (ia, ib) = (std::net::IpAddr::from(UDP_A), std::net::IpAddr::from(UDP_B));
         a.gids_mut().set(0, Some(Gid::from_ip(ia)));
         b.gids_mut().set(0, Some(Gid::from_ip(ib)));
-        Ok(UdpDuo {
+        NetDuo {
             a,
             b,
-            la: netdev::udp::UdpLink::bind(ia)?,
-            lb: netdev::udp::UdpLink::bind(ib)?,
+            la,
+            lb,
+            ips: (ia, ib),
             start: Instant::now(),
             buf: vec![0; 65536],
-        })
+        }
     }
 }
 
-impl Duo for UdpDuo {
+impl<L: PerfNet> Duo for NetDuo<L> {
     fn a(&mut self) -> &mut Engine<VecMemory> {
         &mut self.a
     }
@@ -202,14 +255,13 @@ impl Duo for UdpDuo {
         let mut any = false;
         for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
             while let Some(t) = e.poll_transmit(now, &mut self.buf) {
-                // A send error (e.g. a full socket buffer) is a loss the
-                // engine recovers from.
-                let _ = l.send(&t, &mut self.buf[..t.len]);
+                l.send(&t, &mut self.buf[..t.len], now);
                 any = true;
             }
         }
         for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
-            while let Ok(Some(r)) = l.recv(&mut self.buf) {
+            l.tick(now);
+            while let Some(r) = l.recv(&mut self.buf, now) {
                 let meta = transport::engine::RxMeta {
                     ip_header: &self.buf[r.ip_start..r.ip_start + r.ip_len],
                     ecn: r.ecn,
@@ -226,10 +278,92 @@ impl Duo for UdpDuo {
     }
     fn gids(&self) -> (transport::device::Gid, transport::device::Gid) {
         (
-            transport::device::Gid::from_ip(UDP_A.into()),
-            transport::device::Gid::from_ip(UDP_B.into()),
+            transport::device::Gid::from_ip(self.ips.0),
+            transport::device::Gid::from_ip(self.ips.1),
         )
     }
+}
+
+fn ns_err(what: impl std::fmt::Display) -> PerfError {
+    PerfError::Namespace(what.to_string())
+}
+
+/// Runs `ip ARGS` (in the calling thread's network namespace).
+fn ip(args: &[&str]) -> Result<(), PerfError> {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .map_err(|e| ns_err(format!("cannot run `ip`: {e}")))?;
+    if !st.success() {
+        return Err(ns_err(format!("`ip {}` failed ({st})", args.join(" "))));
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into a new, private network namespace.
+fn unshare_net() -> Result<(), PerfError> {
+    // SAFETY: unshare only changes the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(ns_err(format!("unshare(CLONE_NEWNET): {e} (needs root)")));
+    }
+    Ok(())
+}
+
+/// The veth setup: this thread moves into a new namespace holding `va`
+/// (kernel address 10.91.0.1); a helper thread makes a second namespace
+/// holding `vb` (10.91.0.2) and opens its side there. Returns the two
+/// `packet` links (the engines are .11 and .12) and a kernel UDP socket on
+/// each side for the baselines. Everything vanishes with the process.
+fn veth_setup() -> Result<
+    (
+        netdev::eth::EthLink,
+        netdev::eth::EthLink,
+        std::net::UdpSocket,
+        std::net::UdpSocket,
+    ),
+    PerfError,
+> {
+    use std::{net::UdpSocket, sync::mpsc};
+    unshare_net()?;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || -> Result<_, PerfError> {
+        unshare_net()?;
+        // SAFETY: gettid has no preconditions.
+        let _ = tid_tx.send(unsafe { libc::gettid() });
+        go_rx.recv().map_err(|_| ns_err("setup abandoned"))?;
+        ip(&["link", "set", "vb", "up"])?;
+        ip(&["addr", "add", "10.91.0.2/24", "dev", "vb"])?;
+        let link = netdev::eth::EthLink::packet("vb", vec![VETH_B.into()])?;
+        let sock = UdpSocket::bind("10.91.0.2:0").map_err(PerfError::Baseline)?;
+        Ok((link, sock))
+    });
+    let tid = tid_rx.recv();
+    let setup = tid
+        .map_err(|_| ns_err("the helper thread failed before reporting"))
+        .and_then(|tid| {
+            // MTU 9000, so that RoCE MTU 4096 frames fit.
+            ip(&[
+                "link", "add", "va", "mtu", "9000", "type", "veth", "peer", "name", "vb", "mtu",
+                "9000",
+            ])?;
+            ip(&["link", "set", "vb", "netns", &tid.to_string()])?;
+            ip(&["link", "set", "va", "up"])?;
+            ip(&["addr", "add", "10.91.0.1/24", "dev", "va"])
+        });
+    if setup.is_ok() {
+        let _ = go_tx.send(());
+    }
+    drop(go_tx);
+    let joined = helper
+        .join()
+        .map_err(|_| ns_err("the helper thread panicked"))?;
+    setup?;
+    let (lb, sb) = joined?;
+    let la = netdev::eth::EthLink::packet("va", vec![VETH_A.into()])?;
+    let sa = UdpSocket::bind("10.91.0.1:0").map_err(PerfError::Baseline)?;
+    Ok((la, lb, sa, sb))
 }
 
 struct Bench {
@@ -243,11 +377,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(mtu: Mtu, link: PerfLink) -> Result<Bench, PerfError> {
-        let mut duo: Box<dyn Duo> = match link {
-            PerfLink::Memory => Box::new(Pair::new(LinkConfig::clean(0), 1, MEM)),
-            PerfLink::Udp => Box::new(UdpDuo::new()?),
-        };
+    fn new(mtu: Mtu, mut duo: Box<dyn Duo>) -> Result<Bench, PerfError> {
         let (gid_a, gid_b) = duo.gids();
         let a = side(duo.a())?;
         let b = side(duo.b())?;
@@ -345,6 +475,7 @@ impl Bench {
         let mut done = 0u64;
         let mut posted = 0u64;
         let mut idle = 0u32;
+        let mut last_progress = Instant::now();
         loop {
             let running = start.elapsed() < duration;
             while running && posted_at.len() < depth {
@@ -376,9 +507,12 @@ impl Bench {
             }
             if moved || n > 0 {
                 idle = 0;
+                last_progress = Instant::now();
             } else {
                 idle += 1;
-                if idle > 1000 {
+                // Real links wait for neighbours and retransmission
+                // timers, so a stall is judged by time, not by steps.
+                if idle > 1000 && last_progress.elapsed() > STALL {
                     return Err(PerfError::Stalled);
                 }
             }
@@ -424,8 +558,13 @@ impl Bench {
     }
 
     fn wait_recv(&mut self, on_b: bool) -> Result<(), PerfError> {
-        for _ in 0..100_000 {
-            self.duo.step();
+        let mut last_progress = Instant::now();
+        let mut steps = 0u32;
+        while steps < 100_000 || last_progress.elapsed() < STALL {
+            steps += 1;
+            if self.duo.step() {
+                last_progress = Instant::now();
+            }
             let (e, cq) = if on_b {
                 (self.duo.b(), self.b.cq)
             } else {
@@ -476,14 +615,15 @@ pub fn baselines(duration: Duration) -> (f64, f64) {
     (memcpy, crc)
 }
 
-/// Raw UDP on loopback, for the `udp` link: stream throughput of 8 KiB
-/// datagrams in Gbit/s, and one-way latency of a 64-byte ping-pong in µs,
-/// measured like the engine (one thread, polling).
-pub fn udp_baselines(duration: Duration) -> Result<(f64, f64), PerfError> {
-    use std::net::UdpSocket;
-    let e = PerfError::Baseline;
-    let a = UdpSocket::bind("127.0.0.1:0").map_err(e)?;
-    let b = UdpSocket::bind("127.0.0.2:0").map_err(PerfError::Baseline)?;
+/// Raw UDP between kernel sockets `a` and `b` over the same path as the
+/// link under test: stream throughput of 8 KiB datagrams in Gbit/s, and
+/// one-way latency of a 64-byte ping-pong in µs, measured like the engine
+/// (one thread, polling).
+pub fn udp_baselines(
+    a: &std::net::UdpSocket,
+    b: &std::net::UdpSocket,
+    duration: Duration,
+) -> Result<(f64, f64), PerfError> {
     a.set_nonblocking(true).map_err(PerfError::Baseline)?;
     b.set_nonblocking(true).map_err(PerfError::Baseline)?;
     let (aa, ba) = (
@@ -520,15 +660,30 @@ pub fn udp_baselines(duration: Duration) -> Result<(f64, f64), PerfError> {
 /// Runs the measurements and prints one JSON object per line.
 pub fn run<W: Write>(opts: &PerfOptions, out: &mut W) -> Result<(), PerfError> {
     let (memcpy, crc) = baselines(Duration::from_millis(200));
-    let udp = match opts.link {
-        PerfLink::Udp => Some(udp_baselines(Duration::from_millis(300))?),
-        PerfLink::Memory => None,
+    let base = Duration::from_millis(300);
+    let (duo, udp): (Box<dyn Duo>, _) = match opts.link {
+        PerfLink::Memory => (Box::new(Pair::new(LinkConfig::clean(0), 1, MEM)), None),
+        PerfLink::Udp => {
+            let (ia, ib) = (std::net::IpAddr::from(UDP_A), std::net::IpAddr::from(UDP_B));
+            let sa = std::net::UdpSocket::bind((ia, 0)).map_err(PerfError::Baseline)?;
+            let sb = std::net::UdpSocket::bind((ib, 0)).map_err(PerfError::Baseline)?;
+            let baseline = udp_baselines(&sa, &sb, base)?;
+            let la = netdev::udp::UdpLink::bind(ia)?;
+            let lb = netdev::udp::UdpLink::bind(ib)?;
+            (Box::new(NetDuo::new(ia, ib, la, lb)), Some(baseline))
+        }
+        PerfLink::Veth => {
+            let (la, lb, sa, sb) = veth_setup()?;
+            let baseline = udp_baselines(&sa, &sb, base)?;
+            let (ia, ib) = (VETH_A.into(), VETH_B.into());
+            (Box::new(NetDuo::new(ia, ib, la, lb)), Some(baseline))
+        }
     };
     let extra = udp.map_or(String::new(), |(s, l)| {
         format!(",\"udp_stream_gbit_per_s\":{s:.3},\"udp_pingpong_lat_us\":{l:.3}")
     });
     let link = opts.link.name();
-    let mut bench = Bench::new(opts.mtu, opts.link)?;
+    let mut bench = Bench::new(opts.mtu, duo)?;
     let mut line = |test: &str,
                     bytes: u32,
                     msgs: u64,

@@ -62,13 +62,13 @@ fn perf_rejects_a_bad_mtu() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid MTU 1500"));
 }
 
-#[test]
-fn perf_over_the_udp_link_reports_udp_baselines() {
+/// Runs `perf --link LINK` briefly and checks every line it prints.
+fn perf_over(link: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-rdma"))
         .args([
             "perf",
             "--link",
-            "udp",
+            link,
             "--test",
             "write,lat",
             "--seconds",
@@ -92,9 +92,21 @@ fn perf_over_the_udp_link_reports_udp_baselines() {
         .collect();
     assert_eq!(lines.len(), 2, "{text}");
     for v in &lines {
-        assert_eq!(v["link"], "udp");
+        assert_eq!(v["link"], link);
         assert!(v["gbit_per_s"].as_f64().unwrap() > 0.0);
         assert!(v["udp_stream_gbit_per_s"].as_f64().unwrap() > 0.0);
         assert!(v["udp_pingpong_lat_us"].as_f64().unwrap() > 0.0);
     }
+}
+
+#[test]
+fn perf_over_the_udp_link_reports_udp_baselines() {
+    perf_over("udp");
+}
+
+/// The `packet` link on a veth pair between two namespaces that the run
+/// creates (and that vanish with the process).
+#[test]
+fn perf_over_veth_reports_udp_baselines() {
+    perf_over("veth");
 }
