@@ -33,7 +33,7 @@ use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, U
 use transport::{
     engine::Transmit,
     wire::{
-        ICRC_LEN, ROCE_V2_UDP_PORT,
+        ICRC_LEN, Mtu, ROCE_V2_UDP_PORT,
         frame::{IpRepr, RoceFrame},
         icrc,
     },
@@ -44,6 +44,39 @@ use crate::{
     neigh::{NeighError, Neighbours},
     udp::Received,
 };
+
+/// Header bytes rxe sets aside when it derives the port MTU from the
+/// interface MTU (`RXE_MAX_HDR_LENGTH`).
+pub const HDR_RESERVE: u32 = 80;
+
+/// The IB MTU that an interface MTU carries, derived as rxe does: the
+/// largest IB MTU not above the interface MTU less [`HDR_RESERVE`], at
+/// least 256 (1500 gives 1024; 9000 gives 4096).
+pub fn ib_mtu_for(if_mtu: u32) -> Mtu {
+    let room = if_mtu.saturating_sub(HDR_RESERVE) as usize;
+    Mtu::ALL
+        .into_iter()
+        .rev()
+        .find(|m| m.bytes() <= room)
+        .unwrap_or(Mtu::Mtu256)
+}
+
+/// The MTU of interface `name`, read with SIOCGIFMTU.
+pub(crate) fn interface_mtu(name: &str) -> Result<u32, LinkError> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .map_err(setup("ioctl"))?;
+    let mut ifr = [0u8; 40];
+    let n = name.len().min(libc::IFNAMSIZ - 1);
+    ifr[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: `ifr` is laid out as `struct ifreq` (the NUL-terminated name,
+    // then the int that SIOCGIFMTU fills) and lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, ifr.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(setup("SIOCGIFMTU")(std::io::Error::last_os_error()));
+    }
+    let mtu = i32::from_ne_bytes(ifr[16..20].try_into().expect("4 bytes"));
+    Ok(mtu.max(0) as u32)
+}
 
 /// Packets that may wait for neighbour resolution.
 pub const MAX_PENDING: usize = 64;
@@ -131,6 +164,13 @@ impl EthLink {
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The IB MTU the interface carries now (see [`ib_mtu_for`]): set the
+    /// engine's port MTU from it, so that no QP picks a path MTU whose
+    /// frames the interface would refuse.
+    pub fn ib_mtu(&self) -> Result<Mtu, LinkError> {
+        Ok(ib_mtu_for(interface_mtu(&self.name)?))
     }
 
     /// Counters.
@@ -369,6 +409,28 @@ impl EthLink {
                 ib_len: frame.ib.len(),
                 ecn: frame.repr.ip.ecn(),
             }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ib_mtu_follows_rxe() {
+        for (if_mtu, ib) in [
+            (0, Mtu::Mtu256),
+            (300, Mtu::Mtu256),
+            (1500, Mtu::Mtu1024),
+            (2127, Mtu::Mtu1024),
+            (2128, Mtu::Mtu2048),
+            (4175, Mtu::Mtu2048),
+            (4176, Mtu::Mtu4096),
+            (9000, Mtu::Mtu4096),
+            (65536, Mtu::Mtu4096),
+        ] {
+            assert_eq!(ib_mtu_for(if_mtu), ib, "interface MTU {if_mtu}");
         }
     }
 }

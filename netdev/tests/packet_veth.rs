@@ -69,6 +69,13 @@ fn two_engines_over_veth_between_namespaces() {
         ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
         ip(&["link", "set", "vb", "netns", &tid.to_string()]);
         ip(&["link", "set", "va", "up"]);
+        // The port MTU follows the interface MTU, read live, as in rxe.
+        let probe = EthLink::packet("va", vec!["10.90.0.9".parse().unwrap()]).unwrap();
+        assert_eq!(probe.ib_mtu().unwrap(), transport::wire::Mtu::Mtu1024);
+        ip(&["link", "set", "va", "mtu", "9000"]);
+        assert_eq!(probe.ib_mtu().unwrap(), transport::wire::Mtu::Mtu4096);
+        ip(&["link", "set", "va", "mtu", "1500"]);
+        drop(probe);
         for (a, b) in [("10.90.0.1", "10.90.0.2"), ("fd00:90::1", "fd00:90::2")] {
             let la = EthLink::packet("va", vec![a.parse().unwrap()]).unwrap();
             req_tx.send(Some(b.parse().unwrap())).unwrap();
