@@ -173,40 +173,6 @@ impl Duo for Pair {
     }
 }
 
-/// What a real link must do for the benchmark.
-trait PerfNet {
-    /// Sends one packet; an error (a full queue) is a loss the engine
-    /// recovers from.
-    fn send(&mut self, t: &transport::engine::Transmit, ib: &mut [u8], now: u64);
-    /// The next good packet, if any.
-    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<netdev::udp::Received>;
-    /// Timers of the link itself.
-    fn tick(&mut self, _now: u64) {}
-}
-
-impl PerfNet for netdev::udp::UdpLink {
-    fn send(&mut self, t: &transport::engine::Transmit, ib: &mut [u8], _now: u64) {
-        let _ = netdev::udp::UdpLink::send(self, t, ib);
-    }
-    fn recv(&mut self, buf: &mut [u8], _now: u64) -> Option<netdev::udp::Received> {
-        netdev::udp::UdpLink::recv(self, buf).ok().flatten()
-    }
-}
-
-impl PerfNet for netdev::eth::EthLink {
-    fn send(&mut self, t: &transport::engine::Transmit, ib: &mut [u8], now: u64) {
-        let _ = netdev::eth::EthLink::send(self, t, ib, now);
-    }
-    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<netdev::udp::Received> {
-        netdev::eth::EthLink::recv(self, buf, now).ok().flatten()
-    }
-    fn tick(&mut self, now: u64) {
-        if self.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.handle_timeout(now);
-        }
-    }
-}
-
 /// Two engines over a real link, in real time.
 struct NetDuo<L> {
     a: Engine<VecMemory>,
@@ -224,7 +190,7 @@ const UDP_B: [u8; 4] = [127, 0, 0, 2];
 const VETH_A: [u8; 4] = [10, 91, 0, 11];
 const VETH_B: [u8; 4] = [10, 91, 0, 12];
 
-impl<L: PerfNet> NetDuo<L> {
+impl<L: netdev::Link> NetDuo<L> {
     fn new(ia: std::net::IpAddr, ib: std::net::IpAddr, la: L, lb: L) -> NetDuo<L> {
         use transport::device::Gid;
         let mut a = Engine::new(Default::default(), VecMemory::new(MEM));
@@ -243,7 +209,7 @@ impl<L: PerfNet> NetDuo<L> {
     }
 }
 
-impl<L: PerfNet> Duo for NetDuo<L> {
+impl<L: netdev::Link> Duo for NetDuo<L> {
     fn a(&mut self) -> &mut Engine<VecMemory> {
         &mut self.a
     }
@@ -255,13 +221,17 @@ impl<L: PerfNet> Duo for NetDuo<L> {
         let mut any = false;
         for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
             while let Some(t) = e.poll_transmit(now, &mut self.buf) {
-                l.send(&t, &mut self.buf[..t.len], now);
+                // A send error (e.g. a full queue) is a loss the engine
+                // recovers from.
+                let _ = l.send(&t, &mut self.buf[..t.len], now);
                 any = true;
             }
         }
         for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
-            l.tick(now);
-            while let Some(r) = l.recv(&mut self.buf, now) {
+            if l.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = l.handle_timeout(now);
+            }
+            while let Ok(Some(r)) = l.recv(&mut self.buf, now) {
                 let meta = transport::engine::RxMeta {
                     ip_header: &self.buf[r.ip_start..r.ip_start + r.ip_len],
                     ecn: r.ecn,

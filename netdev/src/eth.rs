@@ -40,9 +40,8 @@ use transport::{
 };
 
 use crate::{
-    LinkError,
+    Link, LinkError, Received,
     neigh::{NeighError, Neighbours},
-    udp::Received,
 };
 
 /// Header bytes rxe sets aside when it derives the port MTU from the
@@ -410,6 +409,24 @@ impl EthLink {
                 ecn: frame.repr.ip.ecn(),
             }));
         }
+    }
+}
+
+impl Link for EthLink {
+    fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
+        EthLink::send(self, t, ib, now)
+    }
+    fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError> {
+        EthLink::recv(self, buf, now)
+    }
+    fn fd(&self) -> RawFd {
+        EthLink::fd(self)
+    }
+    fn poll_timeout(&self) -> Option<u64> {
+        EthLink::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: u64) -> Result<(), LinkError> {
+        EthLink::handle_timeout(self, now)
     }
 }
 

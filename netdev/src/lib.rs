@@ -24,6 +24,47 @@ pub mod neigh;
 pub mod packet;
 pub mod udp;
 
+use std::os::fd::RawFd;
+
+use transport::engine::Transmit;
+
+/// A received RoCEv2 packet, checked, located in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Where the IP header starts in the buffer.
+    pub ip_start: usize,
+    /// Length of the IP header.
+    pub ip_len: usize,
+    /// Where the transport packet starts.
+    pub ib_start: usize,
+    /// Length of the transport packet (BTH through ICRC).
+    pub ib_len: usize,
+    /// ECN bits.
+    pub ecn: u8,
+}
+
+/// What every link mode offers the loop that drives an engine: sending a
+/// packet as the engine wrote it, receiving checked packets, one
+/// descriptor to wait on (epoll), and the link's own timers (neighbour
+/// resolution). Time is the engine's clock, in nanoseconds.
+pub trait Link {
+    /// Frames and sends one transport packet (BTH through ICRC); the link
+    /// fills in the ICRC.
+    fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError>;
+    /// The next good RoCEv2 packet for us, if one is waiting.
+    fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError>;
+    /// The descriptor that becomes readable when `recv` has work.
+    fn fd(&self) -> RawFd;
+    /// When [`Link::handle_timeout`] next has work.
+    fn poll_timeout(&self) -> Option<u64> {
+        None
+    }
+    /// Runs the link's timers.
+    fn handle_timeout(&mut self, _now: u64) -> Result<(), LinkError> {
+        Ok(())
+    }
+}
+
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

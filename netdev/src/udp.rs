@@ -38,22 +38,7 @@ use transport::{
     wire::{ICRC_LEN, ROCE_V2_UDP_PORT, frame::RoceFrame, icrc},
 };
 
-use crate::LinkError;
-
-/// A received RoCEv2 datagram, checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
-    /// Where the IP header starts in the buffer.
-    pub ip_start: usize,
-    /// Length of the IP header.
-    pub ip_len: usize,
-    /// Where the transport packet starts.
-    pub ib_start: usize,
-    /// Length of the transport packet (BTH through ICRC).
-    pub ib_len: usize,
-    /// ECN bits.
-    pub ecn: u8,
-}
+use crate::{Link, LinkError, Received};
 
 /// Counters of what the receive path dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -350,4 +335,16 @@ fn v6_header(src: [u8; 16], dst: [u8; 16], udp_len: usize) -> Result<Ipv6Header,
         source: src,
         destination: dst,
     })
+}
+
+impl Link for UdpLink {
+    fn send(&mut self, t: &Transmit, ib: &mut [u8], _now: u64) -> Result<(), LinkError> {
+        UdpLink::send(self, t, ib)
+    }
+    fn recv(&mut self, buf: &mut [u8], _now: u64) -> Result<Option<Received>, LinkError> {
+        UdpLink::recv(self, buf)
+    }
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.recv_fd()
+    }
 }

@@ -10,22 +10,10 @@ mod common;
 
 use std::{net::IpAddr, sync::mpsc};
 
-use common::TestLink;
-use netdev::{LinkError, eth::EthLink, udp::Received};
-use transport::engine::Transmit;
+use common::Counts;
+use netdev::{LinkError, eth::EthLink};
 
-impl TestLink for EthLink {
-    fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) {
-        let _ = EthLink::send(self, t, ib, now);
-    }
-    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<Received> {
-        EthLink::recv(self, buf, now).unwrap()
-    }
-    fn tick(&mut self, now: u64) {
-        if self.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.handle_timeout(now);
-        }
-    }
+impl Counts for EthLink {
     fn counts(&self) -> (u64, u64) {
         (self.stats().received, self.stats().bad)
     }

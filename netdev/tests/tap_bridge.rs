@@ -10,24 +10,11 @@ mod common;
 
 use std::{net::IpAddr, time::Instant};
 
-use common::TestLink;
-use netdev::{LinkError, eth::EthLink, neigh::NeighError, udp::Received};
+use common::Counts;
+use netdev::{LinkError, eth::EthLink, neigh::NeighError};
 use transport::{device::Gid, engine::Transmit};
 
-impl TestLink for EthLink {
-    fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) {
-        // Losses (a full queue) are recovered by the engine; a neighbour
-        // that does not answer would show up as a stuck workload.
-        let _ = EthLink::send(self, t, ib, now);
-    }
-    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<Received> {
-        EthLink::recv(self, buf, now).unwrap()
-    }
-    fn tick(&mut self, now: u64) {
-        if self.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.handle_timeout(now);
-        }
-    }
+impl Counts for EthLink {
     fn counts(&self) -> (u64, u64) {
         (self.stats().received, self.stats().bad)
     }

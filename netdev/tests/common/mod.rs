@@ -6,26 +6,21 @@
 
 use std::{net::IpAddr, time::Instant};
 
-use netdev::udp::Received;
+use netdev::Link;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use transport::{
     device::{DeviceAttrs, Gid},
-    engine::{Engine, QpInit, RxMeta, Transmit},
+    engine::{Engine, QpInit, RxMeta},
     memory::VecMemory,
     sim::{Conn, connect},
     verbs::{Access, QpCaps, QpType, RecvWr, SendOp, SendWr, Sge, Wc, WcOpcode, WcStatus},
     wire::Mtu,
 };
 
-/// What the workload needs from a link.
-pub trait TestLink {
-    /// Sends one packet (errors are losses the engine recovers from).
-    fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64);
-    /// The next good packet, if any.
-    fn recv(&mut self, buf: &mut [u8], now: u64) -> Option<Received>;
-    /// Timers of the link itself.
-    fn tick(&mut self, _now: u64) {}
-    /// (packets received good, packets dropped as bad).
+/// The counters the workload checks at the end: (packets received good,
+/// packets dropped as bad).
+pub trait Counts {
+    /// (received, bad).
     fn counts(&self) -> (u64, u64);
 }
 
@@ -48,7 +43,7 @@ struct Node<L> {
     qp: u32,
 }
 
-fn node<L: TestLink>(ip: &str, link: L) -> Node<L> {
+fn node<L: Link + Counts>(ip: &str, link: L) -> Node<L> {
     let ip: IpAddr = ip.parse().unwrap();
     let mut e = Engine::new(DeviceAttrs::default(), VecMemory::new(MEM));
     e.gids_mut().set(0, Some(Gid::from_ip(ip)));
@@ -87,18 +82,21 @@ fn node<L: TestLink>(ip: &str, link: L) -> Node<L> {
 }
 
 /// Moves packets and timers once; returns whether anything happened.
-fn pump<L: TestLink>(nodes: &mut [Node<L>; 2], start: Instant, buf: &mut [u8]) -> bool {
+fn pump<L: Link + Counts>(nodes: &mut [Node<L>; 2], start: Instant, buf: &mut [u8]) -> bool {
     let now = start.elapsed().as_nanos() as u64;
     let mut any = false;
     for n in nodes.iter_mut() {
         while let Some(t) = n.e.poll_transmit(now, buf) {
-            n.link.send(&t, &mut buf[..t.len], now);
+            // A send error (a full queue) is a loss the engine recovers from.
+            let _ = n.link.send(&t, &mut buf[..t.len], now);
             any = true;
         }
     }
     for n in nodes.iter_mut() {
-        n.link.tick(now);
-        while let Some(r) = n.link.recv(buf, now) {
+        if n.link.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = n.link.handle_timeout(now);
+        }
+        while let Some(r) = n.link.recv(buf, now).unwrap() {
             let meta = RxMeta {
                 ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
                 ecn: r.ecn,
@@ -113,6 +111,57 @@ fn pump<L: TestLink>(nodes: &mut [Node<L>; 2], start: Instant, buf: &mut [u8]) -
         }
     }
     any
+}
+
+/// An epoll set over both links' descriptors: the workload sleeps in it
+/// whenever nothing moved, until a link has a packet or the next timer
+/// (the engines' or the links') is due. A link whose `fd()` were wrong
+/// would leave the loop waiting for retransmission timers, and the
+/// per-round deadline would fail the test.
+struct Epoll(std::os::fd::OwnedFd);
+
+impl Epoll {
+    fn new<L: Link>(nodes: &[Node<L>; 2]) -> Epoll {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain epoll_create1; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "epoll_create1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let ep = Epoll(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        for n in nodes {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            // SAFETY: both descriptors are open; `ev` lives across the call.
+            let rc = unsafe {
+                libc::epoll_ctl(ep.0.as_raw_fd(), libc::EPOLL_CTL_ADD, n.link.fd(), &mut ev)
+            };
+            assert_eq!(rc, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+        }
+        ep
+    }
+}
+
+/// Sleeps until a link is readable or the next timer is due (at most 1 s).
+fn wait<L: Link>(ep: &Epoll, nodes: &[Node<L>; 2], start: Instant) {
+    use std::os::fd::AsRawFd;
+    let now = start.elapsed().as_nanos() as u64;
+    let next = nodes
+        .iter()
+        .flat_map(|n| [n.e.poll_timeout(), n.link.poll_timeout()])
+        .flatten()
+        .min();
+    let ms = next.map_or(1000, |t| {
+        t.saturating_sub(now).div_ceil(1_000_000).min(1000)
+    });
+    let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 2];
+    // SAFETY: `ev` has room for the 2 events asked for.
+    unsafe { libc::epoll_wait(ep.0.as_raw_fd(), ev.as_mut_ptr(), 2, ms as i32) };
 }
 
 fn drain(e: &mut Engine<VecMemory>, cq: u32) -> Vec<Wc> {
@@ -138,7 +187,7 @@ fn drain(e: &mut Engine<VecMemory>, cq: u32) -> Vec<Wc> {
 
 /// Runs `rounds` rounds of 16 checked operations between `a` (on
 /// `links[0]`) and `b` (on `links[1]`); returns each link's counts.
-pub fn run<L: TestLink>(links: [L; 2], a: &str, b: &str, rounds: u64) -> [(u64, u64); 2] {
+pub fn run<L: Link + Counts>(links: [L; 2], a: &str, b: &str, rounds: u64) -> [(u64, u64); 2] {
     let seed: u64 = 7;
     let mut rng = SmallRng::seed_from_u64(seed);
     let [la, lb] = links;
@@ -169,6 +218,7 @@ pub fn run<L: TestLink>(links: [L; 2], a: &str, b: &str, rounds: u64) -> [(u64, 
     let mut shadow_b = nodes[1].e.memory().as_slice().to_vec();
     let (ka, kb) = (nodes[0].key, nodes[1].key);
     let start = Instant::now();
+    let epoll = Epoll::new(&nodes);
     let mut buf = vec![0u8; 65536];
     let mut done = 0;
     for round in 0..rounds {
@@ -256,7 +306,7 @@ pub fn run<L: TestLink>(links: [L; 2], a: &str, b: &str, rounds: u64) -> [(u64, 
         let deadline = Instant::now() + std::time::Duration::from_secs(20);
         while got.len() < 16 {
             if !pump(&mut nodes, start, &mut buf) {
-                std::thread::yield_now();
+                wait(&epoll, &nodes, start);
             }
             got.extend(drain(&mut nodes[0].e, nodes[0].cq));
             assert!(
