@@ -218,7 +218,9 @@ fi
 failed=()
 for t in "${TARGETS[@]}"; do
     log="target/fuzz-$t.log"
-    mkdir -p target
+    # Targets without seeds (neigh) start from an empty corpus, which
+    # libFuzzer still wants to exist.
+    mkdir -p target "corpus/$t"
     echo "=== $t: ${SECONDS_PER_TARGET}s ===" >&2
     set +e
     run "${FUZZ[@]}" run "${BUILD_FLAGS[@]}" "${EXTRA_FLAGS[@]}" "$t" "corpus/$t" -- \
