@@ -42,6 +42,7 @@ use transport::{
 use crate::{
     Link, LinkError, Received,
     neigh::{NeighError, Neighbours},
+    sys::ifreq,
 };
 
 /// Header bytes rxe sets aside when it derives the port MTU from the
@@ -64,9 +65,7 @@ pub fn ib_mtu_for(if_mtu: u32) -> Mtu {
 pub(crate) fn interface_mtu(name: &str) -> Result<u32, LinkError> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
         .map_err(setup("ioctl"))?;
-    let mut ifr = [0u8; 40];
-    let n = name.len().min(libc::IFNAMSIZ - 1);
-    ifr[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut ifr = ifreq(name)?;
     // SAFETY: `ifr` is laid out as `struct ifreq` (the NUL-terminated name,
     // then the int that SIOCGIFMTU fills) and lives across the call.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, ifr.as_mut_ptr()) };
@@ -116,16 +115,12 @@ impl EthLink {
     /// Opens TAP `name` (creating it if it does not exist) without the
     /// packet-information header; we are `mac` and own `addrs` on it.
     pub fn tap(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<EthLink, LinkError> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-            return Err(LinkError::Unsupported("TAP name must be 1 to 15 bytes"));
-        }
+        let mut ifr = ifreq(name)?;
         let file = File::options()
             .read(true)
             .write(true)
             .open("/dev/net/tun")
             .map_err(setup("/dev/net/tun"))?;
-        let mut ifr = [0u8; 40];
-        ifr[..name.len()].copy_from_slice(name.as_bytes());
         let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
         // SAFETY: `ifr` is a 40-byte buffer laid out as `struct ifreq`
@@ -400,14 +395,7 @@ impl EthLink {
                 continue;
             }
             self.stats.received += 1;
-            let base = buf.as_ptr() as usize;
-            return Ok(Some(Received {
-                ip_start: frame.l3.as_ptr() as usize - base,
-                ip_len: frame.repr.ip.header_len(),
-                ib_start: frame.ib.as_ptr() as usize - base,
-                ib_len: frame.ib.len(),
-                ecn: frame.repr.ip.ecn(),
-            }));
+            return Ok(Some(Received::locate(buf, &frame)));
         }
     }
 }

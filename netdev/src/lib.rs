@@ -22,6 +22,7 @@
 pub mod eth;
 pub mod neigh;
 pub mod packet;
+mod sys;
 pub mod udp;
 
 use std::os::fd::RawFd;
@@ -41,6 +42,20 @@ pub struct Received {
     pub ib_len: usize,
     /// ECN bits.
     pub ecn: u8,
+}
+
+impl Received {
+    /// Where `frame`, parsed from `buf`, lies in `buf`.
+    pub(crate) fn locate(buf: &[u8], frame: &transport::wire::frame::RoceFrame<'_>) -> Received {
+        let base = buf.as_ptr() as usize;
+        Received {
+            ip_start: frame.l3.as_ptr() as usize - base,
+            ip_len: frame.repr.ip.header_len(),
+            ib_start: frame.ib.as_ptr() as usize - base,
+            ib_len: frame.ib.len(),
+            ecn: frame.repr.ip.ecn(),
+        }
+    }
 }
 
 /// What every link mode offers the loop that drives an engine: sending a

@@ -15,7 +15,11 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use crate::{LinkError, eth::EthLink};
+use crate::{
+    LinkError,
+    eth::EthLink,
+    sys::{ifreq, set_int},
+};
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
     move |source| LinkError::Setup { what, source }
@@ -114,35 +118,20 @@ impl EthLink {
                 std::io::Error::last_os_error(),
             ));
         }
-        let one: libc::c_int = 1;
-        // SAFETY: an int option that lives across the call. Older kernels
-        // lack it; then our own frames are filtered by MAC in `recv`.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_IGNORE_OUTGOING,
-                (&raw const one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // Older kernels lack this option; then our own frames are
+        // filtered by MAC in `recv`.
+        let _ = set_int(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            1,
+        );
         // Bursts of full-MTU frames: a queue larger than the default 208 KiB
         // means fewer drops (and retransmissions) when the engine falls
         // behind. SO_RCVBUFFORCE passes rmem_max for root; otherwise keep
         // whatever SO_RCVBUF gives.
-        let size: libc::c_int = 4 << 20;
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: an int option that lives across the call.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&raw const size).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc == 0 {
+            if set_int(fd.as_raw_fd(), libc::SOL_SOCKET, opt, 4 << 20).is_ok() {
                 break;
             }
         }
@@ -164,8 +153,7 @@ impl EthLink {
             return Err(setup("AF_PACKET (bind)")(std::io::Error::last_os_error()));
         }
         // The interface's MAC.
-        let mut ifr = [0u8; 40];
-        ifr[..ifname.len()].copy_from_slice(ifname.as_bytes());
+        let mut ifr = ifreq(ifname)?;
         // SAFETY: `ifr` is laid out as `struct ifreq` (name, then the
         // `sockaddr` that SIOCGIFHWADDR fills) and lives across the call.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, ifr.as_mut_ptr()) };

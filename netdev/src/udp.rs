@@ -38,7 +38,7 @@ use transport::{
     wire::{ICRC_LEN, ROCE_V2_UDP_PORT, frame::RoceFrame, icrc},
 };
 
-use crate::{Link, LinkError, Received};
+use crate::{Link, LinkError, Received, sys::set_int};
 
 /// Counters of what the receive path dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,30 +65,6 @@ fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
     move |source| LinkError::Setup { what, source }
 }
 
-/// Sets an integer socket option.
-fn set_int(
-    sock: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: `sock` is an open socket; the option value is a c_int that
-    // lives across the call, and its size is passed exactly.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl UdpLink {
     /// Binds port 4791 on `local`; for IPv4 also opens the raw receive
     /// socket.
@@ -107,7 +83,7 @@ impl UdpLink {
         let raw = match local {
             IpAddr::V4(_) => {
                 set_int(
-                    &udp,
+                    udp.as_raw_fd(),
                     libc::IPPROTO_IP,
                     libc::IP_MTU_DISCOVER,
                     libc::IP_PMTUDISC_DO,
@@ -123,7 +99,7 @@ impl UdpLink {
             }
             IpAddr::V6(_) => {
                 set_int(
-                    &udp,
+                    udp.as_raw_fd(),
                     libc::IPPROTO_IPV6,
                     libc::IPV6_MTU_DISCOVER,
                     libc::IPV6_PMTUDISC_DO,
@@ -244,16 +220,7 @@ impl UdpLink {
                 continue;
             }
             self.stats.received += 1;
-            let base = buf.as_ptr() as usize;
-            let ip_start = frame.l3.as_ptr() as usize - base;
-            let ib_start = frame.ib.as_ptr() as usize - base;
-            return Ok(Some(Received {
-                ip_start,
-                ip_len: frame.repr.ip.header_len(),
-                ib_start,
-                ib_len: frame.ib.len(),
-                ecn: frame.repr.ip.ecn(),
-            }));
+            return Ok(Some(Received::locate(buf, &frame)));
         }
     }
 
