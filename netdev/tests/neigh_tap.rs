@@ -9,6 +9,9 @@
 //!   MAC we learn is the TAP's own.
 //! - A silent address fails after three probes with a clear error.
 
+mod common;
+
+use common::ip;
 use std::{
     fs::File,
     io::{Read, Write},
@@ -45,15 +48,6 @@ fn open_tap(name: &str) -> File {
     f
 }
 
-fn ip(args: &[&str]) {
-    // Children inherit the calling thread's network namespace.
-    let st = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ip {args:?}");
-}
-
 /// Reads frames for up to `limit`, handing ARP/NDP to `n` and sending its
 /// answers; returns the first other frame that `want` accepts.
 fn pump(
@@ -88,11 +82,7 @@ fn pump(
 
 #[test]
 fn arp_and_ndp_against_the_kernel_over_a_real_tap() {
-    std::thread::spawn(|| {
-        // SAFETY: unshare affects only this (new) thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        let err = std::io::Error::last_os_error();
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {err}");
+    common::in_private_netns(|| {
         let mut tap = open_tap("vur0");
         ip(&["link", "set", "vur0", "up"]);
         ip(&["addr", "add", "10.88.0.1/24", "dev", "vur0"]);
@@ -176,7 +166,5 @@ fn arp_and_ndp_against_the_kernel_over_a_real_tap() {
         let e = fresh.resolve(silent, now).unwrap_err();
         assert_eq!(e, NeighError::Unreachable(silent));
         assert!(e.to_string().contains("10.88.0.77"));
-    })
-    .join()
-    .unwrap();
+    });
 }

@@ -10,29 +10,13 @@ mod common;
 
 use std::{net::IpAddr, sync::mpsc};
 
-use common::Counts;
+use common::{Counts, ip, unshare_net};
 use netdev::{LinkError, eth::EthLink};
 
 impl Counts for EthLink {
     fn counts(&self) -> (u64, u64) {
         (self.stats().received, self.stats().bad)
     }
-}
-
-fn ip(args: &[&str]) {
-    // Children inherit the calling thread's network namespace.
-    let st = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ip {args:?}");
-}
-
-fn unshare_net() {
-    // SAFETY: unshare affects only the calling thread's namespaces.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    let err = std::io::Error::last_os_error();
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {err}");
 }
 
 #[test]

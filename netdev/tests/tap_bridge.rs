@@ -10,7 +10,7 @@ mod common;
 
 use std::{net::IpAddr, time::Instant};
 
-use common::Counts;
+use common::{Counts, in_private_netns, ip};
 use netdev::{LinkError, eth::EthLink, neigh::NeighError};
 use transport::{device::Gid, engine::Transmit};
 
@@ -18,15 +18,6 @@ impl Counts for EthLink {
     fn counts(&self) -> (u64, u64) {
         (self.stats().received, self.stats().bad)
     }
-}
-
-fn ip(args: &[&str]) {
-    // Children inherit the calling thread's network namespace.
-    let st = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ip {args:?}");
 }
 
 /// Opens two TAPs for addresses `a` and `b` and puts them on bridge br0.
@@ -100,11 +91,7 @@ fn check_captured(cap: &socket2::Socket, family_of: &str) {
 
 #[test]
 fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
-    std::thread::spawn(|| {
-        // SAFETY: unshare affects only this (new) thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        let err = std::io::Error::last_os_error();
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {err}");
+    in_private_netns(|| {
         ip(&["link", "add", "br0", "type", "bridge"]);
         ip(&["link", "set", "br0", "up"]);
         for (a, b) in [("10.89.0.1", "10.89.0.2"), ("fd00:89::1", "fd00:89::2")] {
@@ -149,7 +136,5 @@ fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
             Err(LinkError::Neighbour(NeighError::Unreachable(ip))) => assert_eq!(ip, silent),
             other => panic!("expected an unreachable neighbour, got {other:?}"),
         }
-    })
-    .join()
-    .unwrap();
+    });
 }

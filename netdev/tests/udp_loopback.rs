@@ -70,27 +70,12 @@ fn two_engines_over_udp_loopback_ipv6() {
 /// Runs `f` on a new thread in a private network namespace whose loopback
 /// is up and carries fd00:77::1 and fd00:77::2.
 fn in_private_v6_netns(f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(|| {
-        // SAFETY: unshare affects only this (new) thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        let err = std::io::Error::last_os_error();
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {err}");
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["addr", "add", "fd00:77::1/128", "dev", "lo", "nodad"],
-            &["addr", "add", "fd00:77::2/128", "dev", "lo", "nodad"],
-        ] {
-            // Children inherit the calling thread's network namespace.
-            let st = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip {args:?}");
-        }
+    common::in_private_netns(|| {
+        common::ip(&["link", "set", "lo", "up"]);
+        common::ip(&["addr", "add", "fd00:77::1/128", "dev", "lo", "nodad"]);
+        common::ip(&["addr", "add", "fd00:77::2/128", "dev", "lo", "nodad"]);
         f();
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// An IPv6 datagram on port 4791 whose ICRC is wrong is counted and

@@ -17,6 +17,35 @@ use transport::{
     wire::Mtu,
 };
 
+/// Runs `ip ARGS`; children inherit the calling thread's network
+/// namespace.
+pub fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// Moves the calling thread into a new, private network namespace.
+pub fn unshare_net() {
+    // SAFETY: unshare affects only the calling thread's namespaces.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {err}");
+}
+
+/// Runs `f` on a new thread in a private network namespace, which
+/// vanishes with the thread and the sockets opened in it.
+pub fn in_private_netns(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(|| {
+        unshare_net();
+        f();
+    })
+    .join()
+    .unwrap();
+}
+
 /// The counters the workload checks at the end: (packets received good,
 /// packets dropped as bad).
 pub trait Counts {
