@@ -6,8 +6,9 @@
 //! - [`decode`]: the `decode` subcommand, a RoCEv2 capture decoder that
 //!   validates headers and ICRCs;
 //! - [`perf`]: the `perf` subcommand, two engines on an in-memory link;
-//! - [`oob`]: the TCP address records of ibv_*_pingpong and perftest, for
-//!   the `peer` command (not built yet).
+//! - [`oob`]: the TCP address records of ibv_*_pingpong and perftest;
+//! - [`peer`]: the `peer` subcommand, the engine on a real link standing
+//!   in for a stock RDMA tool.
 //!
 //! The daemon itself (vhost-user net port, stream port, vfio-user PVRDMA
 //! server) is not built yet; see the README's status table.
@@ -15,4 +16,5 @@
 pub mod capture;
 pub mod decode;
 pub mod oob;
+pub mod peer;
 pub mod perf;

@@ -1,10 +1,15 @@
 //! The `vhost-user-rdma` binary: parses the command line with clap and
 //! runs the chosen subcommand.
 //!
-//! Only `decode` exists so far; the daemon (the default with no
-//! subcommand, once built) and `peer` are not built yet.
+//! Built so far: `decode`, `perf` and `peer` (the pingpong tools); the
+//! daemon (the default with no subcommand, once built) is not built yet.
 
-use std::{fs::File, io, path::PathBuf, process::ExitCode};
+use std::{
+    fs::File,
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use backend::{
     decode::{decode, error_chain},
@@ -60,6 +65,53 @@ enum Command {
         #[arg(long, default_value_t = 0.5)]
         seconds: f64,
     },
+    /// Stand in for a stock RDMA tool on the other end of a real link:
+    /// run our engine, speak the tool's TCP handshake, take the tool's
+    /// arguments and print its result lines. Interoperates with the stock
+    /// tool on kernel rxe or a RoCE NIC.
+    ///
+    /// Example (client): vhost-user-rdma peer --link tap:t0 --ip 10.77.0.2/24 ibv_rc_pingpong -g 1 -n 100 10.77.0.1
+    Peer(PeerArgs),
+}
+
+/// The `peer` options, before the tool's name.
+#[derive(Debug, clap::Args)]
+struct PeerArgs {
+    /// Where RoCEv2 goes: `tap:IFNAME` (a TAP device, created if missing;
+    /// we answer ARP and NDP on it), `packet:IFNAME` (AF_PACKET on an
+    /// existing interface, e.g. a NIC or veth) or `udp` (a kernel UDP
+    /// socket on port 4791).
+    #[arg(long)]
+    link: backend::peer::LinkSpec,
+    /// Our address on the link, ADDR[/PREFIX]; repeat for more (IPv4 and
+    /// IPv6). On tap and packet, GID 0 is our link-local fe80:: address and
+    /// these follow from GID 1, as on kernel rxe.
+    #[arg(long = "ip", required = true)]
+    ips: Vec<backend::peer::IpPrefix>,
+    /// Our MAC on a TAP (default 02:76:72 and the address's last 3 bytes).
+    #[arg(long)]
+    mac: Option<backend::peer::Mac>,
+    /// The port's active MTU (256 to 4096; default: what the interface
+    /// carries, e.g. 1024 at interface MTU 1500; 4096 on udp).
+    #[arg(long, value_parser = parse_mtu)]
+    mtu: Option<usize>,
+    /// As client, keep retrying the TCP connection for this many seconds
+    /// while the server is not listening yet (the stock tools try once).
+    #[arg(long, default_value_t = 0.0)]
+    connect_timeout: f64,
+    /// Fail when the RDMA traffic makes no progress for this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    stall_timeout: f64,
+    /// The tool to stand in for (ibv_rc_pingpong, ibv_uc_pingpong or
+    /// ibv_ud_pingpong), then its own arguments, then the server's address
+    /// when we are the client.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "TOOL [ARGS]..."
+    )]
+    tool: Vec<String>,
 }
 
 fn parse_mtu(s: &str) -> Result<usize, String> {
@@ -72,6 +124,7 @@ fn parse_mtu(s: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Peer(p) => run_peer(p),
         Command::Decode { file, verbose } => run_decode(&file, verbose),
         Command::Perf {
             link,
@@ -115,6 +168,46 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn run_peer(p: PeerArgs) -> ExitCode {
+    let secs = |what: &str, v: f64| {
+        if (0.0..=86400.0).contains(&v) {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(format!(
+                "error: --{what} must be between 0 and 86400 seconds"
+            ))
+        }
+    };
+    let (connect_timeout, stall_timeout) = match (
+        secs("connect-timeout", p.connect_timeout),
+        secs("stall-timeout", p.stall_timeout),
+    ) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = backend::peer::PeerOptions {
+        link: p.link,
+        ips: p.ips,
+        mac: p.mac,
+        mtu: p.mtu.and_then(|m| transport::wire::Mtu::from_bytes(m).ok()),
+        connect_timeout,
+        stall_timeout,
+    };
+    let (tool, args) = p.tool.split_first().expect("clap requires the tool");
+    let mut out = io::stdout().lock();
+    match backend::peer::run(&opts, tool, args, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("error: {tool}: {}", error_chain(&e));
+            ExitCode::from(1)
         }
     }
 }

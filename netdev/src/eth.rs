@@ -155,6 +155,11 @@ impl EthLink {
         }
     }
 
+    /// Our MAC address on the link.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -293,7 +298,7 @@ impl EthLink {
             ether_type: EtherType::IPV4,
         };
         let too_long = |_| LinkError::Unsupported("datagram too long");
-        let hlen = match (self.source(t.dgid.to_ip())?, t.dgid.to_ip()) {
+        let hlen = match (self.source(t)?, t.dgid.to_ip()) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 let mut ip =
                     Ipv4Header::new(0, t.hop_limit, IpNumber::UDP, src.octets(), dst.octets())
@@ -344,8 +349,14 @@ impl EthLink {
         Ok(())
     }
 
-    /// Our address of the same family as `dst`.
-    fn source(&self, dst: IpAddr) -> Result<IpAddr, LinkError> {
+    /// The source GID's address if it is ours and of the destination's
+    /// family, else our first address of that family.
+    fn source(&self, t: &Transmit) -> Result<IpAddr, LinkError> {
+        let dst = t.dgid.to_ip();
+        let sgid = t.sgid.to_ip();
+        if sgid.is_ipv4() == dst.is_ipv4() && self.addrs.contains(&sgid) {
+            return Ok(sgid);
+        }
         self.addrs
             .iter()
             .copied()

@@ -117,6 +117,7 @@ fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
             dest_qp: 18,
             dgid: Gid::from_ip(silent),
             sgid_index: 0,
+            sgid: transport::device::Gid([0; 16]),
             udp_sport: 0xc000,
             traffic_class: 0,
             hop_limit: 64,

@@ -94,6 +94,9 @@ pub struct Transmit {
     pub dgid: Gid,
     /// Source GID index.
     pub sgid_index: u8,
+    /// The source GID at that index (zero if the entry is empty): the
+    /// link sends from this address.
+    pub sgid: Gid,
     /// UDP source port (rxe's flow-label hash of the two QPNs).
     pub udp_sport: u16,
     /// IP traffic class.
@@ -1052,6 +1055,10 @@ impl<M: Memory> Engine<M> {
                 dest_qp,
                 dgid: ah.dgid,
                 sgid_index: ah.sgid_index,
+                sgid: self
+                    .gids
+                    .get(usize::from(ah.sgid_index))
+                    .unwrap_or(Gid([0; 16])),
                 udp_sport: roce_udp_sport(ah.flow_label, src_qp, dest_qp),
                 traffic_class: tclass.unwrap_or(ah.traffic_class),
                 hop_limit: ah.hop_limit,

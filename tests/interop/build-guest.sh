@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the Debian test guest that tests/interop/run.sh
+# boots: a stock Debian bookworm kernel with its rdma_rxe module, and an
+# initramfs holding a minimal bookworm root file system with rdma-core,
+# ibverbs-utils, perftest and rdmacm-utils, whose /init is guest-init.sh.
+#
+# Cache: $VUR_GUEST_CACHE (default /var/tmp/vhost-user-rdma/guest).
+#   rootfs/            debootstrap output (reused while it has .complete)
+#   kernel-$KV/        the extracted linux-image-$KV package
+#   $KV/vmlinuz, $KV/initramfs.cpio.gz   what QEMU boots
+# The initramfs is rebuilt when guest-init.sh changes. Remove the cache
+# directory to start over. Installs its Debian packages itself; needs root.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
+SUITE=bookworm
+MIRROR=${VUR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PKGS=rdma-core,ibverbs-providers,ibverbs-utils,perftest,rdmacm-utils,iproute2,kmod,iputils-ping,procps,iperf3
+# Modules the guest loads, with their dependencies taken from the package.
+MODS="rdma_rxe virtio_net virtio_pci ib_uverbs rdma_ucm ib_umad crc32_generic sch_netem"
+
+log() { printf 'build-guest: %s\n' "$*"; }
+[ "$(id -u)" -eq 0 ] || { echo "build-guest: needs root (debootstrap, module tree)" >&2; exit 1; }
+
+need=()
+for p in qemu-system-x86 debootstrap cpio kmod gzip tcpdump iproute2; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+mkdir -p "$CACHE"
+# The newest bookworm 6.1 kernel ABI that linux-image-amd64 points at.
+KV=${VUR_GUEST_KERNEL:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}')}
+[ -n "$KV" ] || { apt-get update -qq; KV=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}'); }
+[ -n "$KV" ] || { echo "build-guest: cannot find the bookworm kernel package" >&2; exit 1; }
+OUT=$CACHE/$KV
+stamp=$(sha256sum "$HERE/guest-init.sh" "$0" | sha256sum | cut -c1-16)
+if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$stamp" ] && [ -f "$OUT/initramfs.cpio.gz" ]; then
+  log "cached: $OUT (kernel $KV)"
+  exit 0
+fi
+
+ROOT=$CACHE/rootfs
+if [ ! -f "$ROOT/.complete" ]; then
+  rm -rf "$ROOT"
+  log "debootstrap $SUITE into $ROOT (about 30 s to a few minutes)"
+  debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$ROOT" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+    { tail -20 "$CACHE/debootstrap.log" >&2; echo "build-guest: debootstrap failed (log: $CACHE/debootstrap.log)" >&2; exit 1; }
+  touch "$ROOT/.complete"
+fi
+
+KX=$CACHE/kernel-$KV
+if [ ! -f "$KX/.complete" ]; then
+  rm -rf "$KX"; mkdir -p "$KX"
+  log "downloading linux-image-$KV"
+  (cd "$CACHE" && apt-get download -qq "linux-image-$KV" >/dev/null)
+  dpkg -x "$CACHE"/linux-image-"${KV}"_*.deb "$KX"
+  rm -f "$CACHE"/linux-image-"${KV}"_*.deb
+  depmod -b "$KX" "$KV"
+  touch "$KX/.complete"
+fi
+
+log "assembling the initramfs for $KV"
+rm -rf "$OUT"; mkdir -p "$OUT"
+R=$OUT/root
+cp -a "$ROOT" "$R"
+rm -rf "$R"/usr/share/doc/* "$R"/usr/share/man/* "$R"/usr/share/info/* "$R"/usr/share/locale/* \
+  "$R"/var/cache/apt/archives/*.deb "$R"/var/lib/apt/lists/* "$R"/usr/share/zoneinfo "$R"/usr/share/i18n
+for m in $MODS; do
+  modprobe -d "$KX" -S "$KV" --show-depends "$m"
+done | awk '$1=="insmod"{print $2}' | sort -u | while read -r f; do
+  rel=${f#"$KX"/}
+  mkdir -p "$R/$(dirname "$rel")"
+  cp "$f" "$R/$rel"
+done
+cp "$KX/lib/modules/$KV/modules.order" "$KX/lib/modules/$KV"/modules.builtin* "$R/lib/modules/$KV/"
+depmod -b "$R" "$KV"
+install -m755 "$HERE/guest-init.sh" "$R/init"
+(cd "$R" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$OUT/initramfs.cpio.gz"
+cp "$KX/boot/vmlinuz-$KV" "$OUT/vmlinuz"
+rm -rf "$R"
+echo "$stamp" >"$OUT/stamp"
+echo "$KV" >"$CACHE/kernel-version"
+log "ready: $OUT ($(du -sh "$OUT" | cut -f1))"

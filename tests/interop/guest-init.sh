@@ -1,0 +1,74 @@
+#!/bin/sh
+# /init of the interop test guest (PID 1, straight from the initramfs).
+# Brings up eth0 and a kernel rxe device on it, prints its GID table, runs
+# the steps in /suite.sh (appended to the initramfs by run.sh), prints one
+# "VUR-STEP <n> rc=<rc>" line per step and powers off.
+# Kernel parameters: vur.ip=ADDR/PREFIX vur.ip6=ADDR/PREFIX vur.mtu=N
+#   vur.peer=ADDR (pinged before the suite) vur.shell=1 (shell, no power-off)
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+
+V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0
+for x in $(cat /proc/cmdline); do
+  case "$x" in
+    vur.*=*) k=${x%%=*}; k=${k#vur.}; v=${x#*=}; eval "V_$k=\$v" ;;
+  esac
+done
+up() { cut -d' ' -f1 /proc/uptime; }
+log() { echo "[guest $(up)] $*"; }
+
+modprobe virtio_pci
+modprobe virtio_net
+i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+ip link set lo up
+ip link set eth0 mtu "$V_mtu" up
+ip addr add "$V_ip" dev eth0
+[ -n "$V_ip6" ] && ip -6 addr add "$V_ip6" dev eth0 nodad
+modprobe rdma_rxe
+modprobe ib_uverbs
+modprobe rdma_ucm
+rdma link add rxe0 type rxe netdev eth0
+log "rxe0 on eth0 $(cat /sys/class/net/eth0/address) mtu $V_mtu"
+ibv_devinfo -d rxe0 | grep -E 'state|active_mtu'
+sleep 0.5
+for i in 0 1 2 3 4 5 6 7; do
+  g=$(cat /sys/class/infiniband/rxe0/ports/1/gids/$i 2>/dev/null)
+  [ -z "$g" ] || [ "$g" = "0000:0000:0000:0000:0000:0000:0000:0000" ] && continue
+  echo "GID[$i] $g $(cat /sys/class/infiniband/rxe0/ports/1/gid_attrs/types/$i 2>/dev/null)"
+done
+if [ -n "$V_peer" ]; then
+  i=0; until ping -c1 -W1 "$V_peer" >/dev/null 2>&1 || [ $i -ge 20 ]; do i=$((i+1)); done
+fi
+
+# step N server|client TIMEOUT CMD...: run one tool; a client retries
+# while the server is not listening yet (the tools exit at once then).
+step() {
+  n=$1 role=$2 tmo=$3; shift 3
+  log "VUR-RUN $n $role: $*"
+  s=$(up); tries=0
+  while :; do
+    timeout "$tmo" "$@"; rc=$?
+    [ "$role" = client ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $tries -lt 30 ] &&
+      [ "$(echo "$(up) $s" | awk '{print ($1-$2 < 60)}')" = 1 ] || break
+    tries=$((tries+1)); sleep 1
+  done
+  echo "VUR-STEP $n rc=$rc wall=$(echo "$(up) $s" | awk '{printf "%.2f", $1-$2}')"
+}
+if [ -f /suite.sh ]; then . /suite.sh; fi
+
+echo "rxe0 hw counters (non-zero):"
+for c in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do
+  v=$(cat "$c"); [ "$v" != 0 ] && echo "  ${c##*/}=$v"
+done
+log "VUR-DONE"
+if [ "$V_shell" = 1 ]; then setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'; fi
+sync
+echo o >/proc/sysrq-trigger
+sleep 5

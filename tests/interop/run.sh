@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Interop with the reference implementation: a Debian guest with Linux
+# kernel rxe (under qemu-system-x86_64 -accel tcg) against our engine in
+# `vhost-user-rdma peer`, running the stock tools with the guest in both
+# roles. Everything happens in a network namespace this script creates:
+#
+#   guest eth0 (10.77.0.1, fd77::1) -- TAP vurg0 --+
+#                                                  br0 (10.77.0.254, fd77::254: the TCP handshakes)
+#   our peer   (10.77.0.2, fd77::2) -- TAP vurp0 --+
+#
+# It captures br0, checks every RoCEv2 frame with our decoder, and removes
+# the namespace, the TAPs and the processes it started (by PID) on exit.
+#
+# Usage: tests/interop/run.sh [SUITE...]    suites: pingpong pingpong9000 (default: both)
+# Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
+# work directory (logs, captures) for inspection.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
+SUITES=("$@")
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong pingpong9000)
+[ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
+
+"$HERE/build-guest.sh"
+KV=$(cat "$CACHE/kernel-version")
+GUEST=$CACHE/$KV
+(cd "$ROOT" && cargo build --release --locked -q -p backend)
+BIN=$ROOT/target/release/vhost-user-rdma
+
+NS=vur-interop-$$
+WORK=$(mktemp -d /tmp/vur-interop.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  if [ "${VUR_KEEP:-0}" = 1 ]; then echo "interop: kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ns() { ip netns exec "$NS" "$@"; }
+setup_net() { # MTU
+  ip netns del "$NS" 2>/dev/null || true
+  ip netns add "$NS"
+  ns ip link set lo up
+  ns ip link add br0 mtu "$1" type bridge
+  for t in vurg0 vurp0; do
+    ns ip tuntap add dev "$t" mode tap
+    ns ip link set "$t" mtu "$1" master br0 up
+  done
+  ns ip link set br0 up
+  ns ip addr add 10.77.0.254/24 dev br0
+  ns ip -6 addr add fd77::254/64 dev br0 nodad
+}
+
+# A suite is a list of steps "ROLE|TOOL ARGS": ROLE is the guest's role
+# (server or client); our peer takes the other one with the same ARGS.
+suite_steps() {
+  case "$1" in
+    pingpong|pingpong9000)
+      for s in 1 64 1024 4096 65536; do
+        echo "server|ibv_rc_pingpong -g 1 -n 20 -s $s"
+        echo "client|ibv_rc_pingpong -g 1 -n 20 -s $s"
+      done
+      echo "server|ibv_rc_pingpong -g 1 -n 200 -s 4096 -e"
+      echo "client|ibv_rc_pingpong -g 1 -n 200 -s 4096 -e"
+      echo "server|ibv_rc_pingpong -g 2 -n 20 -s 8192"
+      echo "client|ibv_rc_pingpong -g 2 -n 20 -s 8192"
+      echo "server|ibv_rc_pingpong -g 0 -n 20 -s 100"
+      echo "client|ibv_rc_pingpong -g 0 -n 20 -s 100"
+      echo "server|ibv_uc_pingpong -g 1 -n 20 -s 3000"
+      echo "client|ibv_uc_pingpong -g 1 -n 20 -s 3000"
+      echo "server|ibv_ud_pingpong -g 1 -n 20 -s 1000"
+      echo "client|ibv_ud_pingpong -g 1 -n 20 -s 1000"
+      if [ "$1" = pingpong9000 ]; then
+        echo "server|ibv_rc_pingpong -g 1 -n 20 -s 65536 -m 4096"
+        echo "client|ibv_rc_pingpong -g 1 -n 20 -s 65536 -m 4096"
+        echo "server|ibv_ud_pingpong -g 2 -n 20 -s 4096"
+        echo "client|ibv_ud_pingpong -g 2 -n 20 -s 4096"
+      fi
+      ;;
+    *) echo "interop: unknown suite $1" >&2; return 1 ;;
+  esac
+}
+
+FAILED=0
+run_suite() { # NAME
+  local name=$1 mtu=1500 dir=$WORK/$1
+  [ "$name" = pingpong9000 ] && mtu=9000
+  mkdir -p "$dir/initrd"
+  mapfile -t STEPS < <(suite_steps "$name")
+  setup_net "$mtu"
+
+  # The guest's half of the suite, appended to its initramfs.
+  {
+    local i=0
+    for st in "${STEPS[@]}"; do
+      i=$((i+1)); role=${st%%|*}; cmd=${st#*|}; tool=${cmd%% *}; args=${cmd#* }
+      port=$((18600 + i))
+      if [ "$role" = server ]; then
+        echo "step $i server 150 $tool -d rxe0 -p $port $args"
+      else
+        echo "step $i client 150 $tool -d rxe0 -p $port $args 10.77.0.254"
+      fi
+    done
+  } >"$dir/initrd/suite.sh"
+  (cd "$dir/initrd" && echo suite.sh | cpio -o -H newc --quiet | gzip -1) >"$dir/suite.cpio.gz"
+  cat "$GUEST/initramfs.cpio.gz" "$dir/suite.cpio.gz" >"$dir/initrd.img"
+
+  ip netns exec "$NS" tcpdump -i br0 -s 0 -U -w "$dir/capture.pcap" 'udp port 4791' 2>"$dir/tcpdump.err" &
+  local tpid=$!; PIDS+=("$tpid")
+  sleep 0.5
+  local t0=$SECONDS
+  ip netns exec "$NS" timeout 1200 qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -display none -monitor none \
+    -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd.img" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254" \
+    -netdev tap,id=n0,ifname=vurg0,script=no,downscript=no \
+    -device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01 >"$dir/qemu.out" 2>&1 &
+  local qpid=$!; PIDS+=("$qpid")
+
+  # Our half, in the same order.
+  local i=0 prc
+  for st in "${STEPS[@]}"; do
+    i=$((i+1)); role=${st%%|*}; cmd=${st#*|}; tool=${cmd%% *}; args=${cmd#* }
+    port=$((18600 + i))
+    local peer=(ns timeout 200 "$BIN" peer --link tap:vurp0 --ip 10.77.0.2/24 --ip fd77::2/64
+                --connect-timeout 120 --stall-timeout 60)
+    set +e
+    if [ "$role" = server ]; then
+      # shellcheck disable=SC2086
+      "${peer[@]}" $tool -p $port $args 10.77.0.1 >"$dir/peer-$i.log" 2>&1
+    else
+      # shellcheck disable=SC2086
+      "${peer[@]}" $tool -p $port $args >"$dir/peer-$i.log" 2>&1
+    fi
+    prc=$?
+    set -e
+    echo "$prc" >"$dir/peer-$i.rc"
+  done
+  wait "$qpid" || true
+  local wall=$((SECONDS - t0))
+  sleep 0.5; kill -INT "$tpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
+
+  echo "== suite $name (interface MTU $mtu, kernel $KV, ${wall}s)"
+  grep -E '^GID\[' "$dir/guest.log" | sed 's/^/   guest /' || true
+  i=0
+  for st in "${STEPS[@]}"; do
+    i=$((i+1)); role=${st%%|*}; cmd=${st#*|}
+    grc=$(sed -n "s/^VUR-STEP $i rc=\([0-9]*\).*/\1/p" "$dir/guest.log" | tail -1)
+    prc=$(cat "$dir/peer-$i.rc")
+    if [ "${grc:-x}" = 0 ] && [ "$prc" = 0 ]; then res=PASS; else res=FAIL; FAILED=$((FAILED+1)); fi
+    usec=$(grep -o '[0-9.]* usec/iter' "$dir/peer-$i.log" | head -1 || true)
+    printf '   %s  guest %-6s %-45s guest rc=%s peer rc=%s  %s\n' "$res" "$role" "$cmd" "${grc:-none}" "$prc" "$usec"
+    if [ "$res" = FAIL ]; then
+      sed 's/^/      peer: /' "$dir/peer-$i.log" | tail -5
+      awk -v n="$i" '$0 ~ "VUR-RUN "n" " {p=1} p {print "      guest: " $0} $0 ~ "VUR-STEP "n" " {p=0}' "$dir/guest.log" | tail -8
+    fi
+  done
+  if ! grep -q VUR-DONE "$dir/guest.log"; then
+    echo "   FAIL  the guest did not finish (log: $dir/guest.log)"; FAILED=$((FAILED+1))
+  fi
+  local dec
+  if dec=$("$BIN" decode "$dir/capture.pcap" 2>&1); then
+    echo "   PASS  capture: $(echo "$dec" | grep -E 'frames:' | tail -1)"
+  else
+    echo "   FAIL  capture: $(echo "$dec" | tail -3 | tr '\n' ' ')"; FAILED=$((FAILED+1))
+  fi
+  ip netns del "$NS"
+}
+
+for s in "${SUITES[@]}"; do run_suite "$s"; done
+if [ "$FAILED" -ne 0 ]; then
+  echo "interop: $FAILED failure(s)"; VUR_KEEP=1; exit 1
+fi
+echo "interop: all passed"
