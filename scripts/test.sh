@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: setup, formatting, clippy, the
-# whole cargo test suite, a short benchmark smoke run, and bounded fuzzing.
+# whole cargo test suite, a short benchmark smoke run, bounded fuzzing,
+# and the interop suite against Linux kernel rxe in a QEMU guest.
 # This is exactly what CI (.ci/run) runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +26,8 @@ cargo bench --locked -p transport --bench wire -- --quick
 
 step "fuzzing, ${FUZZ_SECONDS}s per target"
 scripts/fuzz.sh "$FUZZ_SECONDS"
+
+step "interop with Linux kernel rxe in a QEMU guest (tests/interop/run.sh)"
+tests/interop/run.sh
 
 step "all checks passed"

@@ -6,7 +6,8 @@
 //! ([`Node`]), the loop that moves packets and timers between the engine
 //! and the link, and the TCP connection of the handshake. The tools live
 //! in submodules: [`pingpong`] (`ibv_rc_pingpong`, `ibv_uc_pingpong`,
-//! `ibv_ud_pingpong`). perftest's tools are not built yet.
+//! `ibv_ud_pingpong`) and [`perftest`] (perftest's `ib_*_bw` and
+//! `ib_*_lat`).
 //!
 //! GID table, as Linux rxe builds it on a NIC: on the `tap` and `packet`
 //! links index 0 is the link-local fe80:: address from our MAC's EUI-64,
@@ -14,6 +15,7 @@
 //! `--ip` addresses. So `--ip 10.77.0.2/24` puts `::ffff:10.77.0.2` at
 //! index 1, as on a kernel rxe device.
 
+pub mod perftest;
 pub mod pingpong;
 
 use std::{
@@ -509,7 +511,19 @@ pub(crate) fn oob(what: &str) -> impl FnOnce(io::Error) -> PeerError + '_ {
 }
 
 /// The tools `peer` can stand in for.
-pub const TOOLS: &[&str] = &["ibv_rc_pingpong", "ibv_uc_pingpong", "ibv_ud_pingpong"];
+pub const TOOLS: &[&str] = &[
+    "ibv_rc_pingpong",
+    "ibv_uc_pingpong",
+    "ibv_ud_pingpong",
+    "ib_write_bw",
+    "ib_read_bw",
+    "ib_send_bw",
+    "ib_atomic_bw",
+    "ib_write_lat",
+    "ib_read_lat",
+    "ib_send_lat",
+    "ib_atomic_lat",
+];
 
 /// Runs `tool` with its own arguments `args` against the stock tool on
 /// the other side, writing the tool's result lines to `out`.
@@ -523,10 +537,8 @@ pub fn run(
         "ibv_rc_pingpong" | "ibv_uc_pingpong" | "ibv_ud_pingpong" => {
             pingpong::run(opts, tool, args, out)
         }
-        t if t.starts_with("ib_") => Err(PeerError::Config(format!(
-            "the perftest tools are not built yet; supported: {}",
-            TOOLS.join(", ")
-        ))),
+        "ib_write_bw" | "ib_read_bw" | "ib_send_bw" | "ib_atomic_bw" | "ib_write_lat"
+        | "ib_read_lat" | "ib_send_lat" | "ib_atomic_lat" => perftest::run(opts, tool, args, out),
         t => Err(PeerError::Config(format!(
             "unknown tool `{t}`; supported: {}",
             TOOLS.join(", ")

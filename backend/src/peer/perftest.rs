@@ -1,0 +1,1301 @@
+//! perftest's tools as the peer runs them: `ib_write_bw`, `ib_read_bw`,
+//! `ib_send_bw`, `ib_atomic_bw`, `ib_write_lat`, `ib_read_lat`,
+//! `ib_send_lat` and `ib_atomic_lat`, against perftest 4.5 (version
+//! "6.06") on the other side.
+//!
+//! This module owns the tools' option handling, their out-of-band TCP
+//! sequence (version, page and cache-line sizes, MTU, the 108-byte key
+//! records that frame each phase, the bandwidth report, "done"), their QP
+//! setup and buffer layout (a send half and a receive half, the key record
+//! naming the receive half), their traffic patterns (windowed posting with
+//! CQ moderation and address cycling for the bandwidth tests; the
+//! ping-pongs of the latency tests) and their result lines.
+//!
+//! Not built yet: `-b` (bidirectional), `-q` above 1, `-a`, `-D` and `-R`
+//! (rdma_cm); each is refused with an error naming it.
+
+use std::{
+    fmt::Write as _,
+    io::Write,
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use transport::{
+    device::Gid,
+    engine::QpInit,
+    verbs::{
+        Access, AhAttr, QpAttr, QpCaps, QpState, QpType, RecvWr, SendOp, SendWr, Sge, UdDest, Wc,
+        WcOpcode, WcStatus,
+    },
+    wire::Mtu,
+};
+
+use super::{Node, PeerError, PeerOptions, oob, oob_accept, oob_connect, random_psn, verbs};
+use crate::oob::{
+    BwReport, DONE, PERFTEST_VERSION, PerftestDest, Role, encode_mtu, encode_u32, exchange,
+    parse_mtu, parse_perftest_version,
+};
+
+const QKEY: u32 = 0x1111_1111;
+const GRH: u64 = 40;
+/// Where our buffer sits in the address space the other side sees.
+const IOVA: u64 = 0x7f00_0000_0000;
+const PAGE: u32 = 4096;
+const CACHE_LINE: u32 = 64;
+const RESULT_LINE: &str =
+    "---------------------------------------------------------------------------------------";
+
+/// Which operation the tool measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Write,
+    Read,
+    Send,
+    Atomic,
+}
+
+/// Bandwidth or latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bw,
+    Lat,
+}
+
+/// A message size with perftest's optional K or M suffix.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1024),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .map(|n| n * mul)
+        .filter(|&n| (1..=u64::from(u32::MAX / 2)).contains(&n))
+        .ok_or_else(|| format!("`{s}` is not a message size (1 to 2^31, K or M suffix)"))
+}
+
+/// The options perftest's tools take that the peer knows; any other is
+/// refused by name.
+#[derive(Debug, Parser)]
+#[command(disable_help_flag = true, disable_version_flag = true)]
+struct Args {
+    /// TCP port of the handshake.
+    #[arg(short = 'p', long = "port", default_value_t = 18515)]
+    port: u16,
+    /// Device name (shown in the test information).
+    #[arg(short = 'd', long = "ib-dev")]
+    ib_dev: Option<String>,
+    /// Device port (only 1 exists).
+    #[arg(short = 'i', long = "ib-port", default_value_t = 1)]
+    ib_port: u8,
+    /// GID index (default: the first IPv4 GID, as perftest picks).
+    #[arg(short = 'x', long = "gid-index", value_parser = clap::value_parser!(u8).range(0..=64))]
+    gid_index: Option<u8>,
+    /// Message size.
+    #[arg(short = 's', long = "size", value_parser = parse_size)]
+    size: Option<u64>,
+    /// Iterations.
+    #[arg(short = 'n', long = "iters")]
+    iters: Option<u64>,
+    /// MTU.
+    #[arg(short = 'm', long = "mtu")]
+    mtu: Option<usize>,
+    /// Connection type.
+    #[arg(short = 'c', long = "connection", default_value = "RC")]
+    connection: String,
+    /// QPs.
+    #[arg(short = 'q', long = "qp", default_value_t = 1)]
+    qps: u32,
+    /// Bidirectional.
+    #[arg(short = 'b', long = "bidirectional")]
+    bidirectional: bool,
+    /// Atomic type.
+    #[arg(short = 'A', long = "atomic_type")]
+    atomic_type: Option<String>,
+    /// Inline size (rxe-like devices disable inline).
+    #[arg(short = 'I', long = "inline_size")]
+    inline_size: Option<u32>,
+    /// Report Gb/s instead of MB/s.
+    #[arg(long = "report_gbits")]
+    report_gbits: bool,
+    /// rdma_cm.
+    #[arg(short = 'R', long = "rdma_cm")]
+    rdma_cm: bool,
+    /// All sizes.
+    #[arg(short = 'a', long = "all")]
+    all: bool,
+    /// Duration.
+    #[arg(short = 'D', long = "duration")]
+    duration: Option<u32>,
+    /// Send queue depth.
+    #[arg(short = 't', long = "tx-depth", value_parser = clap::value_parser!(u32).range(1..=15000))]
+    tx_depth: Option<u32>,
+    /// Receive queue depth.
+    #[arg(short = 'r', long = "rx-depth", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    rx_depth: Option<u32>,
+    /// CQ moderation.
+    #[arg(short = 'Q', long = "cq-mod", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    cq_mod: Option<u32>,
+    /// Do not warn about the CPU frequency (no effect here).
+    #[arg(short = 'F', long = "CPU-freq")]
+    _cpu_freq: bool,
+    /// Outstanding reads / atomics.
+    #[arg(short = 'o', long = "outs")]
+    outs: Option<u32>,
+    /// QP timeout exponent.
+    #[arg(short = 'u', long = "qp-timeout", default_value_t = 14)]
+    qp_timeout: u8,
+    /// Service level (no effect on RoCE).
+    #[arg(short = 'S', long = "sl", default_value_t = 0)]
+    _sl: u8,
+    /// No peak bandwidth.
+    #[arg(short = 'N', long = "noPeak")]
+    no_peak: bool,
+    /// The server; none: be the server.
+    servername: Option<String>,
+}
+
+/// One run's settled parameters.
+#[derive(Debug, Clone)]
+struct Test {
+    verb: Verb,
+    kind: Kind,
+    qp_type: QpType,
+    size: u64,
+    iters: u64,
+    tx_depth: u32,
+    rx_depth: u32,
+    cq_mod: u32,
+    out_reads: u8,
+    cas: bool,
+    gbits: bool,
+    no_peak: bool,
+    dev: String,
+}
+
+fn cfg(msg: impl Into<String>) -> PeerError {
+    PeerError::Config(msg.into())
+}
+
+impl Test {
+    fn from_args(tool: &str, a: &Args) -> Result<Test, PeerError> {
+        let (verb, kind) = match tool {
+            "ib_write_bw" => (Verb::Write, Kind::Bw),
+            "ib_read_bw" => (Verb::Read, Kind::Bw),
+            "ib_send_bw" => (Verb::Send, Kind::Bw),
+            "ib_atomic_bw" => (Verb::Atomic, Kind::Bw),
+            "ib_write_lat" => (Verb::Write, Kind::Lat),
+            "ib_read_lat" => (Verb::Read, Kind::Lat),
+            "ib_send_lat" => (Verb::Send, Kind::Lat),
+            _ => (Verb::Atomic, Kind::Lat),
+        };
+        for (given, name) in [
+            (a.bidirectional, "-b (bidirectional)"),
+            (a.all, "-a (all sizes)"),
+            (a.duration.is_some(), "-D (duration)"),
+            (a.rdma_cm, "-R (rdma_cm)"),
+            (a.qps != 1, "-q above 1"),
+        ] {
+            if given {
+                return Err(cfg(format!("{name} is not supported by the peer yet")));
+            }
+        }
+        if a.ib_port != 1 {
+            return Err(cfg(format!("-i {}: the device has one port, 1", a.ib_port)));
+        }
+        let qp_type = match a.connection.as_str() {
+            "RC" => QpType::Rc,
+            "UC" => QpType::Uc,
+            "UD" => QpType::Ud,
+            other => {
+                return Err(cfg(format!("-c {other}: the peer supports RC, UC and UD")));
+            }
+        };
+        if qp_type == QpType::Ud && verb != Verb::Send {
+            return Err(cfg(" UD connection only possible in SEND verb"));
+        }
+        if qp_type == QpType::Uc && matches!(verb, Verb::Read | Verb::Atomic) {
+            return Err(cfg(" UC connection not possible in READ/ATOMIC verbs"));
+        }
+        let iters = a
+            .iters
+            .unwrap_or(if tool == "ib_write_bw" { 5000 } else { 1000 });
+        if !(5..=100_000_000).contains(&iters) {
+            return Err(cfg(" Iteration num should be between 5 and 100000000"));
+        }
+        let size = match (verb, a.size) {
+            (Verb::Atomic, Some(s)) if s != 8 => {
+                return Err(cfg("Message size cannot be changed for Atomic tests"));
+            }
+            (Verb::Atomic, _) => 8,
+            (_, Some(s)) => s,
+            (_, None) if kind == Kind::Bw => 65536,
+            (_, None) => 2,
+        };
+        if a.atomic_type.is_some() && verb != Verb::Atomic {
+            return Err(cfg(" You are not running the atomic_lat/bw test!"));
+        }
+        let cas = match a.atomic_type.as_deref() {
+            None | Some("FETCH_AND_ADD") => false,
+            Some("CMP_AND_SWAP") => true,
+            Some(o) => {
+                return Err(cfg(format!("-A {o}: use CMP_AND_SWAP or FETCH_AND_ADD")));
+            }
+        };
+        if a.outs.is_some() && !matches!(verb, Verb::Read | Verb::Atomic) {
+            return Err(cfg(
+                " Setting Outstanding reads only available on READ verb",
+            ));
+        }
+        if a.inline_size.is_some() && matches!(verb, Verb::Read | Verb::Atomic) {
+            return Err(cfg(" Inline feature not available on READ/Atomic verbs"));
+        }
+        if kind == Kind::Lat && a.tx_depth.is_some_and(|t| t != 1) {
+            return Err(cfg("-t: the latency tests keep one message in flight"));
+        }
+        if verb != Verb::Send && a.rx_depth.is_some_and(|r| r > 1) {
+            return Err(cfg(" On RDMA verbs rx depth can be only 1"));
+        }
+        let tx_depth = a
+            .tx_depth
+            .unwrap_or(if kind == Kind::Bw { 128 } else { 1 })
+            .min(iters as u32);
+        let mut rx_depth = if verb == Verb::Send {
+            let d = a.rx_depth.unwrap_or(if qp_type == QpType::Rc {
+                512
+            } else {
+                iters.min(16000) as u32
+            });
+            d.min(iters as u32)
+        } else {
+            1
+        };
+        if verb == Verb::Send && rx_depth % 2 == 1 {
+            rx_depth += 1;
+        }
+        let mut cq_mod = a.cq_mod.unwrap_or(100);
+        if size > 8192 && qp_type != QpType::Ud && a.cq_mod.is_none() {
+            cq_mod = 1;
+        }
+        let cq_mod = cq_mod.min(tx_depth);
+        let out_reads = if matches!(verb, Verb::Read | Verb::Atomic) {
+            match a.outs {
+                Some(o) if (1..=128).contains(&o) => o as u8,
+                _ => 128,
+            }
+        } else {
+            1
+        };
+        if let Some(m) = a.mtu
+            && Mtu::from_bytes(m).is_err()
+        {
+            return Err(cfg(format!("-m {m}: use 256, 512, 1024, 2048 or 4096")));
+        }
+        Ok(Test {
+            verb,
+            kind,
+            qp_type,
+            size,
+            iters,
+            tx_depth,
+            rx_depth,
+            cq_mod,
+            out_reads,
+            cas,
+            gbits: a.report_gbits,
+            no_peak: a.no_peak || iters > 20000,
+            dev: a.ib_dev.clone().unwrap_or_else(|| "vur0".into()),
+        })
+    }
+
+    fn verb_name(&self) -> &'static str {
+        match self.verb {
+            Verb::Write => "RDMA_Write",
+            Verb::Read => "RDMA_Read",
+            Verb::Send => "Send",
+            Verb::Atomic => "Atomic",
+        }
+    }
+}
+
+/// C's `%#0Nx`: no `0x` for zero, else `0x` inside the width.
+fn c_alt_hex(v: u64, width: usize) -> String {
+    if v == 0 {
+        format!("{:0width$x}", 0)
+    } else {
+        format!("{v:#0width$x}")
+    }
+}
+
+/// The state of one run.
+struct Run<'o> {
+    t: Test,
+    node: Node,
+    stream: TcpStream,
+    role: Role,
+    out: &'o mut dyn Write,
+    qp: u32,
+    scq: u32,
+    rcq: u32,
+    key: u32,
+    /// Offset of the receive half (the send half starts at 0).
+    half: u64,
+    cache_line: u64,
+    cycle: u64,
+    me: PerftestDest,
+    rem: Option<PerftestDest>,
+    ud: Option<UdDest>,
+    start: Instant,
+    wcs: Vec<Wc>,
+    /// The MTU both sides settled on.
+    mtu: Mtu,
+    gid_index: u8,
+    qp_timeout: u8,
+}
+
+fn blank_wc() -> Wc {
+    Wc {
+        wr_id: 0,
+        status: WcStatus::Success,
+        opcode: WcOpcode::Send,
+        byte_len: 0,
+        qp_num: 0,
+        src_qp: 0,
+        imm_data: None,
+        invalidated_rkey: None,
+    }
+}
+
+impl Run<'_> {
+    fn line(&mut self, s: &str) -> Result<(), PeerError> {
+        writeln!(self.out, "{s}").map_err(PeerError::Output)
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// One lock-step exchange of `ours` for `len` bytes, keeping the link
+    /// alive meanwhile.
+    fn xchg(&mut self, ours: &[u8], len: usize, what: &str) -> Result<Vec<u8>, PeerError> {
+        let (stream, role) = (&mut self.stream, self.role);
+        self.node
+            .while_blocked(|| exchange(stream, role, ours, len))?
+            .map_err(oob(what))
+    }
+
+    /// One key-record exchange; the first one received is kept.
+    fn key_xchg(&mut self) -> Result<PerftestDest, PeerError> {
+        let me = self.me.to_wire();
+        let rec = self.xchg(&me, PerftestDest::LEN, "Couldn't exchange the key records")?;
+        let d = PerftestDest::parse(&rec)?;
+        if self.rem.is_none() {
+            self.rem = Some(d);
+        }
+        Ok(d)
+    }
+
+    fn done(&mut self) -> Result<(), PeerError> {
+        // Both sides write "done" and nobody reads it.
+        let _ = self.stream.write_all(DONE);
+        Ok(())
+    }
+
+    fn info(&mut self) -> Result<(), PeerError> {
+        let t = self.t.clone();
+        let mut s = String::new();
+        let _ = writeln!(s, "{RESULT_LINE}");
+        let what = match t.kind {
+            Kind::Bw => "BW ",
+            Kind::Lat => "Latency ",
+        };
+        let atomic = match (t.verb, t.cas) {
+            (Verb::Atomic, true) => "CMP_AND_SWAP ",
+            (Verb::Atomic, false) => "FETCH_AND_ADD ",
+            _ => "",
+        };
+        let _ = writeln!(
+            s,
+            "                    {} {atomic}{what}Test",
+            t.verb_name()
+        );
+        let _ = writeln!(s, " Dual-port       : OFF\t\tDevice         : {}", t.dev);
+        let _ = writeln!(s, " Number of qps   : 1\t\tTransport type : IB");
+        let ct = match t.qp_type {
+            QpType::Uc => "UC",
+            QpType::Ud => "UD",
+            _ => "RC",
+        };
+        let _ = writeln!(s, " Connection type : {ct}\t\tUsing SRQ      : OFF");
+        let _ = writeln!(s, " PCIe relax order: OFF");
+        let _ = writeln!(s, " ibv_wr* API     : OFF");
+        if self.role == Role::Client {
+            let _ = writeln!(s, " TX depth        : {}", t.tx_depth);
+        }
+        if t.verb == Verb::Send && self.role == Role::Server {
+            let _ = writeln!(s, " RX depth        : {}", t.rx_depth);
+        }
+        if t.kind == Kind::Bw {
+            let _ = writeln!(s, " CQ Moderation   : {}", t.cq_mod);
+        }
+        let _ = writeln!(s, " Mtu             : {}[B]", self.mtu.bytes());
+        let _ = writeln!(s, " Link type       : Ethernet");
+        let _ = writeln!(s, " GID index       : {}", self.gid_index);
+        if matches!(t.verb, Verb::Read | Verb::Atomic) {
+            let _ = writeln!(s, " Outstand reads  : {}", t.out_reads);
+        } else {
+            let _ = writeln!(s, " Max inline data : 0[B]");
+        }
+        let _ = writeln!(s, " rdma_cm QPs\t : OFF");
+        let _ = writeln!(s, " Data ex. method : Ethernet");
+        let _ = write!(s, "{RESULT_LINE}");
+        self.line(&s)
+    }
+
+    fn address(&mut self, label: &str, d: PerftestDest) -> Result<(), PeerError> {
+        let mut s = format!(
+            " {label} address: LID {} QPN {} PSN {}",
+            c_alt_hex(u64::from(d.lid), 4),
+            c_alt_hex(u64::from(d.qpn), 6),
+            c_alt_hex(u64::from(d.psn), 6)
+        );
+        if self.t.verb == Verb::Read {
+            let _ = write!(s, " OUT {}", c_alt_hex(u64::from(d.out_reads), 4));
+        }
+        if matches!(self.t.verb, Verb::Read | Verb::Write) {
+            let _ = write!(
+                s,
+                " RKey {} VAddr {}",
+                c_alt_hex(u64::from(d.rkey), 8),
+                c_alt_hex(d.vaddr, 16)
+            );
+        }
+        let gid: Vec<String> = d.gid.0.iter().map(|b| format!("{b:02}")).collect();
+        let _ = write!(s, "\n GID: {}", gid.join(":"));
+        self.line(&s)
+    }
+
+    fn gid_check(&self, rem: &PerftestDest) -> Result<(), PeerError> {
+        let v4 = |g: Gid| g.0[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+        if v4(self.me.gid) != v4(rem.gid) {
+            return Err(cfg(
+                "Found Incompatibility issue with GID types. Please Try to use a different IP version.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// RTR and RTS (or the address handle for UD) toward `rem`.
+    fn connect(&mut self, rem: PerftestDest) -> Result<(), PeerError> {
+        if rem.gid.0 == [0; 16] {
+            return Err(cfg("the other side sent no GID"));
+        }
+        let ah = AhAttr {
+            dgid: rem.gid,
+            sgid_index: self.gid_index,
+            hop_limit: 0xff,
+            ..Default::default()
+        };
+        let e = &mut self.node.engine;
+        if self.t.qp_type == QpType::Ud {
+            for (attr, what) in [
+                (
+                    QpAttr {
+                        state: Some(QpState::Rtr),
+                        ..Default::default()
+                    },
+                    "Failed to modify QP to RTR",
+                ),
+                (
+                    QpAttr {
+                        state: Some(QpState::Rts),
+                        sq_psn: Some(self.me.psn),
+                        ..Default::default()
+                    },
+                    "Failed to modify QP to RTS",
+                ),
+            ] {
+                e.modify_qp(self.qp, &attr, 0).map_err(verbs(what))?;
+            }
+            self.ud = Some(UdDest {
+                ah,
+                remote_qpn: rem.qpn,
+                remote_qkey: QKEY,
+            });
+            return Ok(());
+        }
+        let rc = self.t.qp_type == QpType::Rc;
+        let rtr = QpAttr {
+            state: Some(QpState::Rtr),
+            path_mtu: Some(self.mtu),
+            dest_qp_num: Some(rem.qpn),
+            rq_psn: Some(rem.psn),
+            max_dest_rd_atomic: rc.then_some(self.t.out_reads),
+            min_rnr_timer: rc.then_some(12),
+            ah: Some(ah),
+            ..Default::default()
+        };
+        e.modify_qp(self.qp, &rtr, 0)
+            .map_err(verbs("Failed to modify QP to RTR"))?;
+        let rts = QpAttr {
+            state: Some(QpState::Rts),
+            sq_psn: Some(self.me.psn),
+            timeout: rc.then_some(self.qp_timeout),
+            retry_cnt: rc.then_some(7),
+            rnr_retry: rc.then_some(7),
+            max_rd_atomic: rc.then_some(rem.out_reads.clamp(1, 128) as u8),
+            ..Default::default()
+        };
+        e.modify_qp(self.qp, &rts, 0)
+            .map_err(verbs("Failed to modify QP to RTS"))
+    }
+
+    fn post_recv(&mut self) -> Result<(), PeerError> {
+        let ud = self.t.qp_type == QpType::Ud;
+        let sge = [Sge {
+            addr: IOVA + self.half + if ud { self.cache_line - GRH } else { 0 },
+            length: (self.t.size + if ud { GRH } else { 0 }) as u32,
+            lkey: self.key,
+        }];
+        self.node
+            .engine
+            .post_recv(
+                self.qp,
+                &RecvWr {
+                    wr_id: 0,
+                    sges: &sge,
+                },
+            )
+            .map_err(verbs("Couldn't post receive"))
+    }
+
+    /// Posts WR number `n` of the measured operation.
+    fn post(&mut self, n: u64, signaled: bool, offset: u64) -> Result<(), PeerError> {
+        let rem = self.rem.expect("connected");
+        let op = match self.t.verb {
+            Verb::Write => SendOp::Write,
+            Verb::Read => SendOp::Read,
+            Verb::Send => SendOp::Send,
+            Verb::Atomic if self.t.cas => SendOp::CmpSwap {
+                compare: 0,
+                swap: 0,
+            },
+            Verb::Atomic => SendOp::FetchAdd { add: 1 },
+        };
+        let sge = [Sge {
+            addr: IOVA + offset,
+            length: self.t.size as u32,
+            lkey: self.key,
+        }];
+        let mut wr = SendWr::new(n, op, &sge).remote(rem.vaddr + offset, rem.rkey);
+        wr.signaled = signaled;
+        wr.ud = self.ud;
+        self.node
+            .engine
+            .post_send(self.qp, &wr)
+            .map_err(verbs("Couldn't post send"))
+    }
+
+    /// Polls `cq` once into `self.wcs`; fails on an error completion.
+    fn poll(&mut self, cq: u32) -> Result<usize, PeerError> {
+        let n = self
+            .node
+            .engine
+            .poll_cq(cq, &mut self.wcs)
+            .map_err(verbs("poll CQ failed"))?;
+        if let Some(w) = self.wcs[..n].iter().find(|w| w.status != WcStatus::Success) {
+            return Err(PeerError::Completion {
+                status: w.status,
+                wr_id: w.wr_id,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Waits for one completion on `cq`.
+    fn wait_one(&mut self, cq: u32, stall: Duration) -> Result<Wc, PeerError> {
+        let mut last = Instant::now();
+        loop {
+            let n = self
+                .node
+                .engine
+                .poll_cq(cq, &mut self.wcs[..1])
+                .map_err(verbs("poll CQ failed"))?;
+            if n == 1 {
+                let w = self.wcs[0];
+                if w.status != WcStatus::Success {
+                    return Err(PeerError::Completion {
+                        status: w.status,
+                        wr_id: w.wr_id,
+                    });
+                }
+                return Ok(w);
+            }
+            step(&mut self.node, &mut last, stall, false)?;
+        }
+    }
+
+    /// The address offset of WR `n` in the bandwidth tests: messages of
+    /// at most half a page cycle through the page in cache-line steps.
+    fn cycled(&self, n: u64) -> u64 {
+        let step = if self.t.verb == Verb::Atomic {
+            64
+        } else {
+            self.t
+                .size
+                .next_multiple_of(self.cache_line)
+                .max(self.cache_line)
+        };
+        if self.t.size <= self.cycle / 2 {
+            (n % (self.cycle / step)) * step
+        } else {
+            0
+        }
+    }
+}
+
+/// One waiting step: pumps the node, failing after `stall` without
+/// progress (`progressed` resets the clock).
+fn step(
+    node: &mut Node,
+    last: &mut Instant,
+    stall: Duration,
+    progressed: bool,
+) -> Result<(), PeerError> {
+    if progressed {
+        *last = Instant::now();
+        return Ok(());
+    }
+    if last.elapsed() > stall {
+        return Err(PeerError::Stalled(stall));
+    }
+    node.progress(Duration::from_millis(20))
+}
+
+/// Runs one perftest tool (`tool` is its name) with its arguments.
+pub fn run(
+    opts: &PeerOptions,
+    tool: &str,
+    args: &[String],
+    out: &mut dyn Write,
+) -> Result<(), PeerError> {
+    let a = Args::try_parse_from(std::iter::once(tool.to_string()).chain(args.iter().cloned()))
+        .map_err(|e| cfg(super::pingpong::usage_error(&e)))?;
+    let t = Test::from_args(tool, &a)?;
+    if a.inline_size.is_some_and(|i| i > 0) {
+        writeln!(
+            out,
+            "Device not recognized to implement inline feature. Disabling it"
+        )
+        .map_err(PeerError::Output)?;
+    }
+    // Room for pages up to 64 KiB on the other side.
+    let region = t.size.max(65536).next_multiple_of(64);
+    let mut node = Node::new(opts, (2 * region + 64) as usize)?;
+    let gid_index = match a.gid_index {
+        Some(i) => i,
+        // perftest prefers an IPv4-mapped GID.
+        None => (0..8u8)
+            .find(|&i| {
+                node.engine
+                    .gids()
+                    .get(usize::from(i))
+                    .is_some_and(|g| g.to_ip().is_ipv4())
+            })
+            .unwrap_or(0),
+    };
+    let my_gid = node.gid(Some(gid_index))?;
+    let active = node.active_mtu();
+    let my_mtu = match a.mtu.and_then(|m| Mtu::from_bytes(m).ok()) {
+        Some(m) if m > active => {
+            writeln!(out, "Requested mtu is higher than active mtu ").map_err(PeerError::Output)?;
+            active
+        }
+        Some(m) => m,
+        None => active,
+    };
+
+    // Resources, as perftest makes them.
+    let e = &mut node.engine;
+    let pd = e.alloc_pd().map_err(verbs("Couldn't allocate PD"))?;
+    let remote = match t.verb {
+        Verb::Write => Access::REMOTE_WRITE,
+        Verb::Read => Access::REMOTE_READ,
+        Verb::Atomic => Access::REMOTE_ATOMIC,
+        Verb::Send => Access(0),
+    };
+    let mem_len = e.memory().as_slice().len() as u64;
+    let key = e
+        .reg_mr(pd, IOVA, mem_len, 0, Access::LOCAL_WRITE.with(remote))
+        .map_err(verbs("Couldn't register MR"))?;
+    let scq = e
+        .create_cq(t.tx_depth.max(16))
+        .map_err(verbs("Couldn't create CQ"))?;
+    let rcq = if t.verb == Verb::Send {
+        e.create_cq(t.rx_depth.max(16))
+            .map_err(verbs("Couldn't create CQ"))?
+    } else {
+        scq
+    };
+    let qp = e
+        .create_qp(&QpInit {
+            qp_type: t.qp_type,
+            pd,
+            send_cq: scq,
+            recv_cq: rcq,
+            caps: QpCaps {
+                max_send_wr: t.tx_depth,
+                max_recv_wr: t.rx_depth,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: 0,
+            },
+            sq_sig_all: false,
+            srq: None,
+        })
+        .map_err(verbs("Couldn't create QP"))?;
+    let ud = t.qp_type == QpType::Ud;
+    let init = QpAttr {
+        state: Some(QpState::Init),
+        pkey_index: Some(0),
+        access: (!ud).then_some(if remote == Access(0) {
+            Access::REMOTE_WRITE
+        } else {
+            remote
+        }),
+        qkey: ud.then_some(QKEY),
+        ..Default::default()
+    };
+    e.modify_qp(qp, &init, 0)
+        .map_err(verbs("Failed to modify QP to INIT"))?;
+    // Random content, except ib_write_lat's zeroed buffer.
+    if !(t.verb == Verb::Write && t.kind == Kind::Lat) {
+        let mut x = u64::from(random_psn()) | 1;
+        for b in e.memory_mut().as_mut_slice() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+
+    let client = a.servername.is_some();
+    let stream = match &a.servername {
+        Some(server) => {
+            let timeout = opts.connect_timeout;
+            oob_connect(server, a.port, timeout)?
+        }
+        None => {
+            writeln!(
+                out,
+                "\n************************************\n* Waiting for client to connect... *\n************************************"
+            )
+            .map_err(PeerError::Output)?;
+            let _ = out.flush();
+            let port = a.port;
+            node.while_blocked(|| oob_accept(port))??
+        }
+    };
+    let me = PerftestDest {
+        lid: 0,
+        out_reads: u16::from(t.out_reads),
+        qpn: qp,
+        psn: random_psn(),
+        rkey: key,
+        vaddr: 0,
+        gid: my_gid,
+        srqn: 0,
+    };
+    let mut r = Run {
+        t,
+        node,
+        stream,
+        role: if client { Role::Client } else { Role::Server },
+        out,
+        qp,
+        scq,
+        rcq,
+        key,
+        half: 0,
+        cache_line: u64::from(CACHE_LINE),
+        cycle: u64::from(PAGE),
+        me,
+        rem: None,
+        ud: None,
+        start: Instant::now(),
+        wcs: vec![blank_wc(); 16],
+        mtu: my_mtu,
+        gid_index,
+        qp_timeout: a.qp_timeout,
+    };
+    prefix(&mut r)?;
+    let stall = opts.stall_timeout;
+    match (r.t.kind, r.t.verb) {
+        (Kind::Bw, Verb::Send) => send_bw(&mut r, stall)?,
+        (Kind::Bw, _) => rdma_bw(&mut r, stall)?,
+        (Kind::Lat, Verb::Write) => write_lat(&mut r, stall)?,
+        (Kind::Lat, Verb::Send) => send_lat(&mut r, stall)?,
+        (Kind::Lat, _) => read_lat(&mut r, stall)?,
+    }
+    // The other side's last packets may still want an ACK.
+    r.node
+        .linger(Duration::from_millis(300), Duration::from_secs(3))
+}
+
+/// Versions, page and cache-line sizes, MTU; then the buffer layout and
+/// the test information.
+fn prefix(r: &mut Run<'_>) -> Result<(), PeerError> {
+    let v = r.xchg(PERFTEST_VERSION, 16, "Couldn't exchange versions")?;
+    let ver = parse_perftest_version(&v)?;
+    if ver < 5.70 {
+        return Err(cfg(
+            "Current implementation is not compatible with versions older than 5.70",
+        ));
+    }
+    let page = r.xchg(&encode_u32(PAGE), 4, "Couldn't exchange the page size")?;
+    let line = r.xchg(
+        &encode_u32(CACHE_LINE),
+        4,
+        "Couldn't exchange the cache line",
+    )?;
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    r.cycle = u64::from(be(&page).clamp(PAGE, 65536));
+    r.cache_line = u64::from(be(&line).clamp(CACHE_LINE, 4096));
+    let m = r.xchg(&encode_mtu(r.mtu), 2, "Couldn't exchange the MTU")?;
+    let theirs = parse_mtu(&m)?;
+    r.mtu = r.mtu.min(theirs);
+    if r.t.qp_type == QpType::Ud && r.t.size > r.mtu.bytes() as u64 {
+        return Err(cfg(" Max message size in UD cannot be greater than MTU "));
+    }
+    let region = r.t.size.max(r.cycle).next_multiple_of(r.cache_line);
+    r.half = region;
+    r.me.vaddr = IOVA + region;
+    r.info()
+}
+
+/// ib_write_bw, ib_read_bw and ib_atomic_bw.
+fn rdma_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
+    let rem = r.key_xchg()?;
+    r.gid_check(&rem)?;
+    r.connect(rem)?;
+    let me = r.me;
+    r.address("local", me)?;
+    let rem2 = r.key_xchg()?;
+    r.address("remote", rem2)?;
+    r.key_xchg()?;
+    bw_header(r)?;
+    if r.role == Role::Client {
+        let rep = bw_client(r, stall)?;
+        bw_row(r, &rep)?;
+        r.line(RESULT_LINE)?;
+        r.key_xchg()?;
+        xchg_report(r, &rep)?;
+    } else {
+        r.key_xchg()?;
+        let rep = xchg_report(
+            r,
+            &BwReport {
+                size: 0,
+                iters: 0,
+                bw_peak: 0.0,
+                bw_avg: 0.0,
+                msg_rate: 0.0,
+            },
+        )?;
+        bw_row(r, &rep)?;
+        r.line(RESULT_LINE)?;
+    }
+    r.key_xchg()?;
+    r.done()
+}
+
+/// ib_send_bw: both sides print their own figures; no report exchange.
+fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
+    let rem = r.key_xchg()?;
+    r.gid_check(&rem)?;
+    r.connect(rem)?;
+    r.key_xchg()?;
+    let me = r.me;
+    r.address("local", me)?;
+    let rem2 = r.key_xchg()?;
+    r.address("remote", rem2)?;
+    bw_header(r)?;
+    if r.role == Role::Server {
+        for _ in 0..r.t.rx_depth {
+            r.post_recv()?;
+        }
+    }
+    r.key_xchg()?;
+    let rep = if r.role == Role::Client {
+        bw_client(r, stall)?
+    } else {
+        send_bw_server(r, stall)?
+    };
+    bw_row(r, &rep)?;
+    r.line(RESULT_LINE)?;
+    r.key_xchg()?;
+    r.done()
+}
+
+/// The client's side of the bandwidth tests: keeps up to tx_depth WRs in
+/// flight, signalling every cq_mod-th and the last.
+fn bw_client(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerError> {
+    let iters = r.t.iters;
+    let cq_mod = u64::from(r.t.cq_mod);
+    let tx = u64::from(r.t.tx_depth);
+    let mut tposted = Vec::with_capacity(iters as usize);
+    let mut done: Vec<(u64, u64)> = Vec::new();
+    let (mut scnt, mut ccnt) = (0u64, 0u64);
+    let mut last = Instant::now();
+    while ccnt < iters {
+        let mut moved = false;
+        while scnt < iters && scnt - ccnt < tx {
+            let signaled = scnt % cq_mod == cq_mod - 1 || scnt == iters - 1;
+            let off = r.cycled(scnt);
+            tposted.push(r.now());
+            r.post(scnt, signaled, off)?;
+            scnt += 1;
+            moved = true;
+        }
+        let n = r.poll(r.scq)?;
+        for i in 0..n {
+            let w = r.wcs[i];
+            ccnt = w.wr_id + 1;
+            done.push((w.wr_id, r.now()));
+            moved = true;
+        }
+        step(&mut r.node, &mut last, stall, moved)?;
+    }
+    let t_end = done.last().map_or(0, |d| d.1);
+    Ok(bw_report(
+        r,
+        iters,
+        tposted[0],
+        t_end,
+        peak(r, &tposted, &done),
+    ))
+}
+
+/// perftest's peak: the least time per message over every run of
+/// messages from a post to a later completion.
+fn peak(r: &Run<'_>, tposted: &[u64], done: &[(u64, u64)]) -> f64 {
+    if r.t.no_peak {
+        return 0.0;
+    }
+    let mut best = f64::MAX;
+    for (i, &tp) in tposted.iter().enumerate() {
+        for &(j, tc) in done.iter().filter(|d| d.0 >= i as u64) {
+            let per = tc.saturating_sub(tp) as f64 / (j - i as u64 + 1) as f64;
+            if per > 0.0 && per < best {
+                best = per;
+            }
+        }
+    }
+    if best == f64::MAX {
+        return 0.0;
+    }
+    r.t.size as f64 / (best / 1e9) / format_factor(r)
+}
+
+fn format_factor(r: &Run<'_>) -> f64 {
+    if r.t.gbits { 125e6 } else { 1_048_576.0 }
+}
+
+fn bw_report(r: &Run<'_>, iters: u64, t0: u64, t1: u64, bw_peak: f64) -> BwReport {
+    let secs = (t1.saturating_sub(t0) as f64 / 1e9).max(1e-9);
+    BwReport {
+        size: r.t.size,
+        iters,
+        bw_peak,
+        bw_avg: r.t.size as f64 * iters as f64 / secs / format_factor(r),
+        msg_rate: iters as f64 / secs / 1e6,
+    }
+}
+
+/// The send_bw server: counts receives, reposting while more will come;
+/// the clock starts at the first.
+fn send_bw_server(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerError> {
+    let iters = r.t.iters;
+    let mut posted = u64::from(r.t.rx_depth);
+    let (mut rcnt, mut t0, mut t1) = (0u64, 0u64, 0u64);
+    let mut last = Instant::now();
+    while rcnt < iters {
+        let n = r.poll(r.rcq)?;
+        for _ in 0..n {
+            if rcnt == 0 {
+                t0 = r.now();
+            }
+            rcnt += 1;
+            t1 = r.now();
+            if posted < iters {
+                r.post_recv()?;
+                posted += 1;
+            }
+        }
+        step(&mut r.node, &mut last, stall, n > 0)?;
+    }
+    Ok(bw_report(r, iters, t0, t1, 0.0))
+}
+
+/// Five lock-step exchanges of the report; returns the client's.
+fn xchg_report(r: &mut Run<'_>, ours: &BwReport) -> Result<BwReport, PeerError> {
+    let mut theirs = [[0u8; 8]; 5];
+    for (slot, mine) in theirs.iter_mut().zip(ours.to_wire()) {
+        let got = r.xchg(&mine, 8, "Couldn't exchange reports")?;
+        slot.copy_from_slice(&got);
+    }
+    Ok(if r.role == Role::Client {
+        *ours
+    } else {
+        BwReport::parse(&theirs)
+    })
+}
+
+fn bw_header(r: &mut Run<'_>) -> Result<(), PeerError> {
+    let unit = if r.t.gbits { "Gb/sec" } else { "MB/sec" };
+    let h = format!(
+        "{RESULT_LINE}\n #bytes     #iterations    BW peak[{unit}]    BW average[{unit}]   MsgRate[Mpps]"
+    );
+    r.line(&h)
+}
+
+fn bw_row(r: &mut Run<'_>, rep: &BwReport) -> Result<(), PeerError> {
+    let row = if r.t.gbits && rep.bw_avg < 0.1 {
+        format!(
+            " {:<7}    {}           {:<7.6}            {:<7.6}            {:<7.6}",
+            rep.size, rep.iters, rep.bw_peak, rep.bw_avg, rep.msg_rate
+        )
+    } else {
+        format!(
+            " {:<7}    {:<10}       {:<7.2}            {:<7.2}\t\t   {:<7.6}",
+            rep.size, rep.iters, rep.bw_peak, rep.bw_avg, rep.msg_rate
+        )
+    };
+    r.line(&row)
+}
+
+/// The latency tests' opening: two key exchanges, connect, two more.
+fn lat_open(r: &mut Run<'_>) -> Result<(), PeerError> {
+    let rem = r.key_xchg()?;
+    r.key_xchg()?;
+    r.gid_check(&rem)?;
+    r.connect(rem)?;
+    let me = r.me;
+    r.address("local", me)?;
+    let rem2 = r.key_xchg()?;
+    r.address("remote", rem2)?;
+    r.key_xchg()?;
+    Ok(())
+}
+
+/// ib_write_lat: each side writes into the other's receive half and
+/// watches the last byte of its own for the other's counter. The server
+/// writes first. No close handshake.
+fn write_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
+    lat_open(r)?;
+    lat_header(r)?;
+    let iters = r.t.iters;
+    let size = r.t.size;
+    let post_at = (size - 1) as usize;
+    let poll_at = (r.half + size - 1) as usize;
+    let server = r.role == Role::Server;
+    let mut tposted = Vec::with_capacity(iters as usize);
+    let (mut scnt, mut rcnt) = (0u64, 0u64);
+    while scnt < iters || rcnt < iters {
+        if rcnt < iters && !(scnt < 1 && server) {
+            rcnt += 1;
+            let want = rcnt as u8;
+            let mut last = Instant::now();
+            while r.node.engine.memory().as_slice()[poll_at] != want {
+                step(&mut r.node, &mut last, stall, false)?;
+            }
+        }
+        if scnt < iters {
+            scnt += 1;
+            r.node.engine.memory_mut().as_mut_slice()[post_at] = scnt as u8;
+            tposted.push(r.now());
+            r.post(scnt, true, 0)?;
+            r.wait_one(r.scq, stall)?;
+        }
+    }
+    lat_row(r, &tposted, 2.0)?;
+    r.line(RESULT_LINE)
+}
+
+/// ib_read_lat and ib_atomic_lat: the client reads (or does an atomic)
+/// one message at a time; the server waits in the closing handshake.
+fn read_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
+    lat_open(r)?;
+    if r.role == Role::Client {
+        lat_header(r)?;
+        let mut tposted = Vec::with_capacity(r.t.iters as usize);
+        for n in 0..r.t.iters {
+            tposted.push(r.now());
+            r.post(n, true, 0)?;
+            r.wait_one(r.scq, stall)?;
+        }
+        lat_row(r, &tposted, 1.0)?;
+        r.key_xchg()?;
+        r.done()?;
+        r.line(RESULT_LINE)
+    } else {
+        r.key_xchg()?;
+        r.done()?;
+        r.line(RESULT_LINE)
+    }
+}
+
+/// ib_send_lat: a ping-pong of sends; the client sends first.
+fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
+    let rem = r.key_xchg()?;
+    r.gid_check(&rem)?;
+    r.connect(rem)?;
+    r.key_xchg()?;
+    let me = r.me;
+    r.address("local", me)?;
+    let rem2 = r.key_xchg()?;
+    r.address("remote", rem2)?;
+    lat_header(r)?;
+    for _ in 0..r.t.rx_depth {
+        r.post_recv()?;
+    }
+    r.key_xchg()?;
+    let iters = r.t.iters;
+    let rx = u64::from(r.t.rx_depth);
+    let client = r.role == Role::Client;
+    let mut tposted = Vec::with_capacity(iters as usize);
+    let (mut scnt, mut rcnt) = (0u64, 0u64);
+    while scnt < iters || rcnt < iters {
+        if rcnt < iters && !(scnt == 0 && client) {
+            r.wait_one(r.rcq, stall)?;
+            rcnt += 1;
+            if rcnt + rx <= iters {
+                r.post_recv()?;
+            }
+        }
+        if scnt < iters {
+            tposted.push(r.now());
+            r.post(scnt, true, 0)?;
+            scnt += 1;
+            r.wait_one(r.scq, stall)?;
+        }
+    }
+    lat_row(r, &tposted, 2.0)?;
+    r.line(RESULT_LINE)?;
+    r.key_xchg()?;
+    r.done()
+}
+
+fn lat_header(r: &mut Run<'_>) -> Result<(), PeerError> {
+    let h = format!(
+        "{RESULT_LINE}\n #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] "
+    );
+    r.line(&h)
+}
+
+/// The latency figures from the post times, perftest's way: the gaps
+/// between posts (divided by `rtt_factor`), sorted, the two largest
+/// dropped.
+pub(crate) fn lat_stats(tposted: &[u64], rtt_factor: f64) -> [f64; 7] {
+    let mut d: Vec<f64> = tposted
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]) as f64 / 1e3 / rtt_factor)
+        .collect();
+    d.sort_by(f64::total_cmp);
+    if d.len() < 3 {
+        return [0.0; 7];
+    }
+    let m = d.len() - 2;
+    let kept = &d[..m];
+    let typical = if m.is_multiple_of(2) {
+        (kept[m / 2 - 1] + kept[m / 2]) / 2.0
+    } else {
+        kept[m / 2]
+    };
+    let avg = kept.iter().sum::<f64>() / m as f64;
+    let var = kept.iter().map(|x| (x - avg) * (x - avg)).sum::<f64>() / m as f64;
+    let pct = |p: f64| d[((p * m as f64).ceil() as usize).min(d.len() - 1)];
+    [d[0], d[m], typical, avg, var.sqrt(), pct(0.99), pct(0.999)]
+}
+
+fn lat_row(r: &mut Run<'_>, tposted: &[u64], rtt_factor: f64) -> Result<(), PeerError> {
+    let [min, max, typ, avg, sd, p99, p999] = lat_stats(tposted, rtt_factor);
+    let row = format!(
+        " {:<7} {}          {:<7.2}        {:<7.2}      {:<7.2}  \t       {:<7.2}     \t{:<7.2}\t\t{:<7.2} \t\t{:<7.2}",
+        r.t.size, r.t.iters, min, max, typ, avg, sd, p99, p999
+    );
+    r.line(&row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Args {
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_perftest() {
+        let t = Test::from_args("ib_write_bw", &args(&["ib_write_bw"])).unwrap();
+        assert_eq!(
+            (t.size, t.iters, t.tx_depth, t.cq_mod),
+            (65536, 5000, 128, 1)
+        );
+        let t = Test::from_args("ib_write_bw", &args(&["x", "-n", "5", "-s", "64"])).unwrap();
+        assert_eq!((t.tx_depth, t.cq_mod), (5, 5));
+        let t = Test::from_args("ib_send_lat", &args(&["x"])).unwrap();
+        assert_eq!((t.size, t.iters, t.tx_depth, t.rx_depth), (2, 1000, 1, 512));
+        let t = Test::from_args("ib_read_bw", &args(&["x"])).unwrap();
+        assert_eq!((t.iters, t.out_reads), (1000, 128));
+        let t = Test::from_args("ib_atomic_bw", &args(&["x", "-A", "CMP_AND_SWAP"])).unwrap();
+        assert!(t.cas && t.size == 8);
+        let t = Test::from_args("ib_send_bw", &args(&["x", "-c", "UD", "-n", "7"])).unwrap();
+        assert_eq!(t.rx_depth, 8);
+    }
+
+    #[test]
+    fn refuses_what_perftest_refuses_and_what_we_lack() {
+        for (tool, v, want) in [
+            ("ib_write_bw", &["x", "-n", "4"][..], "between 5 and"),
+            ("ib_atomic_bw", &["x", "-s", "16"], "Atomic"),
+            ("ib_read_bw", &["x", "-c", "UD"], "UD connection"),
+            ("ib_read_lat", &["x", "-c", "UC"], "UC connection"),
+            ("ib_write_bw", &["x", "-b"], "-b"),
+            ("ib_write_bw", &["x", "-q", "2"], "-q"),
+            ("ib_write_bw", &["x", "-A", "CMP_AND_SWAP"], "atomic"),
+            ("ib_write_bw", &["x", "-o", "4"], "Outstanding"),
+        ] {
+            let e = Test::from_args(tool, &args(v)).unwrap_err().to_string();
+            assert!(e.contains(want), "{tool} {v:?}: {e}");
+        }
+        assert!(Args::try_parse_from(["x", "--odp"]).is_err());
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn c_alt_hex_matches_printf() {
+        assert_eq!(c_alt_hex(0, 4), "0000");
+        assert_eq!(c_alt_hex(0x11, 6), "0x0011");
+        assert_eq!(c_alt_hex(0x3f7c0b, 6), "0x3f7c0b");
+        assert_eq!(c_alt_hex(0x7f00_0000_1000, 16), "0x7f000000001000");
+    }
+
+    #[test]
+    fn latency_statistics() {
+        // Gaps of 2, 4, 6, ... µs round trip, one way 1, 2, 3, ...
+        let mut t = vec![0u64];
+        for i in 1..=10u64 {
+            t.push(t[t.len() - 1] + 2000 * i);
+        }
+        let [min, max, typ, avg, _, p99, _] = lat_stats(&t, 2.0);
+        assert_eq!((min, max), (1.0, 9.0));
+        assert_eq!(typ, 4.5);
+        assert_eq!(avg, 4.5);
+        assert_eq!(p99, 9.0);
+    }
+}
