@@ -41,7 +41,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 echo "cargo-fuzz: $(cargo fuzz --version)"
 
-TARGETS=(frame decode packet engine neigh)
+TARGETS=(frame decode packet engine neigh cm)
 
 # --- seed corpora -----------------------------------------------------------
 echo "+ generating seed corpora in fuzz/corpus/ from tests/data/*.pcap" >&2
@@ -147,7 +147,7 @@ def put(target, blob):
         fh.write(blob)
 
 
-counts = {"decode": 0, "frame": 0, "packet": 0, "engine": 0}
+counts = {"decode": 0, "frame": 0, "packet": 0, "engine": 0, "cm": 0}
 stream = b""
 for path in sorted(glob.glob(os.path.join(data_dir, "*.pcap")) +
                    glob.glob(os.path.join(data_dir, "*.pcapng"))):
@@ -168,6 +168,11 @@ for path in sorted(glob.glob(os.path.join(data_dir, "*.pcap")) +
         p = udp_payload(link, f)
         if p is not None:
             put("packet", p)
+            # cm: the MAD of a UD SEND Only (opcode 0x64) to QP1, after
+            # the 12-byte BTH and 8-byte DETH.
+            if len(p) >= 20 + 256 and p[0] == 0x64 and p[5:8] == b"\x00\x00\x01":
+                put("cm", p[20:20 + 256])
+                counts["cm"] += 1
             counts["packet"] += 1
             # engine: chunks of (u16 LE length, QP selector, packet).
             chunk = struct.pack("<H", len(p)) + bytes([counts["engine"] % 3]) + p

@@ -146,6 +146,80 @@ fn perftest_tools_against_ourselves() {
 }
 
 #[test]
+fn rping_against_ourselves() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let server = peer("127.0.0.31", &["rping", "-s", "-v", "-p", "19301"])
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(200));
+    let c = peer(
+        "127.0.0.32",
+        &[
+            "rping",
+            "-c",
+            "-a",
+            "127.0.0.31",
+            "-p",
+            "19301",
+            "-C",
+            "4",
+            "-v",
+            "-V",
+            "-S",
+            "100",
+        ],
+    )
+    .output()
+    .unwrap();
+    let s = server.wait_with_output().unwrap();
+    let (ct, st) = (text(&c), text(&s));
+    assert!(c.status.success(), "client: {ct}");
+    assert!(s.status.success(), "server: {st}");
+    // Four rounds, each echoed through READ and WRITE.
+    for i in 0..4 {
+        let line = format!("ping data: rdma-ping-{i}: ");
+        assert!(ct.contains(&line), "client: {ct}");
+        assert!(st.contains(&format!("server {line}")), "server: {st}");
+    }
+    assert!(ct.contains("rdma-ping-1: BCDEF"), "{ct}");
+    // A client aimed at a port nobody listens on is rejected, by name.
+    let server = peer("127.0.0.31", &["rping", "-s", "-p", "19302"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "peer",
+        "--link",
+        "udp",
+        "--ip",
+        "127.0.0.32",
+        "--stall-timeout",
+        "5",
+    ])
+    .args(["rping", "-c", "-a", "127.0.0.31", "-p", "19399", "-C", "1"]);
+    let bad = cmd.output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad).contains("rejected the connection"),
+        "{}",
+        text(&bad)
+    );
+    // The listening server is still there; connect it properly to end it.
+    let ok = peer(
+        "127.0.0.32",
+        &["rping", "-c", "-a", "127.0.0.31", "-p", "19302", "-C", "1"],
+    )
+    .output()
+    .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(server.wait_with_output().unwrap().status.success());
+}
+
+#[test]
 fn bad_options_are_named() {
     for (args, want) in [
         (&["ibv_rc_pingpong", "-o"][..], "'-o'"),

@@ -5,6 +5,8 @@
 # "VUR-STEP <n> rc=<rc>" line per step and powers off.
 # Kernel parameters: vur.ip=ADDR/PREFIX vur.ip6=ADDR/PREFIX vur.mtu=N
 #   vur.peer=ADDR (pinged before the suite) vur.shell=1 (shell, no power-off)
+#   vur.loss=P% (netem loss on eth0 both ways: egress directly, ingress
+#   through ifb0; the host kernel here has no netem)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -15,7 +17,7 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 
-V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0
+V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss=
 for x in $(cat /proc/cmdline); do
   case "$x" in
     vur.*=*) k=${x%%=*}; k=${k#vur.}; v=${x#*=}; eval "V_$k=\$v" ;;
@@ -46,6 +48,16 @@ done
 if [ -n "$V_peer" ]; then
   i=0; until ping -c1 -W1 "$V_peer" >/dev/null 2>&1 || [ $i -ge 20 ]; do i=$((i+1)); done
 fi
+if [ -n "$V_loss" ]; then
+  modprobe ifb numifbs=1
+  ip link set ifb0 up
+  tc qdisc add dev eth0 root netem loss "$V_loss"
+  tc qdisc add dev eth0 handle ffff: ingress
+  tc filter add dev eth0 parent ffff: matchall action mirred egress redirect dev ifb0
+  tc qdisc add dev ifb0 root netem loss "$V_loss"
+  log "netem loss $V_loss on eth0 egress and ingress (ifb0)"
+  tc -s qdisc show dev eth0 | head -3
+fi
 
 # step N server|client TIMEOUT CMD...: run one tool; a client retries
 # while the server is not listening yet (the tools exit at once then).
@@ -63,6 +75,9 @@ step() {
 }
 if [ -f /suite.sh ]; then . /suite.sh; fi
 
+if [ -n "$V_loss" ]; then
+  echo "netem drops:"; tc -s qdisc show dev eth0 | grep -E 'netem|dropped'; tc -s qdisc show dev ifb0 | grep -E 'netem|dropped'
+fi
 echo "rxe0 hw counters (non-zero):"
 for c in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do
   v=$(cat "$c"); [ "$v" != 0 ] && echo "  ${c##*/}=$v"

@@ -15,8 +15,10 @@
 //! `--ip` addresses. So `--ip 10.77.0.2/24` puts `::ffff:10.77.0.2` at
 //! index 1, as on a kernel rxe device.
 
+pub mod cm;
 pub mod perftest;
 pub mod pingpong;
+pub mod rping;
 
 use std::{
     hash::{BuildHasher, Hasher},
@@ -173,6 +175,14 @@ pub enum PeerError {
     /// The other side sent a malformed handshake record.
     #[error("bad handshake record from the other side")]
     Record(#[from] OobError),
+    /// The other side rejected the connection (CM REJ).
+    #[error(
+        "the server rejected the connection (CM REJ reason {0}); is it listening on that port?"
+    )]
+    Rejected(u32),
+    /// The other side sent a malformed CM message.
+    #[error("malformed CM message from the other side")]
+    Mad(#[from] transport::wire::Error),
     /// A work request completed in error.
     #[error("Failed status {status:?} for wr_id {wr_id}")]
     Completion {
@@ -510,6 +520,20 @@ pub(crate) fn oob(what: &str) -> impl FnOnce(io::Error) -> PeerError + '_ {
     }
 }
 
+/// An empty work completion, to fill arrays that `poll_cq` writes.
+pub(crate) fn blank_wc() -> transport::verbs::Wc {
+    transport::verbs::Wc {
+        wr_id: 0,
+        status: WcStatus::Success,
+        opcode: transport::verbs::WcOpcode::Send,
+        byte_len: 0,
+        qp_num: 0,
+        src_qp: 0,
+        imm_data: None,
+        invalidated_rkey: None,
+    }
+}
+
 /// The tools `peer` can stand in for.
 pub const TOOLS: &[&str] = &[
     "ibv_rc_pingpong",
@@ -523,6 +547,7 @@ pub const TOOLS: &[&str] = &[
     "ib_read_lat",
     "ib_send_lat",
     "ib_atomic_lat",
+    "rping",
 ];
 
 /// Runs `tool` with its own arguments `args` against the stock tool on
@@ -539,6 +564,7 @@ pub fn run(
         }
         "ib_write_bw" | "ib_read_bw" | "ib_send_bw" | "ib_atomic_bw" | "ib_write_lat"
         | "ib_read_lat" | "ib_send_lat" | "ib_atomic_lat" => perftest::run(opts, tool, args, out),
+        "rping" => rping::run(opts, args, out),
         t => Err(PeerError::Config(format!(
             "unknown tool `{t}`; supported: {}",
             TOOLS.join(", ")

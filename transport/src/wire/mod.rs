@@ -107,6 +107,7 @@ mod aeth;
 mod atomic_ack_eth;
 mod atomic_eth;
 mod bth;
+pub mod cm;
 mod deth;
 mod feth;
 pub mod frame;
