@@ -83,7 +83,8 @@ fn cm_err(msg: impl Into<String>) -> PeerError {
 pub struct RcParams {
     /// Our QP.
     pub qp: u32,
-    /// Our first PSN.
+    /// The first PSN we expect to receive (the starting PSN our REQ or
+    /// REP carries).
     pub psn: u32,
     /// Path MTU we offer (the passive side takes the smaller).
     pub mtu: Mtu,
@@ -339,7 +340,11 @@ impl Gsi {
                         };
                         let rd = p.initiator_depth.min(rep.responder_resources).max(1);
                         let dest_rd = p.responder_resources.max(1);
-                        modify_rc(node, p, &conn, rep.starting_psn, p.mtu, dest_rd, rd, 19)?;
+                        // Each side's starting PSN is the one it expects
+                        // to receive (as Linux fills them): we send from
+                        // the REP's and receive from the REQ's.
+                        let psns = (p.psn, rep.starting_psn);
+                        modify_rc(node, p, &conn, psns, p.mtu, dest_rd, rd, 19)?;
                         let rtu = IdsRepr {
                             attr: CmAttr::Rtu,
                             local_comm_id,
@@ -428,11 +433,13 @@ impl Gsi {
                 .min(p.mtu);
             let rd = p.initiator_depth.min(req.responder_resources).max(1);
             let dest_rd = p.responder_resources.max(1);
+            // We send from the REQ's starting PSN and receive from ours.
+            let psns = (p.psn, req.starting_psn);
             modify_rc(
                 node,
                 p,
                 &conn,
-                req.starting_psn,
+                psns,
                 mtu,
                 dest_rd,
                 rd,
@@ -571,13 +578,14 @@ impl Gsi {
     }
 }
 
-/// RTR and RTS toward the other side of `conn`.
+/// RTR and RTS toward the other side of `conn`, receiving from
+/// `psns.0` and sending from `psns.1`.
 #[allow(clippy::too_many_arguments)]
 fn modify_rc(
     node: &mut Node,
     p: &RcParams,
     conn: &Conn,
-    remote_psn: u32,
+    psns: (u32, u32),
     mtu: Mtu,
     max_dest_rd_atomic: u8,
     max_rd_atomic: u8,
@@ -588,7 +596,7 @@ fn modify_rc(
         state: Some(QpState::Rtr),
         path_mtu: Some(mtu),
         dest_qp_num: Some(conn.remote_qpn),
-        rq_psn: Some(remote_psn),
+        rq_psn: Some(psns.0),
         max_dest_rd_atomic: Some(max_dest_rd_atomic),
         min_rnr_timer: Some(12),
         ah: Some(AhAttr {
@@ -603,7 +611,7 @@ fn modify_rc(
         .map_err(verbs("Failed to modify QP to RTR"))?;
     let rts = QpAttr {
         state: Some(QpState::Rts),
-        sq_psn: Some(p.psn),
+        sq_psn: Some(psns.1),
         timeout: Some(timeout),
         retry_cnt: Some(7),
         rnr_retry: Some(7),

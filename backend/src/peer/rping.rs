@@ -354,7 +354,11 @@ pub fn run(opts: &PeerOptions, args: &[String], out: &mut dyn Write) -> Result<(
         let until = Instant::now() + opts.connect_timeout;
         let conn = loop {
             match r.gsi.connect(&mut r.node, &params, me, dst, a.port) {
-                Err(PeerError::Rejected(_)) if Instant::now() < until => {
+                // Rejected (nobody listens yet) or unreachable (the
+                // server's host is not up yet).
+                Err(PeerError::Rejected(_) | PeerError::Link(netdev::LinkError::Neighbour(_)))
+                    if Instant::now() < until =>
+                {
                     let end = Instant::now() + Duration::from_millis(500);
                     while Instant::now() < end {
                         r.node.progress(Duration::from_millis(20))?;
