@@ -96,6 +96,8 @@ fn perftest_tools_against_ourselves() {
     }
     let tools: &[&[&str]] = &[
         &["ib_write_bw", "-n", "200", "-s", "8192"],
+        &["ib_write_bw", "-n", "200", "-s", "4096", "-b"],
+        &["ib_send_bw", "-n", "200", "-s", "2048", "-b"],
         &["ib_read_bw", "-n", "200", "-s", "3000"],
         &["ib_send_bw", "-n", "200", "-s", "100"],
         &["ib_atomic_bw", "-n", "100", "-A", "CMP_AND_SWAP"],
@@ -223,10 +225,7 @@ fn rping_against_ourselves() {
 fn bad_options_are_named() {
     for (args, want) in [
         (&["ibv_rc_pingpong", "-o"][..], "'-o'"),
-        (
-            &["ib_write_bw", "-b"],
-            "-b (bidirectional) is not supported",
-        ),
+        (&["ib_write_bw", "-q", "2"], "-q above 1 is not supported"),
         (
             &["ib_write_bw", "-n", "3"],
             "Iteration num should be between 5",

@@ -11,7 +11,8 @@
 //! CQ moderation and address cycling for the bandwidth tests; the
 //! ping-pongs of the latency tests) and their result lines.
 //!
-//! Not built yet: `-b` (bidirectional), `-q` above 1, `-a`, `-D` and `-R`
+//! `-b` (bidirectional) runs traffic both ways and prints the sum, as
+//! perftest does. Not built yet: `-q` above 1, `-a`, `-D` and `-R`
 //! (rdma_cm); each is refused with an error naming it.
 
 use std::{
@@ -173,6 +174,7 @@ struct Test {
     cas: bool,
     gbits: bool,
     no_peak: bool,
+    bidir: bool,
     dev: String,
 }
 
@@ -192,8 +194,10 @@ impl Test {
             "ib_send_lat" => (Verb::Send, Kind::Lat),
             _ => (Verb::Atomic, Kind::Lat),
         };
+        if a.bidirectional && kind != Kind::Bw {
+            return Err(cfg(" Bidirectional is only available in BW test"));
+        }
         for (given, name) in [
-            (a.bidirectional, "-b (bidirectional)"),
             (a.all, "-a (all sizes)"),
             (a.duration.is_some(), "-D (duration)"),
             (a.rdma_cm, "-R (rdma_cm)"),
@@ -307,6 +311,7 @@ impl Test {
             cas,
             gbits: a.report_gbits,
             no_peak: a.no_peak || iters > 20000,
+            bidir: a.bidirectional,
             dev: a.ib_dev.clone().unwrap_or_else(|| "vur0".into()),
         })
     }
@@ -408,9 +413,10 @@ impl Run<'_> {
         let t = self.t.clone();
         let mut s = String::new();
         let _ = writeln!(s, "{RESULT_LINE}");
-        let what = match t.kind {
-            Kind::Bw => "BW ",
-            Kind::Lat => "Latency ",
+        let what = match (t.kind, t.bidir) {
+            (Kind::Bw, true) => "Bidirectional BW ",
+            (Kind::Bw, false) => "BW ",
+            (Kind::Lat, _) => "Latency ",
         };
         let atomic = match (t.verb, t.cas) {
             (Verb::Atomic, true) => "CMP_AND_SWAP ",
@@ -432,10 +438,10 @@ impl Run<'_> {
         let _ = writeln!(s, " Connection type : {ct}\t\tUsing SRQ      : OFF");
         let _ = writeln!(s, " PCIe relax order: OFF");
         let _ = writeln!(s, " ibv_wr* API     : OFF");
-        if self.role == Role::Client {
+        if self.role == Role::Client || t.bidir {
             let _ = writeln!(s, " TX depth        : {}", t.tx_depth);
         }
-        if t.verb == Verb::Send && self.role == Role::Server {
+        if t.verb == Verb::Send && (self.role == Role::Server || t.bidir) {
             let _ = writeln!(s, " RX depth        : {}", t.rx_depth);
         }
         if t.kind == Kind::Bw {
@@ -887,11 +893,20 @@ fn rdma_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     r.address("remote", rem2)?;
     r.key_xchg()?;
     bw_header(r)?;
-    if r.role == Role::Client {
-        let rep = bw_client(r, stall)?;
+    if r.t.bidir {
+        // Both sides send: a sync, the traffic, then each side prints the
+        // sum of both reports.
+        r.key_xchg()?;
+        let ours = bw_client(r, stall, false)?;
+        let theirs = xchg_report(r, &ours)?;
+        bw_row(r, &sum_reports(&ours, &theirs))?;
+        r.line(RESULT_LINE)?;
+    } else if r.role == Role::Client {
+        let rep = bw_client(r, stall, false)?;
         bw_row(r, &rep)?;
         r.line(RESULT_LINE)?;
         r.key_xchg()?;
+        // The server's values are junk; only ours count.
         xchg_report(r, &rep)?;
     } else {
         r.key_xchg()?;
@@ -923,14 +938,18 @@ fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     let rem2 = r.key_xchg()?;
     r.address("remote", rem2)?;
     bw_header(r)?;
-    if r.role == Role::Server {
+    if r.role == Role::Server || r.t.bidir {
         for _ in 0..r.t.rx_depth {
             r.post_recv()?;
         }
     }
     r.key_xchg()?;
-    let rep = if r.role == Role::Client {
-        bw_client(r, stall)?
+    let rep = if r.t.bidir {
+        let ours = bw_client(r, stall, true)?;
+        let theirs = xchg_report(r, &ours)?;
+        sum_reports(&ours, &theirs)
+    } else if r.role == Role::Client {
+        bw_client(r, stall, false)?
     } else {
         send_bw_server(r, stall)?
     };
@@ -940,19 +959,40 @@ fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     r.done()
 }
 
-/// The client's side of the bandwidth tests: keeps up to tx_depth WRs in
-/// flight, signalling every cq_mod-th and the last.
-fn bw_client(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerError> {
+/// The sending side of the bandwidth tests: keeps up to tx_depth WRs in
+/// flight, signalling every cq_mod-th and the last. With `receives` (a
+/// bidirectional send test) it also takes the other side's iters
+/// messages, reposting receives, and a server starts sending only after
+/// its first receive, as perftest does.
+fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwReport, PeerError> {
     let iters = r.t.iters;
     let cq_mod = u64::from(r.t.cq_mod);
     let tx = u64::from(r.t.tx_depth);
     let mut tposted = Vec::with_capacity(iters as usize);
     let mut done: Vec<(u64, u64)> = Vec::new();
     let (mut scnt, mut ccnt) = (0u64, 0u64);
+    let (mut rcnt, mut rposted) = if receives {
+        (0u64, u64::from(r.t.rx_depth))
+    } else {
+        (iters, iters)
+    };
+    let mut started = !receives || r.role == Role::Client;
     let mut last = Instant::now();
-    while ccnt < iters {
+    while ccnt < iters || rcnt < iters {
         let mut moved = false;
-        while scnt < iters && scnt - ccnt < tx {
+        if rcnt < iters {
+            let n = r.poll(r.rcq)?;
+            for _ in 0..n {
+                rcnt += 1;
+                started = true;
+                moved = true;
+                if rposted < iters {
+                    r.post_recv()?;
+                    rposted += 1;
+                }
+            }
+        }
+        while started && scnt < iters && scnt - ccnt < tx {
             let signaled = scnt % cq_mod == cq_mod - 1 || scnt == iters - 1;
             let off = r.cycled(scnt);
             tposted.push(r.now());
@@ -1040,18 +1080,25 @@ fn send_bw_server(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerErro
     Ok(bw_report(r, iters, t0, t1, 0.0))
 }
 
-/// Five lock-step exchanges of the report; returns the client's.
+/// Five lock-step exchanges of the report; returns the other side's.
 fn xchg_report(r: &mut Run<'_>, ours: &BwReport) -> Result<BwReport, PeerError> {
     let mut theirs = [[0u8; 8]; 5];
     for (slot, mine) in theirs.iter_mut().zip(ours.to_wire()) {
         let got = r.xchg(&mine, 8, "Couldn't exchange reports")?;
         slot.copy_from_slice(&got);
     }
-    Ok(if r.role == Role::Client {
-        *ours
-    } else {
-        BwReport::parse(&theirs)
-    })
+    Ok(BwReport::parse(&theirs))
+}
+
+/// A bidirectional test's figures: both sides' added up.
+fn sum_reports(a: &BwReport, b: &BwReport) -> BwReport {
+    BwReport {
+        size: a.size,
+        iters: a.iters,
+        bw_peak: a.bw_peak + b.bw_peak,
+        bw_avg: a.bw_avg + b.bw_avg,
+        msg_rate: a.msg_rate + b.msg_rate,
+    }
 }
 
 fn bw_header(r: &mut Run<'_>) -> Result<(), PeerError> {
@@ -1264,7 +1311,7 @@ mod tests {
             ("ib_atomic_bw", &["x", "-s", "16"], "Atomic"),
             ("ib_read_bw", &["x", "-c", "UD"], "UD connection"),
             ("ib_read_lat", &["x", "-c", "UC"], "UC connection"),
-            ("ib_write_bw", &["x", "-b"], "-b"),
+            ("ib_write_lat", &["x", "-b"], "Bidirectional"),
             ("ib_write_bw", &["x", "-q", "2"], "-q"),
             ("ib_write_bw", &["x", "-A", "CMP_AND_SWAP"], "atomic"),
             ("ib_write_bw", &["x", "-o", "4"], "Outstanding"),
