@@ -16,8 +16,12 @@
 //!   resolving neighbours through [`neigh`]: `tap` (a TAP device) and
 //!   `packet` (AF_PACKET on an existing interface, see [`packet`]).
 //!
-//! Not built yet: batching (sendmmsg/recvmmsg, vnet headers), the link
-//! down → QP error path. See the README's status table.
+//! A link that goes down or vanishes reports errors for which
+//! [`LinkError::is_link_down`] holds; the loop driving the engine then
+//! takes the port down.
+//!
+//! Not built yet: batching (sendmmsg/recvmmsg, vnet headers). See the
+//! README's status table.
 
 pub mod eth;
 pub mod neigh;
@@ -55,6 +59,33 @@ impl Received {
             ib_len: frame.ib.len(),
             ecn: frame.repr.ip.ecn(),
         }
+    }
+}
+
+impl LinkError {
+    /// Whether the error means the link itself is down or gone (the
+    /// interface was set down or deleted), rather than a full queue or one
+    /// packet the kernel refused. The caller then takes the port down
+    /// (`Engine::port_down`), as rxe does when its netdev goes away.
+    pub fn is_link_down(&self) -> bool {
+        let code = match self {
+            LinkError::Device { source, .. }
+            | LinkError::Recv(source)
+            | LinkError::Send { source, .. } => source.raw_os_error(),
+            LinkError::NoInterface(_) => return true,
+            _ => None,
+        };
+        matches!(
+            code,
+            Some(
+                libc::ENETDOWN
+                    | libc::ENXIO
+                    | libc::ENODEV
+                    | libc::EIO
+                    | libc::EBADFD
+                    | libc::EBADF
+            )
+        )
     }
 }
 

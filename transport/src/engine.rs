@@ -802,6 +802,32 @@ impl<M: Memory> Engine<M> {
         Ok(())
     }
 
+    /// The link under the port went down or vanished. As rxe's QPs do
+    /// when their netdev goes away, every QP that is not in RESET or ERR
+    /// moves to ERR (its outstanding work requests complete with
+    /// FLUSH_ERR) and raises a fatal event; then a port error event is
+    /// queued. Returns how many QPs were moved.
+    pub fn port_down(&mut self) -> usize {
+        let qpns: Vec<u32> = self
+            .qps
+            .iter()
+            .flatten()
+            .filter(|q| !matches!(q.state(), QpState::Reset | QpState::Err))
+            .map(|q| q.qpn)
+            .collect();
+        let err = QpAttr {
+            state: Some(QpState::Err),
+            ..Default::default()
+        };
+        for &qpn in &qpns {
+            if self.modify_qp(qpn, &err, 0).is_ok() {
+                self.events.push_back(AsyncEvent::QpFatal(qpn));
+            }
+        }
+        self.events.push_back(AsyncEvent::PortError);
+        qpns.len()
+    }
+
     /// Posts a send work request.
     pub fn post_send(&mut self, qpn: u32, wr: &SendWr<'_>) -> Result<(), VerbsError> {
         let max_inline = self.attrs.max_inline_data;

@@ -438,6 +438,9 @@ pub enum AsyncEvent {
     QpLastWqeReached(u32),
     /// An SRQ dropped below its armed limit.
     SrqLimitReached(u32),
+    /// The port went down: its link failed or vanished (rxe raises
+    /// IB_EVENT_PORT_ERR when its netdev does).
+    PortError,
 }
 
 /// A completion notification for a CQ armed with `req_notify_cq`.

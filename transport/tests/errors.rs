@@ -532,3 +532,50 @@ fn cq_overflow_raises_an_async_event() {
     assert_eq!(s.pair.a.poll_event(), Some(AsyncEvent::CqErr(s.a.cq)));
     assert_eq!(drain(&mut s.pair.a, s.a.cq).len(), 2);
 }
+
+/// The link under a port fails: every live QP moves to ERR and flushes
+/// its outstanding work with FLUSH_ERR, each raises a fatal event, and a
+/// port error follows; QPs in RESET are left alone.
+#[test]
+fn port_down_moves_live_qps_to_error() {
+    let mut s = setup(QpType::Rc, clean(), 3, Mtu::Mtu1024, MEM);
+    let sge = [Sge {
+        addr: 0,
+        length: 64,
+        lkey: s.a.key,
+    }];
+    for id in 0..3 {
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(id, SendOp::Write, &sge).remote(0, s.b.key),
+            )
+            .unwrap();
+    }
+    s.pair
+        .a
+        .post_recv(
+            s.a.qp,
+            &RecvWr {
+                wr_id: 9,
+                sges: &sge,
+            },
+        )
+        .unwrap();
+    assert_eq!(s.pair.a.port_down(), 1);
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
+    let wcs = drain(&mut s.pair.a, s.a.cq);
+    let mut ids: Vec<u64> = wcs.iter().map(|w| w.wr_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1, 2, 9]);
+    assert!(
+        wcs.iter().all(|w| w.status == WcStatus::WrFlushErr),
+        "{wcs:?}"
+    );
+    assert_eq!(s.pair.a.poll_event(), Some(AsyncEvent::QpFatal(s.a.qp)));
+    assert_eq!(s.pair.a.poll_event(), Some(AsyncEvent::PortError));
+    assert_eq!(s.pair.a.poll_event(), None);
+    // Nothing more goes out from a port that is down.
+    assert!(s.pair.a.poll_transmit(0, &mut [0u8; 4096]).is_none());
+}

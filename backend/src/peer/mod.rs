@@ -154,6 +154,15 @@ pub enum PeerError {
     /// The link failed.
     #[error("link")]
     Link(#[from] LinkError),
+    /// The link went down or vanished; the port went down with it.
+    #[error("the link went down; the port is down and {qps} QP(s) moved to the error state")]
+    LinkDown {
+        /// QPs moved to the error state.
+        qps: usize,
+        /// What the link reported.
+        #[source]
+        source: LinkError,
+    },
     /// The engine refused a verb.
     #[error("{what}")]
     Verbs {
@@ -367,16 +376,21 @@ impl Node {
             any = true;
             match self.link.send(&t, &mut self.buf[..t.len], now) {
                 Ok(()) => {}
-                Err(e @ (LinkError::Neighbour(_) | LinkError::Device { .. })) => {
-                    return Err(e.into());
-                }
+                Err(e) if e.is_link_down() => return Err(self.link_down(e)),
+                Err(e @ LinkError::Neighbour(_)) => return Err(e.into()),
                 Err(_) => self.send_errors += 1,
             }
         }
         if self.link.poll_timeout().is_some_and(|t| t <= now) {
             self.link.handle_timeout(now)?;
         }
-        while let Some(r) = self.link.recv(&mut self.buf, now)? {
+        loop {
+            let r = match self.link.recv(&mut self.buf, now) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) if e.is_link_down() => return Err(self.link_down(e)),
+                Err(e) => return Err(e.into()),
+            };
             let meta = RxMeta {
                 ip_header: &self.buf[r.ip_start..r.ip_start + r.ip_len],
                 ecn: r.ecn,
@@ -394,6 +408,13 @@ impl Node {
             any = true;
         }
         Ok(any)
+    }
+
+    /// The link went down or vanished: the port goes down (every QP to
+    /// the error state, as rxe's do) and the run ends with the cause.
+    fn link_down(&mut self, source: LinkError) -> PeerError {
+        let qps = self.engine.port_down();
+        PeerError::LinkDown { qps, source }
     }
 
     /// Pumps; if nothing moved, sleeps until the link has a packet, a
