@@ -6,7 +6,7 @@
 mod common;
 
 use common::{in_private_netns, ip};
-use netdev::{Link, eth::EthLink};
+use netdev::eth::EthLink;
 
 fn root() -> bool {
     // SAFETY: geteuid has no preconditions.

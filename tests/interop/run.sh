@@ -13,7 +13,9 @@
 #
 # Usage: tests/interop/run.sh [SUITE...]
 #   suites: pingpong perftest (interface MTU 1500, RoCE MTU 1024) and
-#   pingpong9000 perftest9000 (MTU 9000, RoCE MTU 4096); default: all four
+#   pingpong9000 perftest9000 (MTU 9000, RoCE MTU 4096), loss (1 GiB
+#   ib_write_bw and ib_read_bw each way under netem loss 2% applied in the
+#   guest on eth0 egress and ingress); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
 # work directory (logs, captures) for inspection.
 set -euo pipefail
@@ -21,7 +23,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest pingpong9000 perftest9000)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest pingpong9000 perftest9000 loss)
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
@@ -102,14 +104,23 @@ suite_steps() {
       # sends here.
       echo "client|ib_send_bw -x 1 -n 200 -s 1024 -c UD"
       ;;
+    loss)
+      # 1 GiB each way under 2% netem loss each way (in the guest: this
+      # host's kernel has no netem), then a data check: our pingpong
+      # client verifies every echoed message.
+      for st in "ib_write_bw -x 1 -n 16384 -s 65536" "ib_read_bw -x 1 -n 16384 -s 65536" \
+                "ibv_rc_pingpong -g 1 -n 500 -s 65536"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      ;;
     *) echo "interop: unknown suite $1" >&2; return 1 ;;
   esac
 }
 
 FAILED=0
 run_suite() { # NAME
-  local name=$1 mtu=1500 dir=$WORK/$1
-  case "$name" in *9000) mtu=9000 ;; esac
+  local name=$1 mtu=1500 dir=$WORK/$1 loss="" tmo=150
+  case "$name" in *9000) mtu=9000 ;; loss) loss=2% tmo=900 ;; esac
   mkdir -p "$dir/initrd"
   mapfile -t STEPS < <(suite_steps "$name")
   setup_net "$mtu"
@@ -121,9 +132,9 @@ run_suite() { # NAME
       i=$((i+1)); role=${st%%|*}; cmd=${st#*|}; tool=${cmd%% *}; args=${cmd#* }
       port=$((18600 + i))
       if [ "$role" = server ]; then
-        echo "step $i server 150 $tool -d rxe0 -p $port $args"
+        echo "step $i server $tmo $tool -d rxe0 -p $port $args"
       else
-        echo "step $i client 150 $tool -d rxe0 -p $port $args 10.77.0.254"
+        echo "step $i client $tmo $tool -d rxe0 -p $port $args 10.77.0.254"
       fi
     done
   } >"$dir/initrd/suite.sh"
@@ -136,7 +147,7 @@ run_suite() { # NAME
   local t0=$SECONDS
   ip netns exec "$NS" timeout 1200 qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -display none -monitor none \
     -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd.img" \
-    -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254${loss:+ vur.loss=$loss}" \
     -netdev tap,id=n0,ifname=vurg0,script=no,downscript=no \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01 >"$dir/qemu.out" 2>&1 &
   local qpid=$!; PIDS+=("$qpid")
@@ -146,7 +157,7 @@ run_suite() { # NAME
   for st in "${STEPS[@]}"; do
     i=$((i+1)); role=${st%%|*}; cmd=${st#*|}; tool=${cmd%% *}; args=${cmd#* }
     port=$((18600 + i))
-    local peer=(ns timeout 200 "$BIN" peer --link tap:vurp0 --ip 10.77.0.2/24 --ip fd77::2/64
+    local peer=(ns timeout $((tmo + 60)) "$BIN" peer --link tap:vurp0 --ip 10.77.0.2/24 --ip fd77::2/64
                 --connect-timeout 120 --stall-timeout 60)
     set +e
     if [ "$role" = server ]; then
@@ -164,7 +175,7 @@ run_suite() { # NAME
   local wall=$((SECONDS - t0))
   sleep 0.5; kill -INT "$tpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
 
-  echo "== suite $name (interface MTU $mtu, kernel $KV, ${wall}s)"
+  echo "== suite $name (interface MTU $mtu${loss:+, netem loss $loss each way in the guest}, kernel $KV, ${wall}s)"
   grep -E '^GID\[' "$dir/guest.log" | sed 's/^/   guest /' || true
   i=0
   for st in "${STEPS[@]}"; do
