@@ -13,17 +13,19 @@
 #
 # Usage: tests/interop/run.sh [SUITE...]
 #   suites: pingpong perftest (interface MTU 1500, RoCE MTU 1024) and
-#   pingpong9000 perftest9000 (MTU 9000, RoCE MTU 4096), loss (1 GiB
+#   rping (rdma_cm, IPv4 and IPv6), pingpong9000 perftest9000 (MTU 9000,
+#   RoCE MTU 4096), loss (1 GiB
 #   ib_write_bw and ib_read_bw each way under netem loss 2% applied in the
 #   guest on eth0 egress and ingress); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
-# work directory (logs, captures) for inspection.
+# work directory (logs, captures) for inspection, VUR_LOSS_ITERS sets the
+# 64 KiB messages of each loss run (default 16384: 1 GiB).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest pingpong9000 perftest9000 loss)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 loss)
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
@@ -95,7 +97,9 @@ suite_steps() {
               "ib_write_lat -x 1 -n 200" "ib_write_lat -x 1 -n 100 -s 8192"
               "ib_read_lat -x 1 -n 200" "ib_atomic_lat -x 1 -n 200"
               "ib_write_bw -x 2 -n 200 -s 65536" "ib_send_lat -x 2 -n 200"
-              "ib_write_bw -x 1 -n 200 -s 3000 -c UC")
+              "ib_write_bw -x 1 -n 200 -s 3000 -c UC"
+              "ib_write_bw -x 1 -n 200 -s 65536 -b" "ib_read_bw -x 1 -n 200 -s 4096 -b"
+              "ib_send_bw -x 1 -n 200 -s 4096 -b" "ib_atomic_bw -x 1 -n 200 -b")
       [ "$1" = perftest9000 ] && steps+=("ib_read_bw -x 1 -n 200 -s 65536 -m 4096"
               "ib_send_lat -x 2 -n 200 -c UD -s 4096")
       for st in "${steps[@]}"; do echo "server|$st"; echo "client|$st"; done
@@ -104,11 +108,19 @@ suite_steps() {
       # sends here.
       echo "client|ib_send_bw -x 1 -n 200 -s 1024 -c UD"
       ;;
+    rping)
+      # rdma_cm: CM MADs on QP1, then rping's READ/WRITE echo; IPv4 and
+      # IPv6 (the "-6" is ours: it picks the IPv6 addresses).
+      for st in "rping -C 5 -v -S 64" "rping -C 3 -v -S 4000 -6"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      ;;
     loss)
       # 1 GiB each way under 2% netem loss each way (in the guest: this
       # host's kernel has no netem), then a data check: our pingpong
       # client verifies every echoed message.
-      for st in "ib_write_bw -x 1 -n 16384 -s 65536" "ib_read_bw -x 1 -n 16384 -s 65536" \
+      local n=${VUR_LOSS_ITERS:-16384}
+      for st in "ib_write_bw -x 1 -n $n -s 65536" "ib_read_bw -x 1 -n $n -s 65536" \
                 "ibv_rc_pingpong -g 1 -n 500 -s 65536"; do
         echo "server|$st"; echo "client|$st"
       done
@@ -131,7 +143,16 @@ run_suite() { # NAME
     for st in "${STEPS[@]}"; do
       i=$((i+1)); role=${st%%|*}; cmd=${st#*|}; tool=${cmd%% *}; args=${cmd#* }
       port=$((18600 + i))
-      if [ "$role" = server ]; then
+      if [ "$tool" = rping ]; then
+        # rdma_cm addresses are the RoCE addresses; "-6" picks IPv6.
+        local g=10.77.0.1 o=10.77.0.2 ra=${args% -6}
+        case "$args" in *-6) g=fd77::1 o=fd77::2 ;; esac
+        if [ "$role" = server ]; then
+          echo "step $i server $tmo rping -s -a $g -p $port $ra"
+        else
+          echo "step $i client $tmo rping -c -a $o -p $port -V $ra"
+        fi
+      elif [ "$role" = server ]; then
         echo "step $i server $tmo $tool -d rxe0 -p $port $args"
       else
         echo "step $i client $tmo $tool -d rxe0 -p $port $args 10.77.0.254"
@@ -141,11 +162,16 @@ run_suite() { # NAME
   (cd "$dir/initrd" && echo suite.sh | cpio -o -H newc --quiet | gzip -1) >"$dir/suite.cpio.gz"
   cat "$GUEST/initramfs.cpio.gz" "$dir/suite.cpio.gz" >"$dir/initrd.img"
 
-  ip netns exec "$NS" tcpdump -i br0 -s 0 -U -w "$dir/capture.pcap" 'udp port 4791' 2>"$dir/tcpdump.err" &
+  # The loss suite moves over 4 GiB: keep its first 300000 frames.
+  local cap=()
+  [ -n "$loss" ] && cap=(-c 300000)
+  ip netns exec "$NS" tcpdump -i br0 -s 0 -U "${cap[@]}" -w "$dir/capture.pcap" 'udp port 4791' 2>"$dir/tcpdump.err" &
   local tpid=$!; PIDS+=("$tpid")
   sleep 0.5
   local t0=$SECONDS
-  ip netns exec "$NS" timeout 1200 qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -display none -monitor none \
+  # The guest's whole life: every step's timeout, plus boot.
+  local life=$(( ${#STEPS[@]} * tmo + 120 ))
+  ip netns exec "$NS" timeout "$life" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -display none -monitor none \
     -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd.img" \
     -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254${loss:+ vur.loss=$loss}" \
     -netdev tap,id=n0,ifname=vurg0,script=no,downscript=no \
@@ -160,7 +186,17 @@ run_suite() { # NAME
     local peer=(ns timeout $((tmo + 60)) "$BIN" peer --link tap:vurp0 --ip 10.77.0.2/24 --ip fd77::2/64
                 --connect-timeout 120 --stall-timeout 60)
     set +e
-    if [ "$role" = server ]; then
+    if [ "$tool" = rping ]; then
+      local g=10.77.0.1 ra=${args% -6}
+      case "$args" in *-6) g=fd77::1 ;; esac
+      if [ "$role" = server ]; then
+        # shellcheck disable=SC2086
+        "${peer[@]}" rping -c -a $g -p $port $ra >"$dir/peer-$i.log" 2>&1
+      else
+        # shellcheck disable=SC2086
+        "${peer[@]}" rping -s -p $port $ra >"$dir/peer-$i.log" 2>&1
+      fi
+    elif [ "$role" = server ]; then
       # shellcheck disable=SC2086
       "${peer[@]}" $tool -p $port $args 10.77.0.1 >"$dir/peer-$i.log" 2>&1
     else
