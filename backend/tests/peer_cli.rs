@@ -255,3 +255,42 @@ fn bad_options_are_named() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tap:IFNAME"));
 }
+
+#[test]
+fn a_silent_other_side_ends_the_run() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // A "server" that accepts the handshake connection and then says
+    // nothing, like a guest that vanished.
+    let l = std::net::TcpListener::bind("127.0.0.1:19401").unwrap();
+    let holder = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(6));
+        drop(s);
+    });
+    let t0 = std::time::Instant::now();
+    let o = Command::new(BIN)
+        .args([
+            "peer",
+            "--link",
+            "udp",
+            "--ip",
+            "127.0.0.42",
+            "--stall-timeout",
+            "2",
+        ])
+        .args(["ib_write_bw", "-n", "10", "-p", "19401", "127.0.0.1"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("went silent"), "{t}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    holder.join().unwrap();
+}

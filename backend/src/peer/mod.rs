@@ -22,9 +22,13 @@ pub mod rping;
 
 use std::{
     hash::{BuildHasher, Hasher},
-    io::{self, Write},
+    io::{self, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     os::fd::RawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -255,6 +259,86 @@ pub(crate) fn random_psn() -> u32 {
     (h.finish() as u32) & 0xff_ffff
 }
 
+/// What a handshake thread blocked on TCP checks to tell a slow other
+/// side from a dead one: the other side is alive while RDMA packets keep
+/// arriving (the node stamps each) or the stall timeout has not run out
+/// since the last one. A guest that vanishes sends no FIN, so without
+/// this a read would wait forever.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    start: Instant,
+    last_rx_ms: Arc<AtomicU64>,
+    stall: Duration,
+}
+
+impl Watch {
+    fn stamp(&self) {
+        self.last_rx_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the other side still counts as alive.
+    pub fn alive(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_rx_ms.load(Ordering::Relaxed)) < self.stall.as_millis() as u64
+    }
+
+    /// Reads exactly `buf.len()` bytes, giving up with `TimedOut` once
+    /// the other side stops counting as alive.
+    pub fn read_exact(&self, s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+        // The wait counts from here (a server may have sat in accept()).
+        self.stamp();
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut off = 0;
+        while off < buf.len() {
+            match s.read(&mut buf[off..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => off += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if !self.alive() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the other side went silent: no handshake message and no RDMA packet for {:?}",
+                                self.stall
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One lock-step exchange (see [`crate::oob::exchange`]) with
+    /// [`Watch::read_exact`] for the read.
+    pub fn exchange(
+        &self,
+        s: &mut TcpStream,
+        role: crate::oob::Role,
+        ours: &[u8],
+        theirs_len: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut theirs = vec![0u8; theirs_len];
+        if role == crate::oob::Role::Client {
+            s.write_all(ours)?;
+            self.read_exact(s, &mut theirs)?;
+        } else {
+            self.read_exact(s, &mut theirs)?;
+            s.write_all(ours)?;
+        }
+        Ok(theirs)
+    }
+}
+
 /// One engine on one link, in real time.
 pub struct Node {
     /// The engine.
@@ -265,6 +349,7 @@ pub struct Node {
     buf: Vec<u8>,
     active_mtu: Mtu,
     last_rx: Instant,
+    watch: Watch,
     /// Packets the link refused to send (a full queue); the engine's
     /// retransmission recovers them.
     pub send_errors: u64,
@@ -343,8 +428,18 @@ impl Node {
             buf: vec![0; 65536],
             active_mtu,
             last_rx: Instant::now(),
+            watch: Watch {
+                start: Instant::now(),
+                last_rx_ms: Arc::new(AtomicU64::new(0)),
+                stall: opts.stall_timeout,
+            },
             send_errors: 0,
         })
+    }
+
+    /// The liveness check for handshake reads made while this node runs.
+    pub fn watch(&self) -> Watch {
+        self.watch.clone()
     }
 
     /// The port's active MTU.
@@ -401,6 +496,7 @@ impl Node {
                 self.engine
                     .handle_packet(now, &meta, &self.buf[r.ib_start..r.ib_start + r.ib_len]);
             self.last_rx = Instant::now();
+            self.watch.stamp();
             any = true;
         }
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
@@ -461,6 +557,7 @@ impl Node {
     /// address (ARP, NDP) while it connects its QP, in the middle of the
     /// handshake, and fails if nobody answers.
     pub fn while_blocked<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> Result<T, PeerError> {
+        self.watch.stamp();
         std::thread::scope(|scope| {
             let h = scope.spawn(f);
             while !h.is_finished() {
@@ -605,7 +702,7 @@ mod tests {
             "packet:eth0".parse::<LinkSpec>(),
             Ok(LinkSpec::Packet("eth0".into()))
         );
-        for bad in ["tap:", "tap", "eth0", "packet:a/b", "tap:sixteen-chars-x"] {
+        for bad in ["tap:", "tap", "eth0", "packet:a/b", "tap:sixteen-chars-xy"] {
             assert!(bad.parse::<LinkSpec>().is_err(), "{bad}");
         }
         let p: IpPrefix = "10.77.0.2/24".parse().unwrap();

@@ -35,8 +35,8 @@ use transport::{
 
 use super::{Node, PeerError, PeerOptions, oob, oob_accept, oob_connect, random_psn, verbs};
 use crate::oob::{
-    BwReport, DONE, PERFTEST_VERSION, PerftestDest, Role, encode_mtu, encode_u32, exchange,
-    parse_mtu, parse_perftest_version,
+    BwReport, DONE, PERFTEST_VERSION, PerftestDest, Role, encode_mtu, encode_u32, parse_mtu,
+    parse_perftest_version,
 };
 
 const QKEY: u32 = 0x1111_1111;
@@ -387,8 +387,9 @@ impl Run<'_> {
     /// alive meanwhile.
     fn xchg(&mut self, ours: &[u8], len: usize, what: &str) -> Result<Vec<u8>, PeerError> {
         let (stream, role) = (&mut self.stream, self.role);
+        let watch = self.node.watch();
         self.node
-            .while_blocked(|| exchange(stream, role, ours, len))?
+            .while_blocked(|| watch.exchange(stream, role, ours, len))?
             .map_err(oob(what))
     }
 
@@ -1329,7 +1330,7 @@ mod tests {
         assert_eq!(c_alt_hex(0, 4), "0000");
         assert_eq!(c_alt_hex(0x11, 6), "0x0011");
         assert_eq!(c_alt_hex(0x3f7c0b, 6), "0x3f7c0b");
-        assert_eq!(c_alt_hex(0x7f00_0000_1000, 16), "0x7f000000001000");
+        assert_eq!(c_alt_hex(0x7f00_0000_1000, 16), "0x007f0000001000");
     }
 
     #[test]

@@ -359,12 +359,14 @@ pub fn run(
         Some(server) => {
             let timeout = opts.connect_timeout;
             let port = a.port;
+            let watch = pp.node.watch();
             let rec = pp.node.while_blocked(|| -> Result<_, PeerError> {
                 let mut s = oob_connect(server, port, timeout)?;
                 s.write_all(&me.to_wire())
                     .map_err(oob("Couldn't send local address"))?;
                 let mut rec = [0u8; PingpongDest::LEN];
-                s.read_exact(&mut rec)
+                watch
+                    .read_exact(&mut s, &mut rec)
                     .map_err(oob("Couldn't read remote address"))?;
                 s.write_all(b"done\0").map_err(oob("Couldn't write done"))?;
                 Ok(rec)
@@ -375,10 +377,12 @@ pub fn run(
         }
         None => {
             let port = a.port;
+            let watch = pp.node.watch();
             let (mut s, rec) = pp.node.while_blocked(|| -> Result<_, PeerError> {
                 let mut s = oob_accept(port)?;
                 let mut rec = [0u8; PingpongDest::LEN];
-                s.read_exact(&mut rec)
+                watch
+                    .read_exact(&mut s, &mut rec)
                     .map_err(oob("Couldn't read remote address"))?;
                 Ok((s, rec))
             })??;

@@ -489,8 +489,9 @@ mod tests {
         assert_eq!(&t[..14], b"rdma-ping-0: A");
         assert_eq!(t.len(), 64);
         assert_eq!(t[63], 0);
-        assert_eq!(t[14 + 25], b'Z');
-        assert_eq!(t[14 + 26], b'[');
+        // "rdma-ping-0: " is 13 bytes; the run starts there.
+        assert_eq!(t[13 + 25], b'Z');
+        assert_eq!(t[13 + 26], b'[');
         let t = ping_text(7, b'z', 30);
         assert_eq!(&t[..15], b"rdma-ping-7: zA");
     }
