@@ -98,6 +98,8 @@ fn perftest_tools_against_ourselves() {
         &["ib_write_bw", "-n", "200", "-s", "8192"],
         &["ib_write_bw", "-n", "200", "-s", "4096", "-b"],
         &["ib_send_bw", "-n", "200", "-s", "2048", "-b"],
+        &["ib_write_bw", "-n", "200", "-s", "4096", "-q", "3"],
+        &["ib_send_bw", "-n", "200", "-s", "1024", "-q", "2"],
         &["ib_read_bw", "-n", "200", "-s", "3000"],
         &["ib_send_bw", "-n", "200", "-s", "100"],
         &["ib_atomic_bw", "-n", "100", "-A", "CMP_AND_SWAP"],
@@ -137,10 +139,19 @@ fn perftest_tools_against_ourselves() {
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            let n = args[2];
+            // perftest counts the iterations of every QP.
+            let qps: u64 = args
+                .iter()
+                .position(|&a| a == "-q")
+                .map_or(1, |i| args[i + 1].parse().unwrap());
+            let n = args[2].parse::<u64>().unwrap() * qps;
             let fields: Vec<&str> = row.split_whitespace().collect();
             assert!(fields.len() >= 5, "{tool} {who}: row `{row}`");
-            assert_eq!(fields[1], n, "{tool} {who}: iterations in `{row}`");
+            assert_eq!(
+                fields[1],
+                n.to_string(),
+                "{tool} {who}: iterations in `{row}`"
+            );
             let avg: f64 = fields[3].parse().unwrap();
             assert!(avg > 0.0, "{tool} {who}: `{row}`");
         }
@@ -225,7 +236,7 @@ fn rping_against_ourselves() {
 fn bad_options_are_named() {
     for (args, want) in [
         (&["ibv_rc_pingpong", "-o"][..], "'-o'"),
-        (&["ib_write_bw", "-q", "2"], "-q above 1 is not supported"),
+        (&["ib_write_bw", "-q", "65"], "-q above 64 is not supported"),
         (
             &["ib_write_bw", "-n", "3"],
             "Iteration num should be between 5",

@@ -11,9 +11,10 @@
 //! CQ moderation and address cycling for the bandwidth tests; the
 //! ping-pongs of the latency tests) and their result lines.
 //!
-//! `-b` (bidirectional) runs traffic both ways and prints the sum, as
-//! perftest does. Not built yet: `-q` above 1, `-a`, `-D` and `-R`
-//! (rdma_cm); each is refused with an error naming it.
+//! `-b` (bidirectional) runs traffic both ways and prints the sum, and
+//! `-q N` (bandwidth tests, up to 64) runs N QPs side by side, each with
+//! its own halves of the buffer, as perftest does. Not built yet: `-a`,
+//! `-D` and `-R` (rdma_cm); each is refused with an error naming it.
 
 use std::{
     fmt::Write as _,
@@ -175,6 +176,8 @@ struct Test {
     gbits: bool,
     no_peak: bool,
     bidir: bool,
+    /// QPs (`-q`).
+    qps: u32,
     dev: String,
 }
 
@@ -194,6 +197,12 @@ impl Test {
             "ib_send_lat" => (Verb::Send, Kind::Lat),
             _ => (Verb::Atomic, Kind::Lat),
         };
+        if a.qps != 1 && kind != Kind::Bw {
+            return Err(cfg(" Multiple QPs only available on bw tests"));
+        }
+        if a.qps == 0 {
+            return Err(cfg("-q 0: use 1 to 64 QPs"));
+        }
         if a.bidirectional && kind != Kind::Bw {
             return Err(cfg(" Bidirectional is only available in BW test"));
         }
@@ -201,7 +210,7 @@ impl Test {
             (a.all, "-a (all sizes)"),
             (a.duration.is_some(), "-D (duration)"),
             (a.rdma_cm, "-R (rdma_cm)"),
-            (a.qps != 1, "-q above 1"),
+            (a.qps > 64, "-q above 64"),
         ] {
             if given {
                 return Err(cfg(format!("{name} is not supported by the peer yet")));
@@ -312,6 +321,7 @@ impl Test {
             gbits: a.report_gbits,
             no_peak: a.no_peak || iters > 20000,
             bidir: a.bidirectional,
+            qps: a.qps,
             dev: a.ib_dev.clone().unwrap_or_else(|| "vur0".into()),
         })
     }
@@ -342,17 +352,24 @@ struct Run<'o> {
     stream: TcpStream,
     role: Role,
     out: &'o mut dyn Write,
-    qp: u32,
+    /// The QPs (`-q`), QP 0 first.
+    qps: Vec<u32>,
     scq: u32,
     rcq: u32,
     key: u32,
-    /// Offset of the receive half (the send half starts at 0).
+    /// Offset of the receive halves (the send halves start at 0): QP i
+    /// sends from `i * region` and receives at `half + i * region`.
     half: u64,
+    /// Bytes of each QP's half.
+    region: u64,
     cache_line: u64,
     cycle: u64,
-    me: PerftestDest,
-    rem: Option<PerftestDest>,
-    ud: Option<UdDest>,
+    /// Our key record per QP.
+    mes: Vec<PerftestDest>,
+    /// The other side's first key record per QP.
+    rems: Vec<Option<PerftestDest>>,
+    /// UD destinations per QP.
+    ud: Vec<Option<UdDest>>,
     start: Instant,
     wcs: Vec<Wc>,
     /// The MTU both sides settled on.
@@ -393,15 +410,37 @@ impl Run<'_> {
             .map_err(oob(what))
     }
 
-    /// One key-record exchange; the first one received is kept.
+    /// One key-record exchange for QP 0 (perftest's syncs use QP 0).
     fn key_xchg(&mut self) -> Result<PerftestDest, PeerError> {
-        let me = self.me.to_wire();
+        self.key_xchg_qp(0)
+    }
+
+    /// One key-record exchange for QP `i`; the first one received is kept.
+    fn key_xchg_qp(&mut self, i: usize) -> Result<PerftestDest, PeerError> {
+        let me = self.mes[i].to_wire();
         let rec = self.xchg(&me, PerftestDest::LEN, "Couldn't exchange the key records")?;
         let d = PerftestDest::parse(&rec)?;
-        if self.rem.is_none() {
-            self.rem = Some(d);
+        if self.rems[i].is_none() {
+            self.rems[i] = Some(d);
         }
         Ok(d)
+    }
+
+    /// One key exchange per QP (perftest's loops over the QPs).
+    fn key_xchg_all(&mut self) -> Result<Vec<PerftestDest>, PeerError> {
+        (0..self.qps.len()).map(|i| self.key_xchg_qp(i)).collect()
+    }
+
+    /// Connects every QP to the other side's QP of the same index.
+    fn connect_all(&mut self) -> Result<(), PeerError> {
+        let rems: Vec<PerftestDest> = self.rems.iter().map(|r| r.expect("exchanged")).collect();
+        if let Some(r0) = rems.first() {
+            self.gid_check(r0)?;
+        }
+        for (i, rem) in rems.into_iter().enumerate() {
+            self.connect(i, rem)?;
+        }
+        Ok(())
     }
 
     fn done(&mut self) -> Result<(), PeerError> {
@@ -430,7 +469,7 @@ impl Run<'_> {
             t.verb_name()
         );
         let _ = writeln!(s, " Dual-port       : OFF\t\tDevice         : {}", t.dev);
-        let _ = writeln!(s, " Number of qps   : 1\t\tTransport type : IB");
+        let _ = writeln!(s, " Number of qps   : {}\t\tTransport type : IB", t.qps);
         let ct = match t.qp_type {
             QpType::Uc => "UC",
             QpType::Ud => "UD",
@@ -487,7 +526,7 @@ impl Run<'_> {
 
     fn gid_check(&self, rem: &PerftestDest) -> Result<(), PeerError> {
         let v4 = |g: Gid| g.0[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-        if v4(self.me.gid) != v4(rem.gid) {
+        if v4(self.mes[0].gid) != v4(rem.gid) {
             return Err(cfg(
                 "Found Incompatibility issue with GID types. Please Try to use a different IP version.",
             ));
@@ -495,8 +534,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// RTR and RTS (or the address handle for UD) toward `rem`.
-    fn connect(&mut self, rem: PerftestDest) -> Result<(), PeerError> {
+    /// RTR and RTS (or the address handle for UD) of QP `i` toward `rem`.
+    fn connect(&mut self, i: usize, rem: PerftestDest) -> Result<(), PeerError> {
+        let qp = self.qps[i];
+        let my_psn = self.mes[i].psn;
         if rem.gid.0 == [0; 16] {
             return Err(cfg("the other side sent no GID"));
         }
@@ -519,15 +560,15 @@ impl Run<'_> {
                 (
                     QpAttr {
                         state: Some(QpState::Rts),
-                        sq_psn: Some(self.me.psn),
+                        sq_psn: Some(my_psn),
                         ..Default::default()
                     },
                     "Failed to modify QP to RTS",
                 ),
             ] {
-                e.modify_qp(self.qp, &attr, 0).map_err(verbs(what))?;
+                e.modify_qp(qp, &attr, 0).map_err(verbs(what))?;
             }
-            self.ud = Some(UdDest {
+            self.ud[i] = Some(UdDest {
                 ah,
                 remote_qpn: rem.qpn,
                 remote_qkey: QKEY,
@@ -545,32 +586,36 @@ impl Run<'_> {
             ah: Some(ah),
             ..Default::default()
         };
-        e.modify_qp(self.qp, &rtr, 0)
+        e.modify_qp(qp, &rtr, 0)
             .map_err(verbs("Failed to modify QP to RTR"))?;
         let rts = QpAttr {
             state: Some(QpState::Rts),
-            sq_psn: Some(self.me.psn),
+            sq_psn: Some(my_psn),
             timeout: rc.then_some(self.qp_timeout),
             retry_cnt: rc.then_some(7),
             rnr_retry: rc.then_some(7),
             max_rd_atomic: rc.then_some(rem.out_reads.clamp(1, 128) as u8),
             ..Default::default()
         };
-        e.modify_qp(self.qp, &rts, 0)
+        e.modify_qp(qp, &rts, 0)
             .map_err(verbs("Failed to modify QP to RTS"))
     }
 
-    fn post_recv(&mut self) -> Result<(), PeerError> {
+    /// Posts one receive on QP `i`, into its receive half.
+    fn post_recv(&mut self, i: usize) -> Result<(), PeerError> {
         let ud = self.t.qp_type == QpType::Ud;
         let sge = [Sge {
-            addr: IOVA + self.half + if ud { self.cache_line - GRH } else { 0 },
+            addr: IOVA
+                + self.half
+                + i as u64 * self.region
+                + if ud { self.cache_line - GRH } else { 0 },
             length: (self.t.size + if ud { GRH } else { 0 }) as u32,
             lkey: self.key,
         }];
         self.node
             .engine
             .post_recv(
-                self.qp,
+                self.qps[i],
                 &RecvWr {
                     wr_id: 0,
                     sges: &sge,
@@ -579,9 +624,10 @@ impl Run<'_> {
             .map_err(verbs("Couldn't post receive"))
     }
 
-    /// Posts WR number `n` of the measured operation.
-    fn post(&mut self, n: u64, signaled: bool, offset: u64) -> Result<(), PeerError> {
-        let rem = self.rem.expect("connected");
+    /// Posts WR number `n` of the measured operation on QP `i`, `offset`
+    /// bytes into its send half and the other side's receive half.
+    fn post(&mut self, i: usize, n: u64, signaled: bool, offset: u64) -> Result<(), PeerError> {
+        let rem = self.rems[i].expect("connected");
         let op = match self.t.verb {
             Verb::Write => SendOp::Write,
             Verb::Read => SendOp::Read,
@@ -593,16 +639,18 @@ impl Run<'_> {
             Verb::Atomic => SendOp::FetchAdd { add: 1 },
         };
         let sge = [Sge {
-            addr: IOVA + offset,
+            addr: IOVA + i as u64 * self.region + offset,
             length: self.t.size as u32,
             lkey: self.key,
         }];
-        let mut wr = SendWr::new(n, op, &sge).remote(rem.vaddr + offset, rem.rkey);
+        // The QP's index rides in the top bits of the WR ID.
+        let mut wr =
+            SendWr::new((i as u64) << 40 | n, op, &sge).remote(rem.vaddr + offset, rem.rkey);
         wr.signaled = signaled;
-        wr.ud = self.ud;
+        wr.ud = self.ud[i];
         self.node
             .engine
-            .post_send(self.qp, &wr)
+            .post_send(self.qps[i], &wr)
             .map_err(verbs("Couldn't post send"))
     }
 
@@ -701,7 +749,8 @@ pub fn run(
     }
     // Room for pages up to 64 KiB on the other side.
     let region = t.size.max(65536).next_multiple_of(64);
-    let mut node = Node::new(opts, (2 * region + 64) as usize)?;
+    let nq = u64::from(t.qps);
+    let mut node = Node::new(opts, (2 * nq * region + 64) as usize)?;
     let gid_index = match a.gid_index {
         Some(i) => i,
         // perftest prefers an IPv4-mapped GID.
@@ -738,46 +787,51 @@ pub fn run(
     let key = e
         .reg_mr(pd, IOVA, mem_len, 0, Access::LOCAL_WRITE.with(remote))
         .map_err(verbs("Couldn't register MR"))?;
+    // One CQ entry per WR that can be outstanding on any QP.
     let scq = e
-        .create_cq(t.tx_depth.max(16))
+        .create_cq((t.tx_depth * t.qps).max(16))
         .map_err(verbs("Couldn't create CQ"))?;
     let rcq = if t.verb == Verb::Send {
-        e.create_cq(t.rx_depth.max(16))
+        e.create_cq((t.rx_depth * t.qps).max(16))
             .map_err(verbs("Couldn't create CQ"))?
     } else {
         scq
     };
-    let qp = e
-        .create_qp(&QpInit {
-            qp_type: t.qp_type,
-            pd,
-            send_cq: scq,
-            recv_cq: rcq,
-            caps: QpCaps {
-                max_send_wr: t.tx_depth,
-                max_recv_wr: t.rx_depth,
-                max_send_sge: 1,
-                max_recv_sge: 1,
-                max_inline_data: 0,
-            },
-            sq_sig_all: false,
-            srq: None,
-        })
-        .map_err(verbs("Couldn't create QP"))?;
-    let ud = t.qp_type == QpType::Ud;
-    let init = QpAttr {
-        state: Some(QpState::Init),
-        pkey_index: Some(0),
-        access: (!ud).then_some(if remote == Access(0) {
-            Access::REMOTE_WRITE
-        } else {
-            remote
-        }),
-        qkey: ud.then_some(QKEY),
-        ..Default::default()
-    };
-    e.modify_qp(qp, &init, 0)
-        .map_err(verbs("Failed to modify QP to INIT"))?;
+    let mut qps = Vec::new();
+    for _ in 0..t.qps {
+        let qp = e
+            .create_qp(&QpInit {
+                qp_type: t.qp_type,
+                pd,
+                send_cq: scq,
+                recv_cq: rcq,
+                caps: QpCaps {
+                    max_send_wr: t.tx_depth,
+                    max_recv_wr: t.rx_depth,
+                    max_send_sge: 1,
+                    max_recv_sge: 1,
+                    max_inline_data: 0,
+                },
+                sq_sig_all: false,
+                srq: None,
+            })
+            .map_err(verbs("Couldn't create QP"))?;
+        let ud = t.qp_type == QpType::Ud;
+        let init = QpAttr {
+            state: Some(QpState::Init),
+            pkey_index: Some(0),
+            access: (!ud).then_some(if remote == Access(0) {
+                Access::REMOTE_WRITE
+            } else {
+                remote
+            }),
+            qkey: ud.then_some(QKEY),
+            ..Default::default()
+        };
+        e.modify_qp(qp, &init, 0)
+            .map_err(verbs("Failed to modify QP to INIT"))?;
+        qps.push(qp);
+    }
     // Random content, except ib_write_lat's zeroed buffer.
     if !(t.verb == Verb::Write && t.kind == Kind::Lat) {
         let mut x = u64::from(random_psn()) | 1;
@@ -806,32 +860,37 @@ pub fn run(
             node.while_blocked(|| oob_accept(port))??
         }
     };
-    let me = PerftestDest {
-        lid: 0,
-        out_reads: u16::from(t.out_reads),
-        qpn: qp,
-        psn: random_psn(),
-        rkey: key,
-        vaddr: 0,
-        gid: my_gid,
-        srqn: 0,
-    };
+    let mes: Vec<PerftestDest> = qps
+        .iter()
+        .map(|&qpn| PerftestDest {
+            lid: 0,
+            out_reads: u16::from(t.out_reads),
+            qpn,
+            psn: random_psn(),
+            rkey: key,
+            vaddr: 0,
+            gid: my_gid,
+            srqn: 0,
+        })
+        .collect();
+    let n = qps.len();
     let mut r = Run {
         t,
         node,
         stream,
         role: if client { Role::Client } else { Role::Server },
         out,
-        qp,
+        qps,
         scq,
         rcq,
         key,
         half: 0,
+        region: 0,
         cache_line: u64::from(CACHE_LINE),
         cycle: u64::from(PAGE),
-        me,
-        rem: None,
-        ud: None,
+        mes,
+        rems: vec![None; n],
+        ud: vec![None; n],
         start: Instant::now(),
         wcs: vec![blank_wc(); 16],
         mtu: my_mtu,
@@ -878,20 +937,33 @@ fn prefix(r: &mut Run<'_>) -> Result<(), PeerError> {
         return Err(cfg(" Max message size in UD cannot be greater than MTU "));
     }
     let region = r.t.size.max(r.cycle).next_multiple_of(r.cache_line);
-    r.half = region;
-    r.me.vaddr = IOVA + region;
+    let n = r.qps.len() as u64;
+    r.region = region;
+    r.half = n * region;
+    for (i, me) in r.mes.iter_mut().enumerate() {
+        me.vaddr = IOVA + (n + i as u64) * region;
+    }
     r.info()
+}
+
+/// Our address line per QP, then one key exchange per QP with the other
+/// side's line after each, as perftest prints them.
+fn print_addresses(r: &mut Run<'_>) -> Result<(), PeerError> {
+    for me in r.mes.clone() {
+        r.address("local", me)?;
+    }
+    for i in 0..r.qps.len() {
+        let rem = r.key_xchg_qp(i)?;
+        r.address("remote", rem)?;
+    }
+    Ok(())
 }
 
 /// ib_write_bw, ib_read_bw and ib_atomic_bw.
 fn rdma_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
-    let rem = r.key_xchg()?;
-    r.gid_check(&rem)?;
-    r.connect(rem)?;
-    let me = r.me;
-    r.address("local", me)?;
-    let rem2 = r.key_xchg()?;
-    r.address("remote", rem2)?;
+    r.key_xchg_all()?;
+    r.connect_all()?;
+    print_addresses(r)?;
     r.key_xchg()?;
     bw_header(r)?;
     if r.t.bidir {
@@ -930,18 +1002,16 @@ fn rdma_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
 
 /// ib_send_bw: both sides print their own figures; no report exchange.
 fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
-    let rem = r.key_xchg()?;
-    r.gid_check(&rem)?;
-    r.connect(rem)?;
+    r.key_xchg_all()?;
+    r.connect_all()?;
     r.key_xchg()?;
-    let me = r.me;
-    r.address("local", me)?;
-    let rem2 = r.key_xchg()?;
-    r.address("remote", rem2)?;
+    print_addresses(r)?;
     bw_header(r)?;
     if r.role == Role::Server || r.t.bidir {
-        for _ in 0..r.t.rx_depth {
-            r.post_recv()?;
+        for i in 0..r.qps.len() {
+            for _ in 0..r.t.rx_depth {
+                r.post_recv(i)?;
+            }
         }
     }
     r.key_xchg()?;
@@ -966,46 +1036,63 @@ fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
 /// messages, reposting receives, and a server starts sending only after
 /// its first receive, as perftest does.
 fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwReport, PeerError> {
+    let nq = r.qps.len();
     let iters = r.t.iters;
+    let total = iters * nq as u64;
     let cq_mod = u64::from(r.t.cq_mod);
     let tx = u64::from(r.t.tx_depth);
-    let mut tposted = Vec::with_capacity(iters as usize);
+    let mut tposted = Vec::with_capacity(total as usize);
     let mut done: Vec<(u64, u64)> = Vec::new();
-    let (mut scnt, mut ccnt) = (0u64, 0u64);
-    let (mut rcnt, mut rposted) = if receives {
-        (0u64, u64::from(r.t.rx_depth))
-    } else {
-        (iters, iters)
-    };
+    let (mut scnt, mut ccnt) = (vec![0u64; nq], vec![0u64; nq]);
+    let mut completed = 0u64;
+    let mut rposted = vec![
+        if receives {
+            u64::from(r.t.rx_depth)
+        } else {
+            iters
+        };
+        nq
+    ];
+    let mut rcnt = if receives { 0 } else { total };
     let mut started = !receives || r.role == Role::Client;
     let mut last = Instant::now();
-    while ccnt < iters || rcnt < iters {
+    while completed < total || rcnt < total {
         let mut moved = false;
-        if rcnt < iters {
+        if rcnt < total {
             let n = r.poll(r.rcq)?;
-            for _ in 0..n {
+            for k in 0..n {
+                let qpn = r.wcs[k].qp_num;
+                let i = r.qps.iter().position(|&q| q == qpn).unwrap_or(0);
                 rcnt += 1;
                 started = true;
                 moved = true;
-                if rposted < iters {
-                    r.post_recv()?;
-                    rposted += 1;
+                if rposted[i] < iters {
+                    r.post_recv(i)?;
+                    rposted[i] += 1;
                 }
             }
         }
-        while started && scnt < iters && scnt - ccnt < tx {
-            let signaled = scnt % cq_mod == cq_mod - 1 || scnt == iters - 1;
-            let off = r.cycled(scnt);
-            tposted.push(r.now());
-            r.post(scnt, signaled, off)?;
-            scnt += 1;
-            moved = true;
+        for i in 0..nq {
+            while started && scnt[i] < iters && scnt[i] - ccnt[i] < tx {
+                let n = scnt[i];
+                let signaled = n % cq_mod == cq_mod - 1 || n == iters - 1;
+                let off = r.cycled(n);
+                tposted.push(r.now());
+                r.post(i, n, signaled, off)?;
+                scnt[i] += 1;
+                moved = true;
+            }
         }
         let n = r.poll(r.scq)?;
-        for i in 0..n {
-            let w = r.wcs[i];
-            ccnt = w.wr_id + 1;
-            done.push((w.wr_id, r.now()));
+        for k in 0..n {
+            let w = r.wcs[k];
+            let i = (w.wr_id >> 40) as usize;
+            let upto = (w.wr_id & ((1 << 40) - 1)) + 1;
+            if let Some(c) = ccnt.get_mut(i) {
+                completed += upto.saturating_sub(*c);
+                *c = upto;
+            }
+            done.push((completed - 1, r.now()));
             moved = true;
         }
         step(&mut r.node, &mut last, stall, moved)?;
@@ -1013,7 +1100,7 @@ fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwRepor
     let t_end = done.last().map_or(0, |d| d.1);
     Ok(bw_report(
         r,
-        iters,
+        total,
         tposted[0],
         t_end,
         peak(r, &tposted, &done),
@@ -1060,25 +1147,29 @@ fn bw_report(r: &Run<'_>, iters: u64, t0: u64, t1: u64, bw_peak: f64) -> BwRepor
 /// the clock starts at the first.
 fn send_bw_server(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerError> {
     let iters = r.t.iters;
-    let mut posted = u64::from(r.t.rx_depth);
+    let nq = r.qps.len();
+    let total = iters * nq as u64;
+    let mut posted = vec![u64::from(r.t.rx_depth); nq];
     let (mut rcnt, mut t0, mut t1) = (0u64, 0u64, 0u64);
     let mut last = Instant::now();
-    while rcnt < iters {
+    while rcnt < total {
         let n = r.poll(r.rcq)?;
-        for _ in 0..n {
+        for k in 0..n {
+            let qpn = r.wcs[k].qp_num;
+            let i = r.qps.iter().position(|&q| q == qpn).unwrap_or(0);
             if rcnt == 0 {
                 t0 = r.now();
             }
             rcnt += 1;
             t1 = r.now();
-            if posted < iters {
-                r.post_recv()?;
-                posted += 1;
+            if posted[i] < iters {
+                r.post_recv(i)?;
+                posted[i] += 1;
             }
         }
         step(&mut r.node, &mut last, stall, n > 0)?;
     }
-    Ok(bw_report(r, iters, t0, t1, 0.0))
+    Ok(bw_report(r, total, t0, t1, 0.0))
 }
 
 /// Five lock-step exchanges of the report; returns the other side's.
@@ -1130,8 +1221,8 @@ fn lat_open(r: &mut Run<'_>) -> Result<(), PeerError> {
     let rem = r.key_xchg()?;
     r.key_xchg()?;
     r.gid_check(&rem)?;
-    r.connect(rem)?;
-    let me = r.me;
+    r.connect(0, rem)?;
+    let me = r.mes[0];
     r.address("local", me)?;
     let rem2 = r.key_xchg()?;
     r.address("remote", rem2)?;
@@ -1165,7 +1256,7 @@ fn write_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
             scnt += 1;
             r.node.engine.memory_mut().as_mut_slice()[post_at] = scnt as u8;
             tposted.push(r.now());
-            r.post(scnt, true, 0)?;
+            r.post(0, scnt, true, 0)?;
             r.wait_one(r.scq, stall)?;
         }
     }
@@ -1182,7 +1273,7 @@ fn read_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
         let mut tposted = Vec::with_capacity(r.t.iters as usize);
         for n in 0..r.t.iters {
             tposted.push(r.now());
-            r.post(n, true, 0)?;
+            r.post(0, n, true, 0)?;
             r.wait_one(r.scq, stall)?;
         }
         lat_row(r, &tposted, 1.0)?;
@@ -1200,15 +1291,15 @@ fn read_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
 fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     let rem = r.key_xchg()?;
     r.gid_check(&rem)?;
-    r.connect(rem)?;
+    r.connect(0, rem)?;
     r.key_xchg()?;
-    let me = r.me;
+    let me = r.mes[0];
     r.address("local", me)?;
     let rem2 = r.key_xchg()?;
     r.address("remote", rem2)?;
     lat_header(r)?;
     for _ in 0..r.t.rx_depth {
-        r.post_recv()?;
+        r.post_recv(0)?;
     }
     r.key_xchg()?;
     let iters = r.t.iters;
@@ -1221,12 +1312,12 @@ fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
             r.wait_one(r.rcq, stall)?;
             rcnt += 1;
             if rcnt + rx <= iters {
-                r.post_recv()?;
+                r.post_recv(0)?;
             }
         }
         if scnt < iters {
             tposted.push(r.now());
-            r.post(scnt, true, 0)?;
+            r.post(0, scnt, true, 0)?;
             scnt += 1;
             r.wait_one(r.scq, stall)?;
         }
@@ -1313,7 +1404,8 @@ mod tests {
             ("ib_read_bw", &["x", "-c", "UD"], "UD connection"),
             ("ib_read_lat", &["x", "-c", "UC"], "UC connection"),
             ("ib_write_lat", &["x", "-b"], "Bidirectional"),
-            ("ib_write_bw", &["x", "-q", "2"], "-q"),
+            ("ib_write_lat", &["x", "-q", "2"], "Multiple QPs"),
+            ("ib_write_bw", &["x", "-q", "65"], "-q above 64"),
             ("ib_write_bw", &["x", "-A", "CMP_AND_SWAP"], "atomic"),
             ("ib_write_bw", &["x", "-o", "4"], "Outstanding"),
         ] {
