@@ -105,6 +105,14 @@ impl UdpLink {
                     libc::IPV6_PMTUDISC_DO,
                 )
                 .map_err(setup("UDP"))?;
+                // The traffic class of each datagram, for its ECN bits.
+                set_int(
+                    udp.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_RECVTCLASS,
+                    1,
+                )
+                .map_err(setup("UDP"))?;
                 let _ = udp.set_recv_buffer_size(4 << 20);
                 None
             }
@@ -235,33 +243,18 @@ impl UdpLink {
             return Err(LinkError::Unsupported("receive buffer too short"));
         }
         loop {
-            let (n, from) = {
-                // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and
-                // the slice is initialised already; the socket only writes
-                // bytes into it.
-                let tail = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        buf[HDRS..].as_mut_ptr().cast::<MaybeUninit<u8>>(),
-                        buf.len() - HDRS,
-                    )
-                };
-                match self.udp.recv_from(tail) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
-                    Err(e) => return Err(LinkError::Recv(e)),
-                }
-            };
-            let Some(SocketAddr::V6(from)) = from.as_socket() else {
-                continue;
+            let Some((n, from, tclass)) = self.recvmsg_v6(&mut buf[HDRS..])? else {
+                return Ok(None);
             };
             let udp_len = UdpHeader::LEN + n;
-            let (Ok(ip), Ok(length)) = (
+            let (Ok(mut ip), Ok(length)) = (
                 v6_header(from.ip().octets(), local.octets(), udp_len),
                 u16::try_from(udp_len),
             ) else {
                 self.stats.bad += 1;
                 continue;
             };
+            ip.traffic_class = tclass;
             let udp = UdpHeader {
                 source_port: from.port(),
                 destination_port: ROCE_V2_UDP_PORT,
@@ -283,9 +276,63 @@ impl UdpLink {
                 ip_len: Ipv6Header::LEN,
                 ib_start: HDRS,
                 ib_len: n,
-                ecn: 0,
+                ecn: tclass & 3,
             }));
         }
+    }
+
+    /// One datagram from the IPv6 UDP socket into `into`: its length,
+    /// sender and traffic class; `None` if none is waiting.
+    fn recvmsg_v6(
+        &mut self,
+        into: &mut [u8],
+    ) -> Result<Option<(usize, std::net::SocketAddrV6, u8)>, LinkError> {
+        // SAFETY: all-zero is a valid sockaddr_in6 and msghdr.
+        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: into.as_mut_ptr().cast(),
+            iov_len: into.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in `msg` points to a live buffer of the
+        // length given next to it, for the duration of the call.
+        let n = unsafe { libc::recvmsg(self.udp.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(LinkError::Recv(e));
+        }
+        let mut tclass = 0u8;
+        // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk the
+        // control buffer within `msg_controllen`, and the IPV6_TCLASS
+        // payload is an int.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_TCLASS {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    tclass = v as u8;
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let addr = std::net::SocketAddrV6::new(
+            std::net::Ipv6Addr::from(from.sin6_addr.s6_addr),
+            u16::from_be(from.sin6_port),
+            0,
+            from.sin6_scope_id,
+        );
+        Ok(Some((n as usize, addr, tclass)))
     }
 }
 

@@ -107,3 +107,63 @@ fn ipv6_bad_icrc_is_dropped() {
         assert_eq!(link.stats().received, 0);
     })
 }
+
+/// An ECN-marked (CE) IPv6 datagram reports its ECN bits: the link reads
+/// each datagram's traffic class, so the engine can answer with a CNP.
+#[test]
+fn ipv6_ecn_bits_are_reported() {
+    in_private_v6_netns(|| {
+        use std::os::fd::AsRawFd;
+        let mut link = UdpLink::bind("fd00:77::2".parse().unwrap()).unwrap();
+        let from = std::net::UdpSocket::bind("[fd00:77::1]:5001").unwrap();
+        let ce: libc::c_int = 0x03;
+        // SAFETY: setsockopt with a pointer to an int that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                from.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_TCLASS,
+                (&ce as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        // RC SEND Only to QP 0x11 with a good ICRC over the header the
+        // link rebuilds (traffic class and UDP checksum are masked).
+        let mut ib = vec![0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, 5];
+        ib.extend_from_slice(&[0xab; 16]);
+        ib.extend_from_slice(&[0; 4]);
+        let udp_len = 8 + ib.len();
+        let mut dgram = vec![0x60, 0, 0, 0];
+        dgram.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        dgram.extend_from_slice(&[17, 64]);
+        dgram.extend_from_slice(&"fd00:77::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        dgram.extend_from_slice(&"fd00:77::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        dgram.extend_from_slice(&5001u16.to_be_bytes());
+        dgram.extend_from_slice(&4791u16.to_be_bytes());
+        dgram.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        dgram.extend_from_slice(&[0, 0]);
+        dgram.extend_from_slice(&ib);
+        transport::wire::icrc::fill(&mut dgram).unwrap();
+        let pkt = dgram[48..].to_vec();
+        let mut buf = vec![0u8; 65536];
+        let t0 = Instant::now();
+        let mut sent = 0;
+        let got = loop {
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "{sent} datagrams sent, none received"
+            );
+            if t0.elapsed().as_millis() >= 100 * sent {
+                from.send_to(&pkt, "[fd00:77::2]:4791").unwrap();
+                sent += 1;
+            }
+            if let Some(r) = link.recv(&mut buf).unwrap() {
+                break r;
+            }
+        };
+        assert_eq!(got.ecn, 3, "{got:?}");
+        assert_eq!(&buf[got.ib_start..got.ib_start + got.ib_len], &pkt[..]);
+        assert_eq!(link.stats().bad, 0);
+    })
+}
