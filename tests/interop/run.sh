@@ -99,7 +99,9 @@ suite_steps() {
               "ib_write_bw -x 2 -n 200 -s 65536" "ib_send_lat -x 2 -n 200"
               "ib_write_bw -x 1 -n 200 -s 3000 -c UC"
               "ib_write_bw -x 1 -n 200 -s 65536 -b" "ib_read_bw -x 1 -n 200 -s 4096 -b"
-              "ib_send_bw -x 1 -n 200 -s 4096 -b" "ib_atomic_bw -x 1 -n 200 -b")
+              "ib_send_bw -x 1 -n 200 -s 4096 -b" "ib_atomic_bw -x 1 -n 200 -b"
+              "ib_write_bw -x 1 -n 200 -s 65536 -q 4" "ib_send_bw -x 1 -n 200 -s 4096 -q 2"
+              "ib_read_bw -x 1 -n 200 -s 4096 -q 2" "ib_write_bw -x 1 -n 100 -s 4096 -q 2 -b")
       [ "$1" = perftest9000 ] && steps+=("ib_read_bw -x 1 -n 200 -s 65536 -m 4096"
               "ib_send_lat -x 2 -n 200 -c UD -s 4096")
       for st in "${steps[@]}"; do echo "server|$st"; echo "client|$st"; done
@@ -132,7 +134,7 @@ suite_steps() {
 FAILED=0
 run_suite() { # NAME
   local name=$1 mtu=1500 dir=$WORK/$1 loss="" tmo=150
-  case "$name" in *9000) mtu=9000 ;; loss) loss=2% tmo=900 ;; esac
+  case "$name" in *9000) mtu=9000 ;; loss) loss=2% tmo=1500 ;; esac
   mkdir -p "$dir/initrd"
   mapfile -t STEPS < <(suite_steps "$name")
   setup_net "$mtu"
