@@ -61,19 +61,6 @@ pub struct Conn {
     remote_comm_id: u32,
 }
 
-fn blank() -> Wc {
-    Wc {
-        wr_id: 0,
-        status: WcStatus::Success,
-        opcode: WcOpcode::Send,
-        byte_len: 0,
-        qp_num: 0,
-        src_qp: 0,
-        imm_data: None,
-        invalidated_rkey: None,
-    }
-}
-
 fn cm_err(msg: impl Into<String>) -> PeerError {
     PeerError::Config(msg.into())
 }
@@ -162,7 +149,7 @@ impl Gsi {
             base,
             sgid_index,
             tid: u64::from(super::random_psn()) << 8,
-            wcs: [blank(); 8],
+            wcs: [super::blank_wc(); 8],
         };
         for slot in 0..SLOTS {
             g.post_recv(node, slot)?;
@@ -591,33 +578,22 @@ fn modify_rc(
     max_rd_atomic: u8,
     timeout: u8,
 ) -> Result<(), PeerError> {
-    let e = &mut node.engine;
-    let rtr = QpAttr {
-        state: Some(QpState::Rtr),
-        path_mtu: Some(mtu),
-        dest_qp_num: Some(conn.remote_qpn),
-        rq_psn: Some(psns.0),
-        max_dest_rd_atomic: Some(max_dest_rd_atomic),
-        min_rnr_timer: Some(12),
-        ah: Some(AhAttr {
+    let path = super::Path {
+        mtu,
+        dest_qpn: conn.remote_qpn,
+        rq_psn: psns.0,
+        sq_psn: psns.1,
+        ah: AhAttr {
             dgid: conn.remote_gid,
             sgid_index: p.sgid_index,
             hop_limit: 64,
             ..Default::default()
-        }),
-        ..Default::default()
+        },
+        max_dest_rd_atomic,
+        max_rd_atomic,
+        min_rnr_timer: 12,
+        timeout,
+        retry: 7,
     };
-    e.modify_qp(p.qp, &rtr, 0)
-        .map_err(verbs("Failed to modify QP to RTR"))?;
-    let rts = QpAttr {
-        state: Some(QpState::Rts),
-        sq_psn: Some(psns.1),
-        timeout: Some(timeout),
-        retry_cnt: Some(7),
-        rnr_retry: Some(7),
-        max_rd_atomic: Some(max_rd_atomic),
-        ..Default::default()
-    };
-    e.modify_qp(p.qp, &rts, 0)
-        .map_err(verbs("Failed to modify QP to RTS"))
+    super::connect_qp(&mut node.engine, p.qp, true, &path)
 }

@@ -638,6 +638,101 @@ pub(crate) fn oob(what: &str) -> impl FnOnce(io::Error) -> PeerError + '_ {
     }
 }
 
+/// Where an RC or UC QP connects to and with what; the RC-only fields are
+/// ignored for UC. The tools differ only in these values.
+pub(crate) struct Path {
+    /// Path MTU.
+    pub mtu: Mtu,
+    /// The other side's QP.
+    pub dest_qpn: u32,
+    /// First PSN we expect to receive.
+    pub rq_psn: u32,
+    /// First PSN we send.
+    pub sq_psn: u32,
+    /// Address vector toward the other side.
+    pub ah: transport::verbs::AhAttr,
+    /// RC: incoming READ/atomic resources.
+    pub max_dest_rd_atomic: u8,
+    /// RC: outgoing READ/atomic depth.
+    pub max_rd_atomic: u8,
+    /// RC: RNR NAK timer code.
+    pub min_rnr_timer: u8,
+    /// RC: local ACK timeout.
+    pub timeout: u8,
+    /// RC: transport and RNR retry counts.
+    pub retry: u8,
+}
+
+/// Moves an RC (`rc`) or UC QP from INIT to RTR and RTS along `p`, with
+/// the stock tools' error messages.
+pub(crate) fn connect_qp(
+    e: &mut Engine<VecMemory>,
+    qp: u32,
+    rc: bool,
+    p: &Path,
+) -> Result<(), PeerError> {
+    use transport::verbs::{QpAttr, QpState};
+    let rtr = QpAttr {
+        state: Some(QpState::Rtr),
+        path_mtu: Some(p.mtu),
+        dest_qp_num: Some(p.dest_qpn),
+        rq_psn: Some(p.rq_psn),
+        max_dest_rd_atomic: rc.then_some(p.max_dest_rd_atomic),
+        min_rnr_timer: rc.then_some(p.min_rnr_timer),
+        ah: Some(p.ah),
+        ..Default::default()
+    };
+    e.modify_qp(qp, &rtr, 0)
+        .map_err(verbs("Failed to modify QP to RTR"))?;
+    let rts = QpAttr {
+        state: Some(QpState::Rts),
+        sq_psn: Some(p.sq_psn),
+        timeout: rc.then_some(p.timeout),
+        retry_cnt: rc.then_some(p.retry),
+        rnr_retry: rc.then_some(p.retry),
+        max_rd_atomic: rc.then_some(p.max_rd_atomic),
+        ..Default::default()
+    };
+    e.modify_qp(qp, &rts, 0)
+        .map_err(verbs("Failed to modify QP to RTS"))
+}
+
+/// Moves a UD QP from INIT to RTR and RTS (it needs nothing from the
+/// other side).
+pub(crate) fn ready_ud(e: &mut Engine<VecMemory>, qp: u32, sq_psn: u32) -> Result<(), PeerError> {
+    use transport::verbs::{QpAttr, QpState};
+    let rtr = QpAttr {
+        state: Some(QpState::Rtr),
+        ..Default::default()
+    };
+    e.modify_qp(qp, &rtr, 0)
+        .map_err(verbs("Failed to modify QP to RTR"))?;
+    let rts = QpAttr {
+        state: Some(QpState::Rts),
+        sq_psn: Some(sq_psn),
+        ..Default::default()
+    };
+    e.modify_qp(qp, &rts, 0)
+        .map_err(verbs("Failed to modify QP to RTS"))
+}
+
+/// A clap error about a tool's arguments as one line plus the usage,
+/// without clap's "error:" prefix and tips.
+pub(crate) fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("tip:") && !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let rest: Vec<&str> = lines.collect();
+    if rest.is_empty() {
+        first.to_string()
+    } else {
+        format!("{first} ({})", rest.join("; "))
+    }
+}
+
 /// An empty work completion, to fill arrays that `poll_cq` writes.
 pub(crate) fn blank_wc() -> transport::verbs::Wc {
     transport::verbs::Wc {

@@ -29,7 +29,7 @@ use transport::{
     engine::QpInit,
     verbs::{
         Access, AhAttr, QpAttr, QpCaps, QpState, QpType, RecvWr, SendOp, SendWr, Sge, UdDest, Wc,
-        WcOpcode, WcStatus,
+        WcStatus,
     },
     wire::Mtu,
 };
@@ -378,19 +378,6 @@ struct Run<'o> {
     qp_timeout: u8,
 }
 
-fn blank_wc() -> Wc {
-    Wc {
-        wr_id: 0,
-        status: WcStatus::Success,
-        opcode: WcOpcode::Send,
-        byte_len: 0,
-        qp_num: 0,
-        src_qp: 0,
-        imm_data: None,
-        invalidated_rkey: None,
-    }
-}
-
 impl Run<'_> {
     fn line(&mut self, s: &str) -> Result<(), PeerError> {
         writeln!(self.out, "{s}").map_err(PeerError::Output)
@@ -549,25 +536,7 @@ impl Run<'_> {
         };
         let e = &mut self.node.engine;
         if self.t.qp_type == QpType::Ud {
-            for (attr, what) in [
-                (
-                    QpAttr {
-                        state: Some(QpState::Rtr),
-                        ..Default::default()
-                    },
-                    "Failed to modify QP to RTR",
-                ),
-                (
-                    QpAttr {
-                        state: Some(QpState::Rts),
-                        sq_psn: Some(my_psn),
-                        ..Default::default()
-                    },
-                    "Failed to modify QP to RTS",
-                ),
-            ] {
-                e.modify_qp(qp, &attr, 0).map_err(verbs(what))?;
-            }
+            super::ready_ud(e, qp, my_psn)?;
             self.ud[i] = Some(UdDest {
                 ah,
                 remote_qpn: rem.qpn,
@@ -575,30 +544,19 @@ impl Run<'_> {
             });
             return Ok(());
         }
-        let rc = self.t.qp_type == QpType::Rc;
-        let rtr = QpAttr {
-            state: Some(QpState::Rtr),
-            path_mtu: Some(self.mtu),
-            dest_qp_num: Some(rem.qpn),
-            rq_psn: Some(rem.psn),
-            max_dest_rd_atomic: rc.then_some(self.t.out_reads),
-            min_rnr_timer: rc.then_some(12),
-            ah: Some(ah),
-            ..Default::default()
+        let path = super::Path {
+            mtu: self.mtu,
+            dest_qpn: rem.qpn,
+            rq_psn: rem.psn,
+            sq_psn: my_psn,
+            ah,
+            max_dest_rd_atomic: self.t.out_reads,
+            max_rd_atomic: rem.out_reads.clamp(1, 128) as u8,
+            min_rnr_timer: 12,
+            timeout: self.qp_timeout,
+            retry: 7,
         };
-        e.modify_qp(qp, &rtr, 0)
-            .map_err(verbs("Failed to modify QP to RTR"))?;
-        let rts = QpAttr {
-            state: Some(QpState::Rts),
-            sq_psn: Some(my_psn),
-            timeout: rc.then_some(self.qp_timeout),
-            retry_cnt: rc.then_some(7),
-            rnr_retry: rc.then_some(7),
-            max_rd_atomic: rc.then_some(rem.out_reads.clamp(1, 128) as u8),
-            ..Default::default()
-        };
-        e.modify_qp(qp, &rts, 0)
-            .map_err(verbs("Failed to modify QP to RTS"))
+        super::connect_qp(e, qp, self.t.qp_type == QpType::Rc, &path)
     }
 
     /// Posts one receive on QP `i`, into its receive half.
@@ -738,7 +696,7 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<(), PeerError> {
     let a = Args::try_parse_from(std::iter::once(tool.to_string()).chain(args.iter().cloned()))
-        .map_err(|e| cfg(super::pingpong::usage_error(&e)))?;
+        .map_err(|e| cfg(super::usage_error(&e)))?;
     let t = Test::from_args(tool, &a)?;
     if a.inline_size.is_some_and(|i| i > 0) {
         writeln!(
@@ -892,7 +850,7 @@ pub fn run(
         rems: vec![None; n],
         ud: vec![None; n],
         start: Instant::now(),
-        wcs: vec![blank_wc(); 16],
+        wcs: vec![super::blank_wc(); 16],
         mtu: my_mtu,
         gid_index,
         qp_timeout: a.qp_timeout,

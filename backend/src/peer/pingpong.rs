@@ -22,8 +22,8 @@ use clap::Parser;
 use transport::{
     engine::QpInit,
     verbs::{
-        Access, AhAttr, QpAttr, QpCaps, QpState, QpType, RecvWr, SendOp, SendWr, Sge, UdDest, Wc,
-        WcOpcode, WcStatus,
+        Access, AhAttr, QpAttr, QpCaps, QpState, QpType, RecvWr, SendOp, SendWr, Sge, UdDest,
+        WcStatus,
     },
     wire::Mtu,
 };
@@ -78,23 +78,6 @@ struct Args {
     chk: bool,
     /// The server to connect to; none: be the server.
     servername: Option<String>,
-}
-
-/// A clap error about the tool's arguments as one line plus the usage,
-/// without clap's "error:" prefix and tips.
-pub(crate) fn usage_error(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let mut lines = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("tip:") && !l.trim().is_empty());
-    let first = lines.next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let rest: Vec<&str> = lines.collect();
-    if rest.is_empty() {
-        first.to_string()
-    } else {
-        format!("{first} ({})", rest.join("; "))
-    }
 }
 
 /// The pattern byte `j` of message `k`: zero at every page start.
@@ -194,7 +177,7 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<(), PeerError> {
     let a = Args::try_parse_from(std::iter::once(tool.to_string()).chain(args.iter().cloned()))
-        .map_err(|e| PeerError::Config(usage_error(&e)))?;
+        .map_err(|e| PeerError::Config(super::usage_error(&e)))?;
     let qp_type = match tool {
         "ibv_rc_pingpong" => QpType::Rc,
         "ibv_uc_pingpong" => QpType::Uc,
@@ -285,26 +268,7 @@ pub fn run(
         .map_err(verbs("Failed to modify QP to INIT"))?;
     let my_psn = random_psn();
     if ud {
-        // UD needs nothing from the other side to be ready.
-        for (attr, what) in [
-            (
-                QpAttr {
-                    state: Some(QpState::Rtr),
-                    ..Default::default()
-                },
-                "Failed to modify QP to RTR",
-            ),
-            (
-                QpAttr {
-                    state: Some(QpState::Rts),
-                    sq_psn: Some(my_psn),
-                    ..Default::default()
-                },
-                "Failed to modify QP to RTS",
-            ),
-        ] {
-            e.modify_qp(qp, &attr, 0).map_err(verbs(what))?;
-        }
+        super::ready_ud(e, qp, my_psn)?;
     }
     let mut pp = Pp {
         node,
@@ -408,16 +372,7 @@ pub fn run(
     }
     let start = Instant::now();
     let (mut rcnt, mut scnt) = (0u32, 0u32);
-    let mut wcs = [Wc {
-        wr_id: 0,
-        status: WcStatus::Success,
-        opcode: WcOpcode::Send,
-        byte_len: 0,
-        qp_num: 0,
-        src_qp: 0,
-        imm_data: None,
-        invalidated_rkey: None,
-    }; 2];
+    let mut wcs = [super::blank_wc(); 2];
     let mut last = Instant::now();
     while rcnt < a.iters || scnt < a.iters {
         if a.events {
@@ -547,7 +502,7 @@ fn check_received(
 }
 
 /// RESET..INIT happened at setup; this moves an RC or UC QP to RTR and RTS
-/// toward `rem` as the stock tools do, or for UD makes the address handle.
+/// toward `rem` as the stock tools do, or for UD makes the destination.
 fn connect_qp(
     pp: &mut Pp,
     rem: &PingpongDest,
@@ -555,43 +510,27 @@ fn connect_qp(
     my_psn: u32,
     path_mtu: Mtu,
 ) -> Result<(), PeerError> {
-    let e = &mut pp.node.engine;
-    match pp.qp_type {
-        QpType::Ud => {
-            pp.ud = Some(UdDest {
-                ah,
-                remote_qpn: rem.qpn,
-                remote_qkey: QKEY,
-            });
-            Ok(())
-        }
-        t => {
-            let rc = t == QpType::Rc;
-            let rtr = QpAttr {
-                state: Some(QpState::Rtr),
-                path_mtu: Some(path_mtu),
-                dest_qp_num: Some(rem.qpn),
-                rq_psn: Some(rem.psn),
-                max_dest_rd_atomic: rc.then_some(1),
-                min_rnr_timer: rc.then_some(12),
-                ah: Some(ah),
-                ..Default::default()
-            };
-            e.modify_qp(pp.qp, &rtr, 0)
-                .map_err(verbs("Failed to modify QP to RTR"))?;
-            let rts = QpAttr {
-                state: Some(QpState::Rts),
-                sq_psn: Some(my_psn),
-                timeout: rc.then_some(14),
-                retry_cnt: rc.then_some(7),
-                rnr_retry: rc.then_some(7),
-                max_rd_atomic: rc.then_some(1),
-                ..Default::default()
-            };
-            e.modify_qp(pp.qp, &rts, 0)
-                .map_err(verbs("Failed to modify QP to RTS"))
-        }
+    if pp.qp_type == QpType::Ud {
+        pp.ud = Some(UdDest {
+            ah,
+            remote_qpn: rem.qpn,
+            remote_qkey: QKEY,
+        });
+        return Ok(());
     }
+    let path = super::Path {
+        mtu: path_mtu,
+        dest_qpn: rem.qpn,
+        rq_psn: rem.psn,
+        sq_psn: my_psn,
+        ah,
+        max_dest_rd_atomic: 1,
+        max_rd_atomic: 1,
+        min_rnr_timer: 12,
+        timeout: 14,
+        retry: 7,
+    };
+    super::connect_qp(&mut pp.node.engine, pp.qp, pp.qp_type == QpType::Rc, &path)
 }
 
 /// The server's last handshake step: the client's "done".

@@ -236,7 +236,7 @@ impl Rping {
 /// Runs rping with its arguments.
 pub fn run(opts: &PeerOptions, args: &[String], out: &mut dyn Write) -> Result<(), PeerError> {
     let a = Args::try_parse_from(std::iter::once("rping".to_string()).chain(args.iter().cloned()))
-        .map_err(|e| PeerError::Config(super::pingpong::usage_error(&e)))?;
+        .map_err(|e| PeerError::Config(super::usage_error(&e)))?;
     if a.server == a.client {
         return Err(PeerError::Config(
             "give exactly one of -s (server) and -c (client)".into(),
