@@ -10,10 +10,14 @@
 //! - [`peer`]: the `peer` subcommand, the engine on a real link standing
 //!   in for a stock RDMA tool.
 //!
-//! The daemon itself (vhost-user net port, stream port, vfio-user PVRDMA
-//! server) is not built yet; see the README's status table.
+//! - [`daemon`]: the daemon (the default with no subcommand): the
+//!   virtio-net face over vhost-user, the link, RoCEv2 steering.
+//!
+//! Not built yet: the stream port and the vfio-user PVRDMA server; see
+//! the README's status table.
 
 pub mod capture;
+pub mod daemon;
 pub mod decode;
 pub mod oob;
 pub mod peer;

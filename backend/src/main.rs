@@ -1,8 +1,9 @@
 //! The `vhost-user-rdma` binary: parses the command line with clap and
 //! runs the chosen subcommand.
 //!
-//! Built so far: `decode`, `perf` and `peer` (the pingpong tools); the
-//! daemon (the default with no subcommand, once built) is not built yet.
+//! With no subcommand it runs the daemon (the virtio-net face over
+//! vhost-user with RoCEv2 steering); `decode`, `perf` and `peer` are the
+//! tools around it.
 
 use std::{
     fs::File,
@@ -12,17 +13,140 @@ use std::{
 };
 
 use backend::{
+    daemon::{DaemonConfig, PortSpec},
     decode::{decode, error_chain},
     perf::{PerfOptions, PerfTest},
 };
 use clap::{Parser, Subcommand};
 
 /// Paravirtual RDMA for QEMU guests over a soft RoCEv2 engine.
+///
+/// With no subcommand, runs the daemon for one VM: it serves the guest's
+/// virtio-net NIC on a vhost-user socket, forwards its frames to a TAP (or
+/// a NIC), and hands RoCEv2 for the VM's RDMA addresses (--rdma-ip) to the
+/// engine. With no options at all it creates a TAP, picks a MAC and a
+/// socket, prints the QEMU options that attach a guest, and serves.
+/// SIGINT or SIGTERM stop it, removing the socket (and the TAP it made).
+///
+/// Example: vhost-user-rdma --tap vur0 --socket /run/vhost-user-rdma/vm1.sock --mac 52:54:00:12:34:56
 #[derive(Debug, Parser)]
-#[command(name = "vhost-user-rdma", version, arg_required_else_help = true)]
+#[command(
+    name = "vhost-user-rdma",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// The daemon's options (no subcommand).
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    /// The vhost-user socket to listen on (QEMU connects to it). Default:
+    /// /run/vhost-user-rdma/TAP.sock as root, else under $XDG_RUNTIME_DIR
+    /// or /tmp.
+    ///
+    /// Example: --socket /run/vhost-user-rdma/vm1.sock
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The TAP device the guest's frames go to, created (and brought up)
+    /// if it does not exist; `%d` lets the kernel number it. Default:
+    /// vur%d.
+    ///
+    /// Example: --tap vur0
+    #[arg(long, value_name = "NAME", conflicts_with = "packet")]
+    tap: Option<String>,
+    /// Instead of a TAP, an existing interface (a physical NIC) that the
+    /// guest's frames go to through AF_PACKET, in promiscuous mode.
+    ///
+    /// Example: --packet eth1
+    #[arg(long, value_name = "IFNAME")]
+    packet: Option<String>,
+    /// The guest NIC's MAC (give the same one to QEMU). Default: a random
+    /// 52:54:00:xx:xx:xx.
+    ///
+    /// Example: --mac 52:54:00:12:34:56
+    #[arg(long)]
+    mac: Option<backend::peer::Mac>,
+    /// The MTU: set on the TAP and given to the guest (68 to 65535).
+    /// Default: the interface's.
+    ///
+    /// Example: --mtu 9000
+    #[arg(long, value_parser = clap::value_parser!(u16).range(68..))]
+    mtu: Option<u16>,
+    /// An address of the VM for RDMA: RoCEv2 (UDP port 4791) to it goes to
+    /// the engine instead of the guest. Repeat for more. Default: none (the
+    /// engine is off and every frame goes to the guest).
+    ///
+    /// Example: --rdma-ip 10.77.0.1
+    #[arg(long = "rdma-ip", value_name = "ADDR")]
+    rdma_ip: Vec<std::net::IpAddr>,
+    /// The largest virtqueue the guest may set up (a power of 2, 64 to
+    /// 32768).
+    ///
+    /// Example: --queue-size 256
+    #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
+    queue_size: u16,
+    /// The guest memory size to show in the printed QEMU options.
+    ///
+    /// Example: --guest-mem 4G
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    guest_mem: String,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u16 = s
+        .parse()
+        .map_err(|_| format!("{s} is not a number from 64 to 32768"))?;
+    if !(64..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of 2 from 64 to 32768"));
+    }
+    Ok(n)
+}
+
+/// A random locally administered MAC with QEMU's 52:54:00 prefix.
+fn random_mac() -> [u8; 6] {
+    let mut r = [0u8; 3];
+    // SAFETY: getrandom writes at most `r.len()` bytes into `r`, which is
+    // valid for writes for the whole call.
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    if n != r.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id())
+            .unwrap_or(1);
+        r.copy_from_slice(&t.to_le_bytes()[..3]);
+    }
+    [0x52, 0x54, 0x00, r[0], r[1], r[2]]
+}
+
+fn run_daemon(a: DaemonArgs) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let port = match (a.tap, a.packet) {
+        (_, Some(p)) => PortSpec::Packet(p),
+        (Some(t), None) => PortSpec::Tap(t),
+        (None, None) => PortSpec::Tap("vur%d".to_string()),
+    };
+    let cfg = DaemonConfig {
+        socket: a.socket,
+        port,
+        mac: a.mac.map(|m| m.0).unwrap_or_else(random_mac),
+        mtu: a.mtu,
+        rdma: a.rdma_ip,
+        queue_size: a.queue_size,
+        guest_mem: a.guest_mem,
+    };
+    let mut out = io::stdout();
+    match backend::daemon::run(cfg, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +247,10 @@ fn parse_mtu(s: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return run_daemon(cli.daemon);
+    };
+    match command {
         Command::Peer(p) => run_peer(p),
         Command::Decode { file, verbose } => run_decode(&file, verbose),
         Command::Perf {

@@ -27,6 +27,7 @@ use std::{
     io::Read,
     net::IpAddr,
     os::fd::{AsRawFd, RawFd},
+    sync::Arc,
 };
 
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, UdpHeader};
@@ -42,6 +43,7 @@ use transport::{
 use crate::{
     Link, LinkError, Received,
     neigh::{NeighError, Neighbours},
+    port::{FramePort, open_tap, write_frame},
     sys::ifreq,
 };
 
@@ -98,7 +100,7 @@ pub struct EthLinkStats {
 
 /// A RoCEv2 link that frames its own Ethernet: on a TAP or on AF_PACKET.
 pub struct EthLink {
-    file: File,
+    file: Arc<File>,
     name: String,
     mac: [u8; 6],
     addrs: Vec<IpAddr>,
@@ -115,35 +117,26 @@ impl EthLink {
     /// Opens TAP `name` (creating it if it does not exist) without the
     /// packet-information header; we are `mac` and own `addrs` on it.
     pub fn tap(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<EthLink, LinkError> {
-        let mut ifr = ifreq(name)?;
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(setup("/dev/net/tun"))?;
-        let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-        // SAFETY: `ifr` is a 40-byte buffer laid out as `struct ifreq`
-        // (the NUL-terminated name, then the flags short), valid for the
-        // kernel to read and write during the call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(setup("TAP (TUNSETIFF)")(std::io::Error::last_os_error()));
-        }
-        // SAFETY: fcntl on a descriptor we own, with plain integer flags.
-        let rc = unsafe {
-            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)
-        };
-        if rc != 0 {
-            return Err(setup("TAP (O_NONBLOCK)")(std::io::Error::last_os_error()));
-        }
-        Ok(EthLink::from_file(file, name.to_string(), mac, addrs))
+        let (file, name, _created) = open_tap(name)?;
+        Ok(EthLink::from_file(file, name, mac, addrs))
+    }
+
+    /// The engine's link on a device that a [`FramePort`] already has
+    /// open (the daemon's switch), sharing its descriptor: this link only
+    /// writes to it, and sees incoming frames through
+    /// [`EthLink::handle_frame`], which the switch calls for the frames
+    /// it steers here.
+    pub fn on_port(port: &FramePort, mac: [u8; 6], addrs: Vec<IpAddr>) -> EthLink {
+        EthLink::on_file(port.file(), port.name().to_string(), mac, addrs)
     }
 
     /// A link on `file`, which reads and writes whole Ethernet frames of
     /// interface `name`, where we are `mac` and own `addrs`.
     pub(crate) fn from_file(file: File, name: String, mac: [u8; 6], addrs: Vec<IpAddr>) -> EthLink {
+        EthLink::on_file(Arc::new(file), name, mac, addrs)
+    }
+
+    fn on_file(file: Arc<File>, name: String, mac: [u8; 6], addrs: Vec<IpAddr>) -> EthLink {
         EthLink {
             file,
             name,
@@ -255,26 +248,7 @@ impl EthLink {
     }
 
     fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), LinkError> {
-        let iov: [libc::iovec; 2] = std::array::from_fn(|i| match parts.get(i) {
-            Some(p) => libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            },
-            None => libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
-        });
-        // SAFETY: each iovec points into a slice borrowed for the whole
-        // call (or is empty); the kernel only reads them.
-        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), parts.len() as i32) };
-        if n < 0 {
-            return Err(LinkError::Device {
-                name: self.name.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        write_frame(&self.file, &self.name, parts)
     }
 
     /// Frames and sends one packet to `mac`.
@@ -366,13 +340,24 @@ impl EthLink {
             ))
     }
 
+    /// Feeds one incoming frame to neighbour handling: ARP and NDP for or
+    /// from our addresses are answered or learnt (which may release
+    /// pending packets). Returns whether the frame was one of those.
+    pub fn handle_frame(&mut self, frame: &[u8], now: u64) -> Result<bool, LinkError> {
+        if self.neigh.handle_frame(frame, now) {
+            self.flush(now)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Receives the next good RoCEv2 frame for us into `buf`, if one is
     /// waiting. ARP and NDP are handled on the way (and may release
     /// pending packets); other frames are skipped; ours with a bad ICRC
     /// are counted and dropped.
     pub fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError> {
         loop {
-            let n = match (&self.file).read(buf) {
+            let n = match (&*self.file).read(buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(source) => {
@@ -382,8 +367,7 @@ impl EthLink {
                     });
                 }
             };
-            if self.neigh.handle_frame(&buf[..n], now) {
-                self.flush(now)?;
+            if self.handle_frame(&buf[..n], now)? {
                 continue;
             }
             let Ok(frame) = RoceFrame::parse_ethernet(&buf[..n]) else {

@@ -16,6 +16,10 @@
 //!   resolving neighbours through [`neigh`]: `tap` (a TAP device) and
 //!   `packet` (AF_PACKET on an existing interface, see [`packet`]).
 //!
+//! - [`port`]: raw Ethernet ports (TAP, AF_PACKET) that carry every
+//!   frame, for the daemon's switch; the engine's [`eth::EthLink`] can
+//!   share one ([`eth::EthLink::on_port`]).
+//!
 //! A link that goes down or vanishes reports errors for which
 //! [`LinkError::is_link_down`] holds; the loop driving the engine then
 //! takes the port down.
@@ -26,6 +30,7 @@
 pub mod eth;
 pub mod neigh;
 pub mod packet;
+pub mod port;
 mod sys;
 pub mod udp;
 

@@ -47,6 +47,7 @@ for i in 0 1 2 3 4 5 6 7; do
 done
 if [ -n "$V_peer" ]; then
   i=0; until ping -c1 -W1 "$V_peer" >/dev/null 2>&1 || [ $i -ge 20 ]; do i=$((i+1)); done
+  if ping -c3 -i 0.2 -W1 "$V_peer" >/dev/null 2>&1; then echo "VUR-PING $V_peer ok"; else echo "VUR-PING $V_peer failed"; fi
 fi
 if [ -n "$V_loss" ]; then
   modprobe ifb numifbs=1

@@ -16,7 +16,10 @@
 #   rping (rdma_cm, IPv4 and IPv6), pingpong9000 perftest9000 (MTU 9000,
 #   RoCE MTU 4096), loss (1 GiB
 #   ib_write_bw and ib_read_bw each way under netem loss 2% applied in the
-#   guest on eth0 egress and ingress); default: all
+#   guest on eth0 egress and ingress), vhostuser vhostuser9000 (the
+#   guest's NIC served by our daemon over vhost-user on TAP vurg0: a first
+#   guest pings through it and is killed, then the suite's guest
+#   reconnects and runs kernel rxe through it); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
 # work directory (logs, captures) for inspection, VUR_LOSS_ITERS sets the
 # 64 KiB messages of each loss run (default 16384: 1 GiB).
@@ -25,10 +28,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 loss)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 loss)
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
+case " ${SUITES[*]} " in *" vhostuser"*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
 KV=$(cat "$CACHE/kernel-version")
 GUEST=$CACHE/$KV
 (cd "$ROOT" && cargo build --release --locked -q -p backend)
@@ -127,8 +131,70 @@ suite_steps() {
         echo "server|$st"; echo "client|$st"
       done
       ;;
+    vhostuser|vhostuser9000)
+      # The guest's virtio-net is served by our daemon over vhost-user
+      # (its frames reach the bridge through the daemon and TAP vurg0);
+      # the guest's kernel rxe runs over it against our peer.
+      for st in "ibv_rc_pingpong -g 1 -n 50 -s 4096" "ibv_rc_pingpong -g 1 -n 200 -s 65536 -e" \
+                "ibv_ud_pingpong -g 1 -n 20 -s 1000" "ib_write_bw -x 1 -n 500 -s 65536" \
+                "ib_send_lat -x 1 -n 200" "rping -C 3 -v -S 1000"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      ;;
     *) echo "interop: unknown suite $1" >&2; return 1 ;;
   esac
+}
+
+# vhost-user suites: our daemon serves the guest's NIC on TAP vurg0,
+# under QEMU 11.1 from the trixie chroot (qemu-configs/qemu11): Debian
+# 12's QEMU 7.2 crashes starting a vhost-user virtio-net with MSI-X.
+# Before the suite, a first guest boots, pings the bridge through the
+# daemon, and is killed (-9); the suite's guest then reconnects to the
+# same daemon (chardev reconnect), which must serve it.
+start_daemon() { # DIR MTU
+  local dir=$1 mtu=$2
+  ip netns exec "$NS" "$BIN" --tap vurg0 --socket "$dir/vu.sock" --mac 52:54:00:77:00:01 --mtu "$mtu" \
+    >"$dir/daemon.out" 2>"$dir/daemon.log" &
+  DPID=$!; PIDS+=("$DPID")
+  local i=0
+  until [ -S "$dir/vu.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  [ -S "$dir/vu.sock" ] || { echo "   FAIL  the daemon did not listen"; cat "$dir/daemon.log"; FAILED=$((FAILED+1)); }
+}
+qemu_net() { # DIR MTU: the guest NIC's QEMU options
+  if [ -n "${DPID:-}" ]; then
+    echo "-object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0"
+    echo "-chardev socket,id=c0,path=$1/vu.sock,$(vur_reconnect) -netdev vhost-user,id=n0,chardev=c0"
+    echo "-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,host_mtu=$2"
+  else
+    echo "-netdev tap,id=n0,ifname=vurg0,script=no,downscript=no"
+    echo "-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01"
+  fi
+}
+vur_reconnect() {
+  local v; v=$("$QEMU" --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  set -- $v
+  if [ "${1:-0}" -gt 9 ] || { [ "${1:-0}" -eq 9 ] && [ "${2:-0}" -ge 2 ]; }; then echo reconnect-ms=1000; else echo reconnect=1; fi
+}
+reconnect_probe() { # DIR MTU: boot, ping through the daemon, kill -9
+  local dir=$1 mtu=$2
+  mkdir -p "$dir/probe"
+  # Not through ns(): a backgrounded function would be a subshell, and
+  # its PID not QEMU's.
+  # shellcheck disable=SC2046
+  ip netns exec "$NS" "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
+    -no-reboot -serial file:"$dir/probe/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.cpio.gz" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.mtu=$mtu vur.peer=10.77.0.254 vur.shell=1" \
+    $(qemu_net "$dir" "$mtu") >"$dir/probe/qemu.out" 2>&1 &
+  local q=$!; PIDS+=("$q")
+  local i=0
+  until grep -q VUR-PING "$dir/probe/guest.log" 2>/dev/null || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done
+  if grep -q "VUR-PING .* ok" "$dir/probe/guest.log"; then
+    echo "   PASS  first guest pinged 10.77.0.254 through the daemon"
+  else
+    echo "   FAIL  first guest could not ping through the daemon"; FAILED=$((FAILED+1))
+  fi
+  kill -9 "$q"; wait "$q" 2>/dev/null || true
+  echo "   ----  killed the first QEMU (-9); the suite's guest reconnects to the same daemon"
 }
 
 FAILED=0
@@ -138,6 +204,8 @@ run_suite() { # NAME
   mkdir -p "$dir/initrd"
   mapfile -t STEPS < <(suite_steps "$name")
   setup_net "$mtu"
+  DPID= QEMU=qemu-system-x86_64
+  case "$name" in vhostuser*) QEMU=$ROOT/qemu-configs/qemu11; start_daemon "$dir" "$mtu" ;; esac
 
   # The guest's half of the suite, appended to its initramfs.
   {
@@ -173,11 +241,12 @@ run_suite() { # NAME
   local t0=$SECONDS
   # The guest's whole life: every step's timeout, plus boot.
   local life=$(( ${#STEPS[@]} * tmo + 120 ))
-  ip netns exec "$NS" timeout "$life" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -display none -monitor none \
+  [ -n "$DPID" ] && reconnect_probe "$dir" "$mtu"
+  # shellcheck disable=SC2046
+  ip netns exec "$NS" timeout "$life" "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
     -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd.img" \
     -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254${loss:+ vur.loss=$loss}" \
-    -netdev tap,id=n0,ifname=vurg0,script=no,downscript=no \
-    -device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01 >"$dir/qemu.out" 2>&1 &
+    $(qemu_net "$dir" "$mtu") >"$dir/qemu.out" 2>&1 &
   local qpid=$!; PIDS+=("$qpid")
 
   # Our half, in the same order.
@@ -231,6 +300,19 @@ run_suite() { # NAME
   done
   if ! grep -q VUR-DONE "$dir/guest.log"; then
     echo "   FAIL  the guest did not finish (log: $dir/guest.log)"; FAILED=$((FAILED+1))
+  fi
+  if [ -n "$DPID" ]; then
+    kill -TERM "$DPID"; local drc=0; wait "$DPID" || drc=$?
+    local ctr; ctr=$(grep -o 'counters: .*' "$dir/daemon.log" | tail -1)
+    if [ "$drc" = 0 ] && [ ! -e "$dir/vu.sock" ] && grep -q "SIGTERM received" "$dir/daemon.log"; then
+      echo "   PASS  daemon stopped on SIGTERM, socket removed; $ctr"
+    else
+      echo "   FAIL  daemon exit rc=$drc; socket left: $([ -e "$dir/vu.sock" ] && echo yes || echo no)"; FAILED=$((FAILED+1))
+      tail -5 "$dir/daemon.log" | sed 's/^/      daemon: /'
+    fi
+    if [ "$(grep -c 'QEMU disconnected\|connection ended' "$dir/daemon.log")" -lt 2 ]; then
+      echo "   FAIL  daemon did not see both QEMUs come and go"; FAILED=$((FAILED+1))
+    fi
   fi
   local dec
   if dec=$("$BIN" decode "$dir/capture.pcap" 2>&1); then

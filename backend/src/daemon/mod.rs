@@ -1,0 +1,450 @@
+//! The daemon: one process per VM, serving the guest's virtio-net NIC over
+//! a vhost-user socket, forwarding its frames to a TAP or a physical NIC,
+//! and steering RoCEv2 for the VM's RDMA addresses to the engine.
+//!
+//! This module owns the daemon's life: the validated [`DaemonConfig`]
+//! (built from the CLI in `main.rs`), checking the socket path, opening
+//! the link's port, printing the QEMU options that attach to it, serving
+//! QEMU again and again (a QEMU that disconnects and reconnects, as with
+//! `reconnect-ms=` on its chardev, finds the same port, engine and
+//! counters), and a clean exit on SIGINT or SIGTERM that removes the
+//! socket and the TAP it created.
+//!
+//! Not built yet: the `-netdev stream` port for vmxnet3 and the PVRDMA
+//! function over vfio-user (so the engine has no verbs consumer yet).
+
+pub mod net;
+pub mod relay;
+pub mod switch;
+
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+    os::unix::{
+        fs::FileTypeExt,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use log::{error, info};
+use net::{NUM_QUEUES, NetBackend, NetConfig, PORT_EVENT};
+use netdev::{LinkError, port::FramePort};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+/// Where the guest's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A TAP device, created if it does not exist. A name with `%d` lets
+    /// the kernel pick the number.
+    Tap(String),
+    /// AF_PACKET on an existing interface (a physical NIC).
+    Packet(String),
+}
+
+/// The daemon's validated configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The vhost-user socket we listen on; [`default_socket`] when `None`.
+    pub socket: Option<PathBuf>,
+    /// The link.
+    pub port: PortSpec,
+    /// The guest NIC's MAC.
+    pub mac: [u8; 6],
+    /// The MTU to give the guest; the interface's when `None`.
+    pub mtu: Option<u16>,
+    /// The VM's RDMA addresses; the engine is off when empty.
+    pub rdma: Vec<IpAddr>,
+    /// Largest virtqueue.
+    pub queue_size: u16,
+    /// Guest memory size to print in the QEMU options.
+    pub guest_mem: String,
+}
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another process is serving the socket path.
+    #[error("socket {0} is in use by another process: stop that daemon or pick another --socket")]
+    SocketInUse(PathBuf),
+    /// The socket path holds something that is not a socket.
+    #[error("{0} exists and is not a socket: remove it or pick another --socket")]
+    NotASocket(PathBuf),
+    /// The socket's directory cannot be made or used.
+    #[error("cannot use the socket directory {0}")]
+    SocketDir(PathBuf, #[source] io::Error),
+    /// No permission to create or attach the TAP.
+    #[error(
+        "no permission to open TAP {0}: run as root or with CAP_NET_ADMIN, or create it first with `ip tuntap add {0} mode tap user $USER`"
+    )]
+    TapPermission(String),
+    /// No permission for AF_PACKET.
+    #[error("no permission to open an AF_PACKET socket on {0}: run as root or with CAP_NET_RAW")]
+    PacketPermission(String),
+    /// The link's port could not be opened.
+    #[error("cannot open the link {0}")]
+    Port(String, #[source] LinkError),
+    /// Setting the MTU failed.
+    #[error("cannot set MTU {mtu} on {name}")]
+    Mtu {
+        /// Interface.
+        name: String,
+        /// Wanted MTU.
+        mtu: u16,
+        /// Cause.
+        #[source]
+        source: LinkError,
+    },
+    /// vhost-user failed (the library's error is not a `std::error::Error`,
+    /// so it is kept as its message).
+    #[error("vhost-user failed: {0}")]
+    VhostUser(String),
+    /// Setting up the worker's events failed.
+    #[error("cannot watch the link in the worker thread")]
+    Epoll(#[source] io::Error),
+    /// The relay between QEMU and the library failed.
+    #[error("the vhost-user relay failed")]
+    Relay(#[source] io::Error),
+    /// Signal handling (or a thread) could not be set up.
+    #[error("cannot set up signal handling")]
+    Signals(#[source] io::Error),
+}
+
+/// Checks that `path` is free to listen on: absent, or a stale socket
+/// (which is removed). A socket someone answers on is in use.
+pub fn check_socket(path: &Path) -> Result<(), DaemonError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| DaemonError::SocketDir(dir.into(), e))?;
+        }
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(DaemonError::NotASocket(path.into()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(DaemonError::SocketInUse(path.into()));
+    }
+    std::fs::remove_file(path).map_err(|e| DaemonError::SocketDir(path.into(), e))?;
+    Ok(())
+}
+
+/// The socket path used when none is given: `/run/vhost-user-rdma/`
+/// as root, else `$XDG_RUNTIME_DIR/vhost-user-rdma/` (or `/tmp/`), then
+/// `IFNAME.sock`.
+pub fn default_socket(ifname: &str) -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = if root {
+        PathBuf::from("/run")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+    };
+    dir.join("vhost-user-rdma").join(format!("{ifname}.sock"))
+}
+
+/// Opens the link's port, turning permission errors into advice.
+pub fn open_port(spec: &PortSpec) -> Result<FramePort, DaemonError> {
+    let denied = |e: &LinkError| {
+        matches!(e, LinkError::Setup { source, .. }
+            if source.raw_os_error() == Some(libc::EPERM)
+                || source.raw_os_error() == Some(libc::EACCES))
+    };
+    match spec {
+        PortSpec::Tap(name) => FramePort::tap(name).map_err(|e| {
+            if denied(&e) {
+                DaemonError::TapPermission(name.clone())
+            } else {
+                DaemonError::Port(name.clone(), e)
+            }
+        }),
+        PortSpec::Packet(name) => FramePort::packet(name).map_err(|e| {
+            if denied(&e) {
+                DaemonError::PacketPermission(name.clone())
+            } else {
+                DaemonError::Port(name.clone(), e)
+            }
+        }),
+    }
+}
+
+/// Formats a MAC as `52:54:00:12:34:56`.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
+/// The QEMU options that attach a guest to this daemon. `reconnect`
+/// is QEMU's chardev option for this QEMU version (`reconnect-ms=1000`
+/// from 9.2, `reconnect=1` before).
+pub fn qemu_options(cfg: &DaemonConfig, socket: &Path, mtu: u16, reconnect: &str) -> String {
+    format!(
+        "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
+         -chardev socket,id=vur0,path={sock},{reconnect} \
+         -netdev vhost-user,id=vur0,chardev=vur0 \
+         -device virtio-net-pci,netdev=vur0,mac={mac},host_mtu={mtu}",
+        mem = cfg.guest_mem,
+        sock = socket.display(),
+        mac = mac_string(&cfg.mac),
+    )
+}
+
+/// The chardev reconnect option for the host's `qemu-system-x86_64`, if
+/// one is installed; `reconnect-ms=1000` otherwise.
+pub fn reconnect_option() -> &'static str {
+    let out = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output();
+    let Ok(out) = out else {
+        return "reconnect-ms=1000";
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or("");
+    let mut it = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    if (major, minor) >= (9, 2) {
+        "reconnect-ms=1000"
+    } else {
+        "reconnect=1"
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
+/// starts later) and starts a thread that waits for them; on either it
+/// runs `on_signal` and exits the process with status 0.
+fn handle_signals(on_signal: impl FnOnce(i32) + Send + 'static) -> Result<(), DaemonError> {
+    // SAFETY: an all-zero sigset_t is valid storage; sigemptyset and
+    // sigaddset initialise it, and pthread_sigmask only reads it.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(DaemonError::Signals(io::Error::from_raw_os_error(rc)));
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` is an initialised signal set and `sig` a valid
+            // out-pointer; both live across the call.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                on_signal(sig);
+            }
+            std::process::exit(0);
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(())
+}
+
+/// Logs the counters.
+fn log_stats(backend: &RwLock<NetBackend>) {
+    let Ok(b) = backend.read() else { return };
+    let s = b.stats();
+    info!(
+        "counters: tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} to_engine={} engine_bad={} tx_bad={} rx_bad={} rx_no_buffer={} link_errors={} broken={}",
+        s.tx_frames,
+        s.tx_bytes,
+        s.rx_frames,
+        s.rx_bytes,
+        s.to_engine,
+        s.engine_bad,
+        s.tx_bad,
+        s.rx_bad,
+        s.rx_no_buffer,
+        s.link_errors,
+        s.broken
+    );
+}
+
+/// Runs the daemon until SIGINT or SIGTERM (which exit the process) or
+/// a fatal error. `announce` receives the QEMU options once the daemon is
+/// ready for QEMU.
+pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
+    if let Some(s) = &cfg.socket {
+        check_socket(s)?;
+    }
+    let port = open_port(&cfg.port)?;
+    let socket = match cfg.socket.clone() {
+        Some(s) => s,
+        None => {
+            let s = default_socket(port.name());
+            check_socket(&s)?;
+            s
+        }
+    };
+    cfg.socket = Some(socket.clone());
+    if let Some(mtu) = cfg.mtu {
+        netdev::port::set_mtu(port.name(), u32::from(mtu)).map_err(|source| DaemonError::Mtu {
+            name: port.name().to_string(),
+            mtu,
+            source,
+        })?;
+    }
+    let mtu = match cfg.mtu {
+        Some(m) => m,
+        None => port
+            .mtu()
+            .map_err(|e| DaemonError::Port(port.name().to_string(), e))?
+            .min(u32::from(u16::MAX)) as u16,
+    };
+    let net_cfg = NetConfig {
+        mac: cfg.mac,
+        mtu,
+        queue_size: cfg.queue_size,
+        rdma: cfg.rdma.clone(),
+    };
+    info!(
+        "link {} ({}), guest MAC {}, MTU {mtu}, RDMA addresses {:?}",
+        port.name(),
+        if port.created() {
+            "created"
+        } else {
+            "existing"
+        },
+        mac_string(&cfg.mac),
+        cfg.rdma
+    );
+    let port_fd = port.fd();
+    let backend = Arc::new(RwLock::new(NetBackend::new(net_cfg, port)));
+
+    let stats_backend = backend.clone();
+    let sock = socket.clone();
+    let private_path = std::env::temp_dir().join(format!("vhost-user-rdma-{}", std::process::id()));
+    handle_signals(move |sig| {
+        info!(
+            "{} received: shutting down",
+            if sig == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            }
+        );
+        log_stats(&stats_backend);
+        let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_dir_all(&private_path);
+    })?;
+
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| DaemonError::SocketDir(socket.clone(), e))?;
+    let private = private_dir().map_err(|e| DaemonError::SocketDir(std::env::temp_dir(), e))?;
+    let _ = writeln!(
+        announce,
+        "{}",
+        qemu_options(&cfg, &socket, mtu, reconnect_option())
+    );
+    let _ = announce.flush();
+    loop {
+        info!("waiting for QEMU on {}", socket.display());
+        let qemu = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                error!("accepting on {} failed: {e}", socket.display());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        info!("QEMU connected");
+        if let Err(e) = serve_one(&backend, port_fd, qemu, &private) {
+            error!(
+                "vhost-user connection ended: {}",
+                crate::decode::error_chain(&e)
+            );
+        } else {
+            info!("QEMU disconnected; waiting for it to reconnect");
+        }
+        if let Ok(mut b) = backend.write() {
+            b.disconnected();
+        }
+        log_stats(&backend);
+    }
+}
+
+/// A fresh directory only we can enter, for the library's end of the
+/// relay.
+fn private_dir() -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("vhost-user-rdma-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// Serves one QEMU connection: a new library daemon (and worker thread
+/// watching the port) behind the relay, until either side hangs up.
+fn serve_one(
+    backend: &Arc<RwLock<NetBackend>>,
+    port_fd: std::os::fd::RawFd,
+    qemu: UnixStream,
+    private: &Path,
+) -> Result<(), DaemonError> {
+    let mut daemon = VhostUserDaemon::new(
+        "vhost-user-rdma".to_string(),
+        backend.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+    for h in daemon.get_epoll_handlers() {
+        h.register_listener(
+            port_fd,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+            u64::from(PORT_EVENT),
+        )
+        .map_err(DaemonError::Epoll)?;
+    }
+    debug_assert!(usize::from(PORT_EVENT) > NUM_QUEUES);
+    // The library's end: a listener in our private directory, connected
+    // at once and unlinked, so that only our relay ever reaches it.
+    let inner = private.join("lib.sock");
+    let _ = std::fs::remove_file(&inner);
+    let ul = UnixListener::bind(&inner).map_err(|e| DaemonError::SocketDir(inner.clone(), e))?;
+    let lib_end =
+        UnixStream::connect(&inner).map_err(|e| DaemonError::SocketDir(inner.clone(), e))?;
+    let _ = std::fs::remove_file(&inner);
+    let mut listener = Listener::from(ul);
+    daemon
+        .start(&mut listener)
+        .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+    let relay = std::thread::Builder::new()
+        .name("vhost-user relay".into())
+        .spawn(move || relay::relay(qemu, lib_end))
+        .map_err(DaemonError::Signals)?;
+    let waited = daemon.wait();
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    let relayed = relay
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("relay panicked")));
+    match waited {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => {}
+        Err(e) => return Err(DaemonError::VhostUser(e.to_string())),
+    }
+    match relayed {
+        Err(e)
+            if e.kind() != io::ErrorKind::BrokenPipe
+                && e.kind() != io::ErrorKind::ConnectionReset =>
+        {
+            Err(DaemonError::Relay(e))
+        }
+        _ => Ok(()),
+    }
+}
