@@ -95,6 +95,13 @@ struct DaemonArgs {
     /// Example: --guest-mem 4G
     #[arg(long, default_value = "1G", value_name = "SIZE")]
     guest_mem: String,
+    /// The QEMU binary whose option syntax to print (its `--version`
+    /// decides `reconnect-ms=` or `reconnect=`, and `vectors=0` before
+    /// 8.0).
+    ///
+    /// Example: --qemu qemu-configs/qemu11
+    #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
+    qemu: PathBuf,
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -138,6 +145,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         rdma: a.rdma_ip,
         queue_size: a.queue_size,
         guest_mem: a.guest_mem,
+        qemu: a.qemu,
     };
     let mut out = io::stdout();
     match backend::daemon::run(cfg, &mut out) {

@@ -63,6 +63,8 @@ pub struct DaemonConfig {
     pub queue_size: u16,
     /// Guest memory size to print in the QEMU options.
     pub guest_mem: String,
+    /// The QEMU whose option syntax to print.
+    pub qemu: PathBuf,
 }
 
 /// Why the daemon stopped or could not start.
@@ -180,43 +182,62 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
     parts.join(":")
 }
 
-/// The QEMU options that attach a guest to this daemon. `reconnect`
-/// is QEMU's chardev option for this QEMU version (`reconnect-ms=1000`
-/// from 9.2, `reconnect=1` before).
-pub fn qemu_options(cfg: &DaemonConfig, socket: &Path, mtu: u16, reconnect: &str) -> String {
+/// The QEMU version the printed options are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QemuVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl QemuVersion {
+    /// Asks `qemu` (a `qemu-system-*` binary or wrapper) for its version
+    /// (`--version`); `None` if it cannot be run or says nothing usable.
+    pub fn of(qemu: &Path) -> Option<QemuVersion> {
+        let out = std::process::Command::new(qemu)
+            .arg("--version")
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)?;
+        let mut it = version.split('.').map(|p| p.parse::<u32>().ok());
+        Some(QemuVersion {
+            major: it.next()??,
+            minor: it.next().flatten().unwrap_or(0),
+        })
+    }
+}
+
+/// The QEMU options that attach a guest to this daemon, in the syntax of
+/// `qemu` (the newest syntax when unknown): `reconnect-ms=1000` from 9.2,
+/// `reconnect=1` before; before 8.0, also `vectors=0` on the NIC, because
+/// those QEMUs crash starting a vhost-user virtio-net with MSI-X.
+pub fn qemu_options(
+    cfg: &DaemonConfig,
+    socket: &Path,
+    mtu: u16,
+    qemu: Option<QemuVersion>,
+) -> String {
+    let v = qemu.map(|q| (q.major, q.minor)).unwrap_or((u32::MAX, 0));
+    let reconnect = if v >= (9, 2) {
+        "reconnect-ms=1000"
+    } else {
+        "reconnect=1"
+    };
+    let vectors = if v < (8, 0) { ",vectors=0" } else { "" };
     format!(
         "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
          -chardev socket,id=vur0,path={sock},{reconnect} \
          -netdev vhost-user,id=vur0,chardev=vur0 \
-         -device virtio-net-pci,netdev=vur0,mac={mac},host_mtu={mtu}",
+         -device virtio-net-pci,netdev=vur0,mac={mac},host_mtu={mtu}{vectors}",
         mem = cfg.guest_mem,
         sock = socket.display(),
         mac = mac_string(&cfg.mac),
     )
-}
-
-/// The chardev reconnect option for the host's `qemu-system-x86_64`, if
-/// one is installed; `reconnect-ms=1000` otherwise.
-pub fn reconnect_option() -> &'static str {
-    let out = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output();
-    let Ok(out) = out else {
-        return "reconnect-ms=1000";
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .unwrap_or("");
-    let mut it = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    if (major, minor) >= (9, 2) {
-        "reconnect-ms=1000"
-    } else {
-        "reconnect=1"
-    }
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
@@ -346,7 +367,7 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     let _ = writeln!(
         announce,
         "{}",
-        qemu_options(&cfg, &socket, mtu, reconnect_option())
+        qemu_options(&cfg, &socket, mtu, QemuVersion::of(&cfg.qemu))
     );
     let _ = announce.flush();
     loop {
@@ -446,5 +467,56 @@ fn serve_one(
             Err(DaemonError::Relay(e))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DaemonConfig {
+        DaemonConfig {
+            socket: None,
+            port: PortSpec::Tap("t".into()),
+            mac: [0x52, 0x54, 0, 1, 2, 3],
+            mtu: None,
+            rdma: Vec::new(),
+            queue_size: 256,
+            guest_mem: "2G".into(),
+            qemu: "qemu-system-x86_64".into(),
+        }
+    }
+
+    #[test]
+    fn qemu_options_follow_the_qemu_version() {
+        let s = Path::new("/run/x.sock");
+        let new = qemu_options(
+            &cfg(),
+            s,
+            1500,
+            Some(QemuVersion {
+                major: 11,
+                minor: 1,
+            }),
+        );
+        assert!(new.contains("path=/run/x.sock,reconnect-ms=1000 "), "{new}");
+        assert!(new.contains("mac=52:54:00:01:02:03,host_mtu=1500"), "{new}");
+        assert!(
+            new.contains("size=2G,share=on") && new.contains("-m 2G"),
+            "{new}"
+        );
+        assert!(!new.contains("vectors"), "{new}");
+        let old = qemu_options(&cfg(), s, 9000, Some(QemuVersion { major: 7, minor: 2 }));
+        assert!(
+            old.contains(",reconnect=1 ") && old.ends_with("host_mtu=9000,vectors=0"),
+            "{old}"
+        );
+        let mid = qemu_options(&cfg(), s, 1500, Some(QemuVersion { major: 9, minor: 1 }));
+        assert!(
+            mid.contains(",reconnect=1 ") && !mid.contains("vectors"),
+            "{mid}"
+        );
+        let unknown = qemu_options(&cfg(), s, 1500, None);
+        assert!(unknown.contains("reconnect-ms"), "{unknown}");
     }
 }
