@@ -70,6 +70,48 @@ fn bad(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
+/// The payload size a header announces, refused above [`MAX_PAYLOAD`].
+fn payload_size(hdr: &[u8; HDR_LEN]) -> io::Result<usize> {
+    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+    if size > MAX_PAYLOAD {
+        return Err(bad("vhost-user message too large"));
+    }
+    Ok(size)
+}
+
+/// Runs the relay's rewriting over `stream`, a byte stream of messages
+/// from a frontend, as if it came over the socket (for fuzzing and
+/// tests). Returns how many messages would reach the library and how many
+/// answers would go back to the frontend; stops at the first malformed
+/// or truncated message. Every message it would send is well-formed: its
+/// header's size is its payload's length.
+pub fn rewrite_stream(mut stream: &[u8]) -> (usize, usize) {
+    let mut state = State::default();
+    let (mut to_lib, mut to_fe) = (0, 0);
+    while stream.len() >= HDR_LEN {
+        let mut hdr = [0u8; HDR_LEN];
+        hdr.copy_from_slice(&stream[..HDR_LEN]);
+        let Ok(size) = payload_size(&hdr) else { break };
+        let Some(payload) = stream.get(HDR_LEN..HDR_LEN + size) else {
+            break;
+        };
+        let m = Message {
+            hdr,
+            payload: payload.to_vec(),
+            fds: Vec::new(),
+        };
+        stream = &stream[HDR_LEN + size..];
+        let (out, ack) = state.on_frontend(m);
+        for m in out.iter().chain(ack.iter()) {
+            let announced = u32::from_le_bytes([m.hdr[8], m.hdr[9], m.hdr[10], m.hdr[11]]);
+            assert_eq!(announced as usize, m.payload.len(), "well-formed output");
+        }
+        to_lib += out.len();
+        to_fe += usize::from(ack.is_some());
+    }
+    (to_lib, to_fe)
+}
+
 /// Reads one message; `None` at end of stream.
 fn read_message(s: &mut UnixStream) -> io::Result<Option<Message>> {
     let mut hdr = [0u8; HDR_LEN];
@@ -93,10 +135,7 @@ fn read_message(s: &mut UnixStream) -> io::Result<Option<Message>> {
     if n < HDR_LEN {
         s.read_exact(&mut hdr[n..])?;
     }
-    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
-    if size > MAX_PAYLOAD {
-        return Err(bad("vhost-user message too large"));
-    }
+    let size = payload_size(&hdr)?;
     let mut payload = vec![0u8; size];
     s.read_exact(&mut payload)?;
     Ok(Some(Message { hdr, payload, fds }))
