@@ -761,6 +761,62 @@ fn misconfiguration_gets_one_clear_line_and_a_nonzero_exit() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
         let (code, _) = d.stop();
         assert_eq!(code, 0);
+
+        // No permission to create a TAP (run as nobody, no capabilities).
+        let open = dir.join("open");
+        std::fs::create_dir(&open).unwrap();
+        Command::new("chmod")
+            .arg("777")
+            .arg(&open)
+            .status()
+            .unwrap();
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(BIN)
+            .args(["--tap", "vutperm", "--socket"])
+            .arg(open.join("s.sock"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("no permission to open TAP vutperm"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+        // Guest memory not shared: QEMU then starts the device (features)
+        // but never sends a memory table; the daemon says so and exits.
+        let mut d = Daemon::start(&dir, &[]);
+        let mut fe = Frontend::connect(&d.socket, 2).unwrap();
+        fe.set_owner().unwrap();
+        let f = fe.get_features().unwrap();
+        let pf = fe.get_protocol_features().unwrap();
+        fe.set_protocol_features(pf & VhostUserProtocolFeatures::REPLY_ACK)
+            .unwrap();
+        fe.set_features(f & (1 << 32 | 1 << 30)).unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = d.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "daemon did not give up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(status.code(), Some(1));
+        let log = d.log();
+        let line = log.lines().last().unwrap_or_default();
+        assert!(
+            line.contains("its memory is not shared") && line.contains("share=on"),
+            "{log}"
+        );
+        assert!(!d.socket.exists(), "socket removed");
+        drop(fe);
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -108,6 +108,11 @@ pub enum DaemonError {
     /// Setting up the worker's events failed.
     #[error("cannot watch the link in the worker thread")]
     Epoll(#[source] io::Error),
+    /// QEMU's guest memory is not shared with us.
+    #[error(
+        "QEMU started the NIC but sent no guest memory: its memory is not shared with the daemon; start QEMU with -object memory-backend-memfd,id=mem0,size=SIZE,share=on -numa node,memdev=mem0"
+    )]
+    MemoryNotShared,
     /// The relay between QEMU and the library failed.
     #[error("the vhost-user relay failed")]
     Relay(#[source] io::Error),
@@ -381,13 +386,17 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
             }
         };
         info!("QEMU connected");
-        if let Err(e) = serve_one(&backend, port_fd, qemu, &private) {
-            error!(
+        match serve_one(&backend, port_fd, qemu, &private) {
+            Err(e @ DaemonError::MemoryNotShared) => {
+                let _ = std::fs::remove_file(&socket);
+                let _ = std::fs::remove_dir_all(&private);
+                return Err(e);
+            }
+            Err(e) => error!(
                 "vhost-user connection ended: {}",
                 crate::decode::error_chain(&e)
-            );
-        } else {
-            info!("QEMU disconnected; waiting for it to reconnect");
+            ),
+            Ok(()) => info!("QEMU disconnected; waiting for it to reconnect"),
         }
         if let Ok(mut b) = backend.write() {
             b.disconnected();
@@ -451,7 +460,7 @@ fn serve_one(
     }
     let relayed = relay
         .join()
-        .unwrap_or_else(|_| Err(io::Error::other("relay panicked")));
+        .unwrap_or_else(|_| Err(io::Error::other("relay panicked").into()));
     match waited {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
@@ -460,7 +469,8 @@ fn serve_one(
         Err(e) => return Err(DaemonError::VhostUser(e.to_string())),
     }
     match relayed {
-        Err(e)
+        Err(relay::RelayError::MemoryNotShared) => Err(DaemonError::MemoryNotShared),
+        Err(relay::RelayError::Io(e))
             if e.kind() != io::ErrorKind::BrokenPipe
                 && e.kind() != io::ErrorKind::ConnectionReset =>
         {

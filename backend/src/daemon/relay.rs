@@ -30,6 +30,7 @@ use std::{
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const SET_VRING_ENABLE: u32 = 18;
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
@@ -159,11 +160,18 @@ fn write_message(s: &mut UnixStream, m: &Message) -> io::Result<()> {
     Ok(())
 }
 
+/// How long after `SET_FEATURES` the guest's memory must arrive.
+pub const MEMORY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The relay's memory of the conversation.
 #[derive(Default)]
 struct State {
     protocol_negotiated: bool,
     features_set: bool,
+    /// When the device was started (first `SET_FEATURES`) with no memory
+    /// table yet.
+    started_without_memory: Option<std::time::Instant>,
+    memory_seen: bool,
     /// SET_VRING_ENABLE messages held back until SET_FEATURES.
     held: Vec<Message>,
 }
@@ -173,6 +181,11 @@ impl State {
     /// QEMU directly.
     fn on_frontend(&mut self, mut m: Message) -> (Vec<Message>, Option<Message>) {
         match m.request() {
+            SET_MEM_TABLE => {
+                self.memory_seen = true;
+                self.started_without_memory = None;
+                (vec![m], None)
+            }
             SET_PROTOCOL_FEATURES => {
                 self.protocol_negotiated = true;
                 (vec![m], None)
@@ -185,6 +198,9 @@ impl State {
                     m.payload.copy_from_slice(&f.to_le_bytes());
                 }
                 self.features_set = true;
+                if !self.memory_seen && self.started_without_memory.is_none() {
+                    self.started_without_memory = Some(std::time::Instant::now());
+                }
                 let mut out = vec![m];
                 out.append(&mut self.held);
                 (out, None)
@@ -211,9 +227,24 @@ impl State {
     }
 }
 
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A socket failed.
+    #[error("vhost-user socket I/O failed")]
+    Io(#[from] io::Error),
+    /// The frontend started the device but never shared guest memory:
+    /// QEMU does that when its memory is not shared (it then falls back to
+    /// its own emulation, and the guest's NIC is dead).
+    #[error(
+        "QEMU started the NIC but sent no guest memory: its memory is not shared with the daemon; start QEMU with -object memory-backend-memfd,id=mem0,size=SIZE,share=on -numa node,memdev=mem0"
+    )]
+    MemoryNotShared,
+}
+
 /// Relays between `frontend` (QEMU) and `library` (the vhost-user
 /// library's end) until either side closes.
-pub fn relay(mut frontend: UnixStream, mut library: UnixStream) -> io::Result<()> {
+pub fn relay(mut frontend: UnixStream, mut library: UnixStream) -> Result<(), RelayError> {
     let mut state = State::default();
     let mut fds = [
         libc::pollfd {
@@ -229,13 +260,19 @@ pub fn relay(mut frontend: UnixStream, mut library: UnixStream) -> io::Result<()
     ];
     let result = loop {
         // SAFETY: `fds` is a valid array of two pollfd for the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, 250) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            break Err(e);
+            break Err(e.into());
+        }
+        if state
+            .started_without_memory
+            .is_some_and(|t| t.elapsed() > MEMORY_GRACE)
+        {
+            break Err(RelayError::MemoryNotShared);
         }
         if fds[0].revents != 0 {
             match read_message(&mut frontend) {
@@ -249,22 +286,22 @@ pub fn relay(mut frontend: UnixStream, mut library: UnixStream) -> io::Result<()
                         r = r.and_then(|()| write_message(&mut frontend, &a));
                     }
                     if let Err(e) = r {
-                        break Err(e);
+                        break Err(e.into());
                     }
                 }
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             }
         }
         if fds[1].revents != 0 {
             match read_message(&mut library) {
                 Ok(Some(m)) => {
                     if let Err(e) = write_message(&mut frontend, &m) {
-                        break Err(e);
+                        break Err(e.into());
                     }
                 }
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             }
         }
     };
