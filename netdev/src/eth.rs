@@ -43,7 +43,7 @@ use transport::{
 use crate::{
     Link, LinkError, Received,
     neigh::{NeighError, Neighbours},
-    port::{FramePort, open_tap, write_frame},
+    port::{FramePort, VNET_HDR_LEN, open_tap, write_frame},
     sys::ifreq,
 };
 
@@ -101,6 +101,8 @@ pub struct EthLinkStats {
 /// A RoCEv2 link that frames its own Ethernet: on a TAP or on AF_PACKET.
 pub struct EthLink {
     file: Arc<File>,
+    /// Whether every frame starts with a (zero) virtio-net header.
+    vnet_hdr: bool,
     name: String,
     mac: [u8; 6],
     addrs: Vec<IpAddr>,
@@ -117,7 +119,7 @@ impl EthLink {
     /// Opens TAP `name` (creating it if it does not exist) without the
     /// packet-information header; we are `mac` and own `addrs` on it.
     pub fn tap(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<EthLink, LinkError> {
-        let (file, name, _created) = open_tap(name)?;
+        let (file, name, _created) = open_tap(name, false)?;
         Ok(EthLink::from_file(file, name, mac, addrs))
     }
 
@@ -127,7 +129,9 @@ impl EthLink {
     /// [`EthLink::handle_frame`], which the switch calls for the frames
     /// it steers here.
     pub fn on_port(port: &FramePort, mac: [u8; 6], addrs: Vec<IpAddr>) -> EthLink {
-        EthLink::on_file(port.file(), port.name().to_string(), mac, addrs)
+        let mut link = EthLink::on_file(port.file(), port.name().to_string(), mac, addrs);
+        link.vnet_hdr = port.vnet_hdr_len() > 0;
+        link
     }
 
     /// A link on `file`, which reads and writes whole Ethernet frames of
@@ -139,6 +143,7 @@ impl EthLink {
     fn on_file(file: Arc<File>, name: String, mac: [u8; 6], addrs: Vec<IpAddr>) -> EthLink {
         EthLink {
             file,
+            vnet_hdr: false,
             name,
             mac,
             neigh: Neighbours::new(mac, addrs.clone()),
@@ -248,6 +253,14 @@ impl EthLink {
     }
 
     fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), LinkError> {
+        if self.vnet_hdr {
+            const ZERO: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+            let mut all: [&[u8]; 3] = [&ZERO, &[], &[]];
+            for (slot, p) in all[1..].iter_mut().zip(parts) {
+                *slot = p;
+            }
+            return write_frame(&self.file, &self.name, &all[..1 + parts.len().min(2)]);
+        }
         write_frame(&self.file, &self.name, parts)
     }
 

@@ -36,13 +36,33 @@ pub struct FramePort {
     file: Arc<File>,
     name: String,
     created: bool,
+    vnet: bool,
 }
 
-/// Opens TAP `name` without the packet-information header, creating it
-/// if it does not exist (a name with `%d` lets the kernel pick the
-/// number). Returns the file, the interface's name and whether we created
-/// it.
-pub(crate) fn open_tap(name: &str) -> Result<(File, String, bool), LinkError> {
+/// Length of the virtio-net header a TAP opened with
+/// [`FramePort::tap_vnet`] puts in front of every frame
+/// (`struct virtio_net_hdr_v1`).
+pub const VNET_HDR_LEN: usize = 12;
+
+/// Offloads the reader of a vnet-header TAP accepts
+/// ([`FramePort::set_offload`]); the kernel then hands it frames with
+/// partial checksums or TCP segments up to 64 KiB.
+pub mod offload {
+    /// Partial checksums (`NEEDS_CSUM`); required by the others.
+    pub const CSUM: u32 = libc::TUN_F_CSUM;
+    /// TCP over IPv4 segmentation.
+    pub const TSO4: u32 = libc::TUN_F_TSO4;
+    /// TCP over IPv6 segmentation.
+    pub const TSO6: u32 = libc::TUN_F_TSO6;
+    /// TSO with ECN.
+    pub const TSO_ECN: u32 = libc::TUN_F_TSO_ECN;
+}
+
+/// Opens TAP `name` without the packet-information header (with a
+/// virtio-net header on every frame if `vnet`), creating it if it does
+/// not exist (a name with `%d` lets the kernel pick the number). Returns
+/// the file, the interface's name and whether we created it.
+pub(crate) fn open_tap(name: &str, vnet: bool) -> Result<(File, String, bool), LinkError> {
     let existed = !name.contains('%') && interface_exists(name);
     let mut ifr = ifreq(name)?;
     let file = File::options()
@@ -50,7 +70,11 @@ pub(crate) fn open_tap(name: &str) -> Result<(File, String, bool), LinkError> {
         .write(true)
         .open("/dev/net/tun")
         .map_err(setup("/dev/net/tun"))?;
-    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    let flags = flags as libc::c_short;
     ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
     // SAFETY: `ifr` is a 40-byte buffer laid out as `struct ifreq` (the
     // NUL-terminated name, then the flags short), valid for the kernel to
@@ -60,6 +84,17 @@ pub(crate) fn open_tap(name: &str) -> Result<(File, String, bool), LinkError> {
         return Err(setup("TAP (TUNSETIFF)")(std::io::Error::last_os_error()));
     }
     set_nonblocking(file.as_raw_fd()).map_err(setup("TAP (O_NONBLOCK)"))?;
+    if vnet {
+        let len = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+        // points at `len` for the whole call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len) };
+        if rc != 0 {
+            return Err(setup("TAP (TUNSETVNETHDRSZ)")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     let end = ifr[..libc::IFNAMSIZ]
         .iter()
         .position(|b| *b == 0)
@@ -138,13 +173,47 @@ impl FramePort {
     /// create vanishes when the last copy of this port is dropped) and
     /// sets it up.
     pub fn tap(name: &str) -> Result<FramePort, LinkError> {
-        let (file, name, created) = open_tap(name)?;
+        FramePort::open_tap(name, false)
+    }
+
+    /// As [`FramePort::tap`], but every frame read or written carries a
+    /// [`VNET_HDR_LEN`]-byte virtio-net header first, so that checksum and
+    /// segmentation offloads pass through ([`FramePort::set_offload`]).
+    pub fn tap_vnet(name: &str) -> Result<FramePort, LinkError> {
+        FramePort::open_tap(name, true)
+    }
+
+    fn open_tap(name: &str, vnet: bool) -> Result<FramePort, LinkError> {
+        let (file, name, created) = open_tap(name, vnet)?;
         set_up(&name)?;
         Ok(FramePort {
             file: Arc::new(file),
             name,
             created,
+            vnet,
         })
+    }
+
+    /// The virtio-net header length in front of every frame: 0, or
+    /// [`VNET_HDR_LEN`] on a TAP opened with [`FramePort::tap_vnet`].
+    pub fn vnet_hdr_len(&self) -> usize {
+        if self.vnet { VNET_HDR_LEN } else { 0 }
+    }
+
+    /// Tells the kernel which [`offload`]s we accept in frames we read.
+    pub fn set_offload(&self, flags: u32) -> Result<(), LinkError> {
+        // SAFETY: TUNSETOFFLOAD takes the flags as the integer argument.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            return Err(setup("TAP (TUNSETOFFLOAD)")(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Opens an AF_PACKET socket on the existing interface `ifname`,
@@ -227,6 +296,7 @@ impl FramePort {
             file: Arc::new(File::from(fd)),
             name: ifname.to_string(),
             created: false,
+            vnet: false,
         })
     }
 
@@ -266,7 +336,46 @@ impl FramePort {
         }
     }
 
-    /// Writes one frame, given in up to four parts, with one `writev`.
+    /// Reads the next frame's virtio-net header into `hdr` and the frame
+    /// into `buf` with one `readv`; the frame's length, or `None` when
+    /// none is waiting. For a port with [`FramePort::vnet_hdr_len`] 0,
+    /// `hdr` is left alone.
+    pub fn read_vnet(
+        &self,
+        hdr: &mut [u8; VNET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, LinkError> {
+        if !self.vnet {
+            return self.read(buf);
+        }
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
+        // SAFETY: both iovecs point into buffers borrowed mutably for the
+        // call, with their exact lengths.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(LinkError::Device {
+                name: self.name.clone(),
+                source: e,
+            });
+        }
+        Ok(Some((n as usize).saturating_sub(VNET_HDR_LEN)))
+    }
+
+    /// Writes one frame, given in up to four parts, with one `writev`
+    /// (on a vnet-header port, the first part is the header).
     pub fn write(&self, parts: &[&[u8]]) -> Result<(), LinkError> {
         write_frame(&self.file, &self.name, parts)
     }

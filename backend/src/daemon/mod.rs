@@ -164,7 +164,7 @@ pub fn open_port(spec: &PortSpec) -> Result<FramePort, DaemonError> {
                 || source.raw_os_error() == Some(libc::EACCES))
     };
     match spec {
-        PortSpec::Tap(name) => FramePort::tap(name).map_err(|e| {
+        PortSpec::Tap(name) => FramePort::tap_vnet(name).map_err(|e| {
             if denied(&e) {
                 DaemonError::TapPermission(name.clone())
             } else {
