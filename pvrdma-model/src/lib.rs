@@ -1,9 +1,26 @@
-//! The VMware PVRDMA device model (PCI 15ad:0820).
+//! The VMware PVRDMA device model (PCI 15ad:0820), as plain Rust with no
+//! I/O.
 //!
-//! This crate will own the guest-facing RDMA device as plain Rust with no
-//! I/O: the BAR1 register file and the device shared region (DSR), the
-//! command set, the two-level page directories, the WQE/CQE/EQE ring
-//! formats, and the translation from guest rings onto the verbs of the
-//! soft RoCE engine in `transport`.
+//! This crate owns the guest-facing RDMA device's interface as the stock
+//! Linux `vmw_pvrdma` driver and rdma-core's `vmw_pvrdma` provider see it
+//! (facts in `docs/pvrdma-abi.md`):
 //!
-//! Nothing is built here yet; see the status table in the README.
+//! - [`abi`]: every structure the guest and the device share, as explicit
+//!   little-endian layouts (zerocopy) with compile-time size checks: the
+//!   device shared region (DSR) and its caps, the command request and
+//!   response slots, the send and receive WQEs, SGEs, CQEs, EQEs and
+//!   CQNEs;
+//! - [`regs`]: the BAR1 register file and the BAR2 doorbells, decoded into
+//!   the actions the device must take;
+//! - [`ring`]: the ring indices (2×N encoding with a wrap bit) exactly as
+//!   the driver computes them, and two-level page directories;
+//! - [`cmd`]: the command channel: a request slot parsed into a typed
+//!   command, and typed responses written back.
+//!
+//! Not built yet: the device state machine that executes commands and
+//! doorbells onto the engine in `transport` over guest memory.
+
+pub mod abi;
+pub mod cmd;
+pub mod regs;
+pub mod ring;
