@@ -15,12 +15,16 @@
 //! - [`ring`]: the ring indices (2×N encoding with a wrap bit) exactly as
 //!   the driver computes them, and two-level page directories;
 //! - [`cmd`]: the command channel: a request slot parsed into a typed
-//!   command, and typed responses written back.
+//!   command, and typed responses written back;
+//! - [`device`]: the device itself: the DSR handshake, activation and
+//!   reset, and the command set executed synchronously in the REQUEST
+//!   write, with checked handle tables (contexts, PDs, CQs, MRs, GIDs).
 //!
-//! Not built yet: the device state machine that executes commands and
-//! doorbells onto the engine in `transport` over guest memory.
+//! Not built yet: QPs and SRQs, doorbells, and the translation onto the
+//! engine in `transport` over guest memory.
 
 pub mod abi;
 pub mod cmd;
+pub mod device;
 pub mod regs;
 pub mod ring;
