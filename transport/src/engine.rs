@@ -79,6 +79,17 @@ pub struct QpInit {
     pub srq: Option<u32>,
 }
 
+/// The pages behind a page-list MR ([`Engine::reg_mr_pages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageList {
+    /// log2 of the page size (12 to 30).
+    pub page_shift: u8,
+    /// Where the MR's first byte lies in the first page.
+    pub first_offset: u64,
+    /// Memory addresses of the pages, in order.
+    pub pages: Vec<u64>,
+}
+
 /// Where a packet from `poll_transmit` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -374,6 +385,63 @@ impl<M: Memory> Engine<M> {
                 what: "memory regions",
                 limit: u64::from(self.attrs.max_mr),
             })
+    }
+
+    /// Registers `[iova, iova + length)` mapped page by page: `iova` lies
+    /// `list.first_offset` bytes into the first of `list.pages` (memory
+    /// addresses of pages of `1 << list.page_shift` bytes). This is how a paravirtual device
+    /// registers a guest's user MR: the guest's pages are listed, not
+    /// copied. Returns the key (lkey = rkey).
+    pub fn reg_mr_pages(
+        &mut self,
+        pd: u32,
+        iova: u64,
+        length: u64,
+        list: PageList,
+        access: Access,
+    ) -> Result<u32, VerbsError> {
+        let PageList {
+            page_shift,
+            first_offset,
+            pages,
+        } = list;
+        self.check_pd(pd)?;
+        if !Access::ALL.contains(access) {
+            return Err(VerbsError::Invalid("unknown access flags"));
+        }
+        if (access.contains(Access::REMOTE_WRITE) || access.contains(Access::REMOTE_ATOMIC))
+            && !access.contains(Access::LOCAL_WRITE)
+        {
+            return Err(VerbsError::Invalid("remote write/atomic needs local write"));
+        }
+        if !(12..=30).contains(&page_shift) {
+            return Err(VerbsError::Invalid("page size must be 4 KiB to 1 GiB"));
+        }
+        let size = 1u64 << page_shift;
+        if first_offset >= size
+            || length > self.attrs.max_mr_size
+            || iova.checked_add(length).is_none()
+            || length > (pages.len() as u64 * size).saturating_sub(first_offset)
+        {
+            return Err(VerbsError::Invalid("length past the page list"));
+        }
+        let mr = Mr {
+            pd,
+            iova,
+            length,
+            map: mr::MrMap::Pages {
+                page_shift,
+                first_offset,
+                pages,
+            },
+            access,
+            kind: mr::MrKind::User,
+            valid: true,
+        };
+        self.mrs.insert(mr).ok_or(VerbsError::Limit {
+            what: "memory regions",
+            limit: u64::from(self.attrs.max_mr),
+        })
     }
 
     /// Allocates a fast-registration MR of up to `max_pages` pages. It is

@@ -302,3 +302,63 @@ fn registering_twice_fails_and_errors_the_qp() {
         "a user MR"
     );
 }
+
+#[test]
+fn a_page_list_mr_is_valid_at_once_and_lands_in_its_pages() {
+    let mut s = setup(QpType::Rc, LinkConfig::clean(1000), 1, Mtu::Mtu1024, MEM);
+    // A user MR over three scattered pages, starting 100 bytes into the
+    // first (as a paravirtual device registers a guest's buffer).
+    let key = s
+        .pair
+        .b
+        .reg_mr_pages(
+            s.b.pd,
+            0x7f00_0000_0064,
+            3 * 4096 - 200,
+            list(12, 100, vec![0x3_0000, 0x1_0000, 0x2_0000]),
+            rw(),
+        )
+        .unwrap();
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+    s.pair.a.memory_mut().as_mut_slice()[..5000].copy_from_slice(&data);
+    let sge = [Sge {
+        addr: 0,
+        length: 5000,
+        lkey: s.a.key,
+    }];
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(1, SendOp::Write, &sge).remote(0x7f00_0000_0064, key),
+        )
+        .unwrap();
+    s.pair.drive(SEC, |_| false);
+    assert_eq!(drain(&mut s.pair.a, s.a.cq)[0].status, WcStatus::Success);
+    let m = s.pair.b.memory().as_slice();
+    assert_eq!(&m[0x3_0064..0x3_1000], &data[..3996]);
+    assert_eq!(&m[0x1_0000..0x1_0000 + 1004], &data[3996..]);
+    // Past the end of the list, and bad page sizes, are refused.
+    let pd = s.b.pd;
+    let b = &mut s.pair.b;
+    assert!(
+        b.reg_mr_pages(pd, 0, 8193, list(12, 0, vec![0, 4096]), rw())
+            .is_err()
+    );
+    assert!(
+        b.reg_mr_pages(pd, 0, 10, list(11, 0, vec![0]), rw())
+            .is_err()
+    );
+    assert!(
+        b.reg_mr_pages(pd, 0, 10, list(12, 4096, vec![0]), rw())
+            .is_err()
+    );
+}
+
+fn list(page_shift: u8, first_offset: u64, pages: Vec<u64>) -> transport::engine::PageList {
+    transport::engine::PageList {
+        page_shift,
+        first_offset,
+        pages,
+    }
+}
