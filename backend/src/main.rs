@@ -95,6 +95,15 @@ struct DaemonArgs {
     /// Example: --guest-mem 4G
     #[arg(long, default_value = "1G", value_name = "SIZE")]
     guest_mem: String,
+    /// Also serve the PVRDMA RDMA function (15ad:0820) over vfio-user on
+    /// this socket, for QEMU ≥ 10.1's `vfio-user-pci` (put it at function 1
+    /// of the slot whose function 0 is the paired vmxnet3). The device
+    /// answers the stock vmw_pvrdma driver's commands; its engine is not yet
+    /// wired to the network.
+    ///
+    /// Example: --pvrdma-socket /run/vhost-user-rdma/vm1-rdma.sock
+    #[arg(long, value_name = "PATH")]
+    pvrdma_socket: Option<PathBuf>,
     /// The QEMU binary whose option syntax to print (its `--version`
     /// decides `reconnect-ms=` or `reconnect=`, and `vectors=0` before
     /// 8.0).
@@ -146,6 +155,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         queue_size: a.queue_size,
         guest_mem: a.guest_mem,
         qemu: a.qemu,
+        pvrdma_socket: a.pvrdma_socket,
     };
     let mut out = io::stdout();
     match backend::daemon::run(cfg, &mut out) {

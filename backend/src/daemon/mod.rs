@@ -14,6 +14,7 @@
 //! function over vfio-user (so the engine has no verbs consumer yet).
 
 pub mod net;
+pub mod rdma;
 pub mod relay;
 pub mod switch;
 
@@ -65,6 +66,8 @@ pub struct DaemonConfig {
     pub guest_mem: String,
     /// The QEMU whose option syntax to print.
     pub qemu: PathBuf,
+    /// Where to serve the PVRDMA function over vfio-user, if at all.
+    pub pvrdma_socket: Option<PathBuf>,
 }
 
 /// Why the daemon stopped or could not start.
@@ -113,6 +116,9 @@ pub enum DaemonError {
         "QEMU started the NIC but sent no guest memory: its memory is not shared with the daemon; start QEMU with -object memory-backend-memfd,id=mem0,size=SIZE,share=on -numa node,memdev=mem0"
     )]
     MemoryNotShared,
+    /// The vfio-user server could not start.
+    #[error("vfio-user failed: {0}")]
+    VfioUser(String),
     /// The relay between QEMU and the library failed.
     #[error("the vhost-user relay failed")]
     Relay(#[source] io::Error),
@@ -348,10 +354,15 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     );
     let port_fd = port.fd();
     let backend = Arc::new(RwLock::new(NetBackend::new(net_cfg, port)));
+    if let Some(path) = &cfg.pvrdma_socket {
+        check_socket(path)?;
+        serve_pvrdma(path.clone(), cfg.mac)?;
+    }
 
     let stats_backend = backend.clone();
     let sock = socket.clone();
     let private_path = std::env::temp_dir().join(format!("vhost-user-rdma-{}", std::process::id()));
+    let pvrdma_path = cfg.pvrdma_socket.clone();
     handle_signals(move |sig| {
         info!(
             "{} received: shutting down",
@@ -364,6 +375,9 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         log_stats(&stats_backend);
         let _ = std::fs::remove_file(&sock);
         let _ = std::fs::remove_dir_all(&private_path);
+        if let Some(p) = &pvrdma_path {
+            let _ = std::fs::remove_file(p);
+        }
     })?;
 
     let listener =
@@ -403,6 +417,29 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         }
         log_stats(&backend);
     }
+}
+
+/// Serves the PVRDMA function on `path` over vfio-user, on its own
+/// thread, again after each disconnect. QEMU must find the socket
+/// listening when it starts.
+pub fn serve_pvrdma(path: PathBuf, mac: [u8; 6]) -> Result<(), DaemonError> {
+    let mut backend = rdma::PvrdmaBackend::new(mac, pvrdma_model::device::Limits::default());
+    let server = vfio_user::Server::new(&path, true, rdma::irqs(), rdma::regions(backend.config()))
+        .map_err(|e| DaemonError::VfioUser(e.to_string()))?;
+    info!("PVRDMA function (15ad:0820) on {}", path.display());
+    std::thread::Builder::new()
+        .name("pvrdma".into())
+        .spawn(move || {
+            loop {
+                match server.run(&mut backend) {
+                    Ok(()) => info!("vfio-user client disconnected; waiting for it to reconnect"),
+                    Err(e) => error!("vfio-user connection ended: {e}"),
+                }
+                backend.disconnected();
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(())
 }
 
 /// A fresh directory only we can enter, for the library's end of the
@@ -494,6 +531,7 @@ mod tests {
             queue_size: 256,
             guest_mem: "2G".into(),
             qemu: "qemu-system-x86_64".into(),
+            pvrdma_socket: None,
         }
     }
 
