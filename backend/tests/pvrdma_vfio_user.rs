@@ -180,7 +180,7 @@ fn the_driver_probe_and_commands_over_vfio_user() {
         let dir = std::env::temp_dir().join(format!("vur-pvrdma-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (_d, sock) = start(&dir);
+        let (mut d, sock) = start(&dir);
         let mut c = Client::new(&sock).expect("vfio-user handshake");
 
         // Config space: the PVRDMA IDs, and an MSI-X capability.
@@ -286,6 +286,11 @@ fn the_driver_probe_and_commands_over_vfio_user() {
             "not active after reset"
         );
         drop(c);
+        // SIGTERM: a clean exit that removes the socket.
+        // SAFETY: kill(2) on the PID of the child we started.
+        unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(d.0.wait().unwrap().code(), Some(0));
+        assert!(!sock.exists(), "vfio-user socket removed");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -6,7 +6,9 @@
 # Kernel parameters: vur.ip=ADDR/PREFIX vur.ip6=ADDR/PREFIX vur.mtu=N
 #   vur.peer=ADDR (pinged before the suite) vur.shell=1 (shell, no power-off)
 #   vur.loss=P% (netem loss on eth0 both ways: egress directly, ingress
-#   through ifb0; the host kernel here has no netem)
+#   through ifb0; the host kernel here has no netem) vur.pci=1 (list the
+#   PCI functions as "VUR-PCI <addr> <vendor> <device> <class>" and power
+#   off)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -17,7 +19,7 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 
-V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss=
+V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss= V_pci=0
 for x in $(cat /proc/cmdline); do
   case "$x" in
     vur.*=*) k=${x%%=*}; k=${k#vur.}; v=${x#*=}; eval "V_$k=\$v" ;;
@@ -25,6 +27,14 @@ for x in $(cat /proc/cmdline); do
 done
 up() { cut -d' ' -f1 /proc/uptime; }
 log() { echo "[guest $(up)] $*"; }
+
+# vur.pci=1: list the PCI functions the guest sees and power off.
+if [ "$V_pci" = 1 ]; then
+  for d in /sys/bus/pci/devices/*; do
+    echo "VUR-PCI ${d##*/} $(cat "$d/vendor") $(cat "$d/device") $(cat "$d/class")"
+  done
+  sync; echo o >/proc/sysrq-trigger; sleep 5
+fi
 
 modprobe virtio_pci
 modprobe virtio_net

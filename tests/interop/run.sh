@@ -19,7 +19,9 @@
 #   guest on eth0 egress and ingress), vhostuser vhostuser9000 (the
 #   guest's NIC served by our daemon over vhost-user on TAP vurg0: a first
 #   guest pings through it and is killed, then the suite's guest
-#   reconnects and runs kernel rxe through it); default: all
+#   reconnects and runs kernel rxe through it), pvrdma-attach (QEMU 11.1
+#   attaches the daemon's PVRDMA function over vfio-user next to a
+#   vmxnet3; the guest must see 15ad:0820); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
 # work directory (logs, captures) for inspection, VUR_LOSS_ITERS sets the
 # 64 KiB messages of each loss run (default 16384: 1 GiB).
@@ -28,11 +30,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 loss)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 pvrdma-attach loss)
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
-case " ${SUITES[*]} " in *" vhostuser"*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
+case " ${SUITES[*]} " in *" vhostuser"* | *" pvrdma-attach "*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
 KV=$(cat "$CACHE/kernel-version")
 GUEST=$CACHE/$KV
 (cd "$ROOT" && cargo build --release --locked -q -p backend)
@@ -323,7 +325,57 @@ run_suite() { # NAME
   ip netns del "$NS"
 }
 
-for s in "${SUITES[@]}"; do run_suite "$s"; done
+# pvrdma-attach: QEMU 11.1 attaches the daemon's PVRDMA function over
+# vfio-user at function 1 of slot 5, next to a vmxnet3 at function 0, and
+# the guest must see both (15ad:07b0 and 15ad:0820) on its PCI bus. (The
+# Debian guest has no vmw_pvrdma module; the driver itself is issue 7.)
+run_pvrdma_attach() {
+  local dir=$WORK/pvrdma-attach
+  mkdir -p "$dir"
+  setup_net 1500
+  QEMU=$ROOT/qemu-configs/qemu11
+  ip netns exec "$NS" "$BIN" --tap vurg0 --socket "$dir/vu.sock" --mac 52:54:00:77:00:01 \
+    --pvrdma-socket "$dir/rdma.sock" >"$dir/daemon.out" 2>"$dir/daemon.log" &
+  local dpid=$!; PIDS+=("$dpid")
+  local i=0
+  until [ -S "$dir/rdma.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  local t0=$SECONDS
+  ip netns exec "$NS" timeout 120 "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
+    -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.cpio.gz" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.pci=1" \
+    -object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0 \
+    -device vmxnet3,addr=5.0,multifunction=on,mac=52:54:00:77:00:01 \
+    -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$dir/rdma.sock\"},\"addr\":\"5.1\",\"x-no-posted-writes\":true}" \
+    >"$dir/qemu.out" 2>&1 || true
+  echo "== suite pvrdma-attach (QEMU $("$QEMU" --version | head -1 | awk '{print $4}'), $((SECONDS - t0))s)"
+  grep -a '^VUR-PCI' "$dir/guest.log" | sed 's/^/   guest /' || true
+  if grep -aq '^VUR-PCI 0000:00:05.0 0x15ad 0x07b0' "$dir/guest.log" &&
+     grep -aq '^VUR-PCI 0000:00:05.1 0x15ad 0x0820 0x028000' "$dir/guest.log"; then
+    echo "   PASS  the guest sees vmxnet3 at 05.0 and PVRDMA (15ad:0820) at 05.1"
+  else
+    echo "   FAIL  the guest does not see the PVRDMA function"; FAILED=$((FAILED+1))
+    tail -5 "$dir/qemu.out" | sed 's/^/      qemu: /'
+  fi
+  if grep -q 'guest memory mapped' "$dir/daemon.log"; then
+    echo "   PASS  QEMU shared guest memory with the daemon (DMA map)"
+  else
+    echo "   FAIL  no DMA map reached the daemon"; FAILED=$((FAILED+1))
+  fi
+  kill -TERM "$dpid"; local drc=0; wait "$dpid" || drc=$?
+  if [ "$drc" = 0 ] && [ ! -e "$dir/rdma.sock" ]; then
+    echo "   PASS  daemon stopped on SIGTERM, both sockets removed"
+  else
+    echo "   FAIL  daemon exit rc=$drc"; FAILED=$((FAILED+1))
+  fi
+  ip netns del "$NS"
+}
+
+for s in "${SUITES[@]}"; do
+  case "$s" in
+    pvrdma-attach) run_pvrdma_attach ;;
+    *) run_suite "$s" ;;
+  esac
+done
 if [ "$FAILED" -ne 0 ]; then
   echo "interop: $FAILED failure(s)"; VUR_KEEP=1; exit 1
 fi

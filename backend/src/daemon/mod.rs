@@ -356,7 +356,6 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     let backend = Arc::new(RwLock::new(NetBackend::new(net_cfg, port)));
     if let Some(path) = &cfg.pvrdma_socket {
         check_socket(path)?;
-        serve_pvrdma(path.clone(), cfg.mac)?;
     }
 
     let stats_backend = backend.clone();
@@ -383,6 +382,11 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     let listener =
         UnixListener::bind(&socket).map_err(|e| DaemonError::SocketDir(socket.clone(), e))?;
     let private = private_dir().map_err(|e| DaemonError::SocketDir(std::env::temp_dir(), e))?;
+    // After the signal mask is set, so that this thread leaves SIGINT and
+    // SIGTERM to the signal thread.
+    if let Some(path) = &cfg.pvrdma_socket {
+        serve_pvrdma(path.clone(), cfg.mac)?;
+    }
     let _ = writeln!(
         announce,
         "{}",
