@@ -1,4 +1,6 @@
-//! The PVRDMA device model's parsers under hostile guest input: any
+//! The PVRDMA device model under hostile guest input: the whole device
+//! (guest memory from the input, a probe, then register and doorbell
+//! writes), and the parsers on their own: any
 //! command slot, any send or receive WQE header, any ring indices and any
 //! register and doorbell writes. None may panic; a parsed command's
 //! header must be the slot's first bytes, and ring answers must name a
@@ -9,12 +11,49 @@ use libfuzzer_sys::fuzz_target;
 use pvrdma_model::{
     abi::{CMD_SLOT_LEN, Cqe, RqWqeHdr, SqWqeHdr},
     cmd::Command,
-    regs::{Doorbell, Registers},
+    device::{Device, Limits},
+    regs::{Doorbell, Registers, reg},
     ring::RingIdx,
 };
+use transport::memory::{Memory, VecMemory};
 use zerocopy::FromBytes;
 
+/// The whole device under a hostile guest: guest memory filled from the
+/// input (so every slot, ring, directory and WQE is the fuzzer's), a
+/// probe, then the input's register and doorbell writes.
+fn device(data: &[u8]) {
+    const MEM: usize = 1 << 18;
+    let mut mem = VecMemory::new(MEM);
+    let n = data.len().min(MEM);
+    let _ = mem.write(0, &data[..n]);
+    let mut d = Device::new([2, 0, 0, 0, 0, 1], Limits::default(), mem);
+    d.bar1_write(reg::DSRLOW, 0x1000);
+    d.bar1_write(reg::DSRHIGH, 0);
+    d.bar1_write(reg::IMR, 0);
+    d.bar1_write(reg::CTL, 0);
+    for op in data.chunks_exact(6).take(64) {
+        let off = u64::from(u16::from_le_bytes([op[0], op[1]]));
+        let v = u32::from_le_bytes([op[2], op[3], op[4], op[5]]);
+        match op[0] & 3 {
+            0 => {
+                d.bar1_write(reg::REQUEST, 0);
+            }
+            1 => {
+                d.bar2_write(off & 0xfffc, v);
+            }
+            2 => {
+                let _ = d.bar1_read(off & 0xfc);
+                d.bar1_write(off & 0x3c, v);
+            }
+            _ => {
+                let _ = d.service();
+            }
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    device(data);
     let mut slot = [0u8; CMD_SLOT_LEN];
     let n = data.len().min(CMD_SLOT_LEN);
     slot[..n].copy_from_slice(&data[..n]);
