@@ -2164,6 +2164,98 @@ mod tests {
     }
 
     #[test]
+    fn two_guests_exchange_ud_datagrams_with_the_address_in_the_wqe() {
+        let mut a = Guest::probe([2, 0, 0, 0, 0, 1]);
+        let mut b = Guest::probe([2, 0, 0, 0, 0, 2]);
+        a.bind_gid([10, 0, 0, 1]);
+        b.bind_gid([10, 0, 0, 2]);
+        let (pa, pb) = (a.create_pd(), b.create_pd());
+        let (cqa, cqa_pages) = a.create_cq(64);
+        let (cqb, cqb_pages) = b.create_cq(64);
+        let (ka, pages_a) = a.create_mr(pa, 0x1000_0000, 1, 1);
+        let (kb, pages_b) = b.create_mr(pb, 0x2000_0000, 1, 1);
+        let mut qa = a.create_qp(pa, cqa, 4);
+        let mut qb = b.create_qp(pb, cqb, 4);
+        for (g, q) in [(&mut a, &qa), (&mut b, &qb)] {
+            let mut at = QpAttr {
+                qp_state: 1.into(),
+                qkey: 0x1111.into(),
+                port_num: 1,
+                ..QpAttr::default()
+            };
+            // STATE | PKEY | PORT | QKEY
+            g.modify(q.handle, 1 | 1 << 4 | 1 << 5 | 1 << 6, &at);
+            at.qp_state = 2.into();
+            g.modify(q.handle, 1, &at);
+            at.qp_state = 3.into();
+            at.sq_psn = 1.into();
+            g.modify(q.handle, 1 | 1 << 16, &at);
+        }
+        let msg = b"a datagram through the guest rings";
+        a.wr(pages_a[0], msg);
+        b.post_recv(
+            &mut qb,
+            9,
+            Sge {
+                addr: 0x2000_0000.into(),
+                length: 4096.into(),
+                lkey: kb.into(),
+            },
+        );
+        let mut w = send_wqe(4, wr_opcode::SEND, true);
+        w.wr[0..4].copy_from_slice(&qb.qpn.to_le_bytes());
+        w.wr[4..8].copy_from_slice(&0x1111u32.to_le_bytes());
+        // AV: port 1, dgid ::ffff:10.0.0.2, source GID index 0, hop limit 64.
+        w.wr[8..12].copy_from_slice(&(1u32 << 24 | pa).to_le_bytes());
+        w.wr[16 + 10] = 0xff;
+        w.wr[16 + 11] = 0xff;
+        w.wr[16 + 12..16 + 16].copy_from_slice(&[10, 0, 0, 2]);
+        w.wr[8 + 27] = 64;
+        a.post_send(
+            &mut qa,
+            w,
+            Sge {
+                addr: 0x1000_0000.into(),
+                length: (msg.len() as u32).into(),
+                lkey: ka.into(),
+            },
+        );
+        shuttle(&mut a, &mut b);
+        let ca = a.poll(&cqa_pages, 64);
+        assert_eq!((ca.len(), ca[0].status.get()), (1, 0));
+        let cb = b.poll(&cqb_pages, 64);
+        assert_eq!(cb.len(), 1);
+        assert_eq!((cb[0].wr_id.get(), cb[0].status.get()), (9, 0));
+        assert_eq!(cb[0].byte_len.get() as usize, 40 + msg.len(), "GRH area + payload");
+        assert_eq!(cb[0].src_qp.get(), qa.qpn);
+        assert_eq!(cb[0].wc_flags.get() & 1, 1, "GRH flag");
+        assert_eq!(b.rd(pages_b[0] + 40, msg.len()), msg.to_vec());
+        // A wrong Q_Key is dropped: no receive completion.
+        b.post_recv(
+            &mut qb,
+            10,
+            Sge {
+                addr: 0x2000_0000.into(),
+                length: 4096.into(),
+                lkey: kb.into(),
+            },
+        );
+        w.wr[4..8].copy_from_slice(&0x2222u32.to_le_bytes());
+        a.post_send(
+            &mut qa,
+            w,
+            Sge {
+                addr: 0x1000_0000.into(),
+                length: 8.into(),
+                lkey: ka.into(),
+            },
+        );
+        shuttle(&mut a, &mut b);
+        assert_eq!(a.poll(&cqa_pages, 64).len(), 1);
+        assert!(b.poll(&cqb_pages, 64).is_empty());
+    }
+
+    #[test]
     fn completions_notify_only_when_armed() {
         let mut a = Guest::probe([2, 0, 0, 0, 0, 1]);
         let mut b = Guest::probe([2, 0, 0, 0, 0, 2]);
