@@ -1261,6 +1261,20 @@ impl<M: Memory> Device<M> {
                 lkey: g.lkey.get(),
             };
         }
+        if let SendOp::RegMr { key, .. } = op {
+            // Stage the page list the WQE's directory names.
+            let fr = hdr.fast_reg();
+            if self.stage_fast_reg(key, &fr).is_err() {
+                self.error_cqe(
+                    qp.send_cq,
+                    qp,
+                    wr_id,
+                    WcStatus::LocQpOpErr,
+                    wc_opcode::FAST_REG_MR,
+                );
+                return Err(());
+            }
+        }
         let flags = hdr.send_flags.get();
         let mut wr = SendWr::new(wr_id, op, &sges[..n as usize]);
         wr.fence = flags & 1 != 0;
@@ -1297,6 +1311,31 @@ impl<M: Memory> Device<M> {
             return Err(());
         }
         Ok(())
+    }
+
+    /// Reads a fast-registration WQE's page list and stages it on the
+    /// MR its key names.
+    fn stage_fast_reg(&mut self, key: u32, fr: &crate::abi::FastReg) -> Result<(), ()> {
+        if !(12..=30).contains(&fr.page_shift) || fr.page_list_len == 0 || fr.page_list_len > 512 {
+            return Err(());
+        }
+        let pdir = PageDir::new(fr.pl_pdir_dma, fr.page_list_len).map_err(|_| ())?;
+        let dma = Dma(self.engine.memory());
+        let mut pages = Vec::with_capacity(fr.page_list_len as usize);
+        for i in 0..fr.page_list_len {
+            pages.push(pdir.page(&dma, i).map_err(|_| ())?);
+        }
+        let size = 1u64 << fr.page_shift;
+        self.engine
+            .map_mr_pages(
+                key,
+                fr.iova_start,
+                u64::from(fr.length),
+                fr.page_shift as u8,
+                fr.iova_start & (size - 1),
+                &pages,
+            )
+            .map_err(|_| ())
     }
 
     /// Posts the receive WQEs the guest added to QP `h`.
@@ -1570,6 +1609,13 @@ fn send_op(h: &SqWqeHdr, user: bool) -> Option<SendOp> {
         (wr_opcode::ATOMIC_FETCH_AND_ADD, _) => SendOp::FetchAdd { add: cmp },
         (wr_opcode::SEND_WITH_INV, false) | (9, true) => SendOp::SendWithInv(inv),
         (wr_opcode::LOCAL_INV, false) | (7, true) => SendOp::LocalInv { key: inv },
+        (wr_opcode::FAST_REG_MR, false) => {
+            let fr = h.fast_reg();
+            SendOp::RegMr {
+                key: fr.rkey,
+                access: Access(fr.access_flags & 0x1f),
+            }
+        }
         _ => return None,
     })
 }
@@ -2226,7 +2272,11 @@ mod tests {
         let cb = b.poll(&cqb_pages, 64);
         assert_eq!(cb.len(), 1);
         assert_eq!((cb[0].wr_id.get(), cb[0].status.get()), (9, 0));
-        assert_eq!(cb[0].byte_len.get() as usize, 40 + msg.len(), "GRH area + payload");
+        assert_eq!(
+            cb[0].byte_len.get() as usize,
+            40 + msg.len(),
+            "GRH area + payload"
+        );
         assert_eq!(cb[0].src_qp.get(), qa.qpn);
         assert_eq!(cb[0].wc_flags.get() & 1, 1, "GRH flag");
         assert_eq!(b.rd(pages_b[0] + 40, msg.len()), msg.to_vec());
@@ -2253,6 +2303,73 @@ mod tests {
         shuttle(&mut a, &mut b);
         assert_eq!(a.poll(&cqa_pages, 64).len(), 1);
         assert!(b.poll(&cqb_pages, 64).is_empty());
+    }
+
+    #[test]
+    fn a_fast_registration_wqe_maps_pages_for_the_peer() {
+        let mut a = Guest::probe([2, 0, 0, 0, 0, 1]);
+        let mut b = Guest::probe([2, 0, 0, 0, 0, 2]);
+        a.bind_gid([10, 0, 0, 1]);
+        b.bind_gid([10, 0, 0, 2]);
+        let (pa, pb) = (a.create_pd(), b.create_pd());
+        let (cqa, cqa_pages) = a.create_cq(64);
+        let (cqb, cqb_pages) = b.create_cq(64);
+        let (ka, pages_a) = a.create_mr(pa, 0x1000_0000, 2, 1);
+        let mut qa = a.create_qp(pa, cqa, 2);
+        let mut qb = b.create_qp(pb, cqb, 2);
+        a.connect_rc(qa.handle, qb.qpn, [10, 0, 0, 2]);
+        b.connect_rc(qb.handle, qa.qpn, [10, 0, 0, 1]);
+        // B: a fast-registration MR of up to 4 pages (kernel context).
+        let r = b.ok(
+            code::CREATE_MR,
+            &[
+                (40, &pb.to_le_bytes()),
+                (48, &2u32.to_le_bytes()),
+                (52, &4u32.to_le_bytes()),
+            ],
+        );
+        let frmr = u32_at(&r, 20);
+        // Its page list: two scattered pages, then REG_MR with a new key.
+        let (pl_dir, pages) = b.pdir(2);
+        let new_key = (frmr & !0xff) | 0x5a;
+        let mut w = send_wqe(3, wr_opcode::FAST_REG_MR, true);
+        w.num_sge = 0.into();
+        w.wr[0..8].copy_from_slice(&0x9000_0000u64.to_le_bytes()); // iova
+        w.wr[8..16].copy_from_slice(&pl_dir.to_le_bytes());
+        w.wr[16..20].copy_from_slice(&12u32.to_le_bytes());
+        w.wr[20..24].copy_from_slice(&2u32.to_le_bytes());
+        w.wr[24..28].copy_from_slice(&8192u32.to_le_bytes());
+        w.wr[28..32].copy_from_slice(&3u32.to_le_bytes()); // LOCAL_WRITE | REMOTE_WRITE
+        w.wr[32..36].copy_from_slice(&new_key.to_le_bytes());
+        b.post_send(&mut qb, w, Sge::default());
+        shuttle(&mut a, &mut b);
+        let cb = b.poll(&cqb_pages, 64);
+        assert_eq!(cb.len(), 1);
+        assert_eq!(
+            (cb[0].status.get(), cb[0].opcode.get()),
+            (0, wc_opcode::FAST_REG_MR)
+        );
+        // A writes 6000 bytes through the new key; they land in B's pages.
+        let data: Vec<u8> = (0..6000u32).map(|i| (i * 5) as u8).collect();
+        a.wr(pages_a[0], &data[..4096]);
+        a.wr(pages_a[1], &data[4096..]);
+        let mut w = send_wqe(4, wr_opcode::RDMA_WRITE, true);
+        w.wr[..8].copy_from_slice(&0x9000_0000u64.to_le_bytes());
+        w.wr[8..12].copy_from_slice(&new_key.to_le_bytes());
+        a.post_send(
+            &mut qa,
+            w,
+            Sge {
+                addr: 0x1000_0000.into(),
+                length: 6000.into(),
+                lkey: ka.into(),
+            },
+        );
+        shuttle(&mut a, &mut b);
+        let ca = a.poll(&cqa_pages, 64);
+        assert_eq!(ca[0].status.get(), 0);
+        assert_eq!(b.rd(pages[0], 4096), data[..4096].to_vec());
+        assert_eq!(b.rd(pages[1], 1904), data[4096..].to_vec());
     }
 
     #[test]
