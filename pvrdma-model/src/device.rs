@@ -79,7 +79,7 @@ pub struct Limits {
     pub max_mr: u32,
     /// PDs.
     pub max_pd: u32,
-    /// SRQs (none yet).
+    /// SRQs.
     pub max_srq: u32,
     /// UAR pages (user contexts + the kernel's), a power of 2.
     pub max_uar: u32,
@@ -99,7 +99,7 @@ impl Default for Limits {
             max_cqe: 65536,
             max_mr: 16384,
             max_pd: 1024,
-            max_srq: 0,
+            max_srq: 1024,
             max_uar: 512,
             gid_tbl_len: 16,
             max_mr_size: 1 << 40,
@@ -295,7 +295,20 @@ struct Qp {
     rq_stride: u64,
     rq_base: u64,
     max_recv_sge: u32,
+    srq: Option<u32>,
     attrs: QpAttr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Srq {
+    ctx: u32,
+    pd: u32,
+    esrq: u32,
+    pdir: PageDir,
+    ring: RingIdx,
+    stride: u64,
+    max_sge: u32,
+    limit: u32,
 }
 
 /// A GID table entry.
@@ -340,10 +353,13 @@ pub struct Device<M: Memory> {
     cqs: Table<Cq>,
     mrs: Table<Mr>,
     qps: Table<Qp>,
+    srqs: Table<Srq>,
     /// Engine QPN → QP handle.
     qp_of: std::collections::HashMap<u32, u32>,
     /// Engine CQ → CQ handle.
     cq_of: std::collections::HashMap<u32, u32>,
+    /// Engine SRQ → SRQ handle.
+    srq_of: std::collections::HashMap<u32, u32>,
     gids: Vec<Option<GidEntry>>,
     stats: DeviceStats,
 }
@@ -370,8 +386,10 @@ impl<M: Memory> Device<M> {
             cqs: Table::new(limits.max_cq),
             mrs: Table::new(limits.max_mr),
             qps: Table::new(limits.max_qp.min(0xffff)),
+            srqs: Table::new(limits.max_srq),
             qp_of: Default::default(),
             cq_of: Default::default(),
+            srq_of: Default::default(),
             gids: vec![None; limits.gid_tbl_len as usize],
             limits,
             node_guid,
@@ -407,6 +425,11 @@ impl<M: Memory> Device<M> {
     /// The GID table.
     pub fn gids(&self) -> &[Option<GidEntry>] {
         &self.gids
+    }
+
+    /// Live SRQs.
+    pub fn srq_count(&self) -> usize {
+        self.srqs.count()
     }
 
     /// Live objects: (contexts, PDs, CQs, MRs, QPs).
@@ -554,7 +577,15 @@ impl<M: Memory> Device<M> {
                 }
                 None => self.stats.bad_doorbells += 1,
             },
-            Doorbell::Srq { .. } | Doorbell::Unknown(..) => self.stats.bad_doorbells += 1,
+            Doorbell::Srq { uar, handle } => {
+                let ctx = self.ctx_of_uar(uar);
+                if ctx.is_some() && self.srqs.get(handle).map(|s| s.ctx) == ctx {
+                    self.drain_srq(handle);
+                } else {
+                    self.stats.bad_doorbells += 1;
+                }
+            }
+            Doorbell::Unknown(..) => self.stats.bad_doorbells += 1,
         }
         self.service()
     }
@@ -586,6 +617,11 @@ impl<M: Memory> Device<M> {
                 let _ = self.engine.destroy_qp(q.eqpn);
             }
         }
+        for h in self.srqs.handles().collect::<Vec<_>>() {
+            if let Some(q) = self.srqs.remove(h) {
+                let _ = self.engine.destroy_srq(q.esrq);
+            }
+        }
         for h in self.mrs.handles().collect::<Vec<_>>() {
             if let Some(m) = self.mrs.remove(h) {
                 let _ = self.engine.dereg_mr(m.key);
@@ -606,8 +642,10 @@ impl<M: Memory> Device<M> {
         self.cqs.clear();
         self.pds.clear();
         self.ucs.clear();
+        self.srqs.clear();
         self.qp_of.clear();
         self.cq_of.clear();
+        self.srq_of.clear();
         self.gids.iter_mut().for_each(|g| *g = None);
         for i in 0..self.limits.gid_tbl_len as usize {
             self.engine.gids_mut().set(i, None);
@@ -771,7 +809,8 @@ impl<M: Memory> Device<M> {
                     kind: "PD",
                     handle: h,
                 })?;
-                let busy = self.mrs.slots.iter().flatten().any(|m| m.pd == h);
+                let busy = self.mrs.slots.iter().flatten().any(|m| m.pd == h)
+                    || self.srqs.slots.iter().flatten().any(|s| s.pd == h);
                 if busy {
                     return Err(CmdFailure::Invalid("PD still in use"));
                 }
@@ -891,10 +930,54 @@ impl<M: Memory> Device<M> {
                 self.qp_of.remove(&qp.eqpn);
                 Ok(Response::DestroyQp(0))
             }
-            Command::CreateSrq(_)
-            | Command::ModifySrq(_)
-            | Command::QuerySrq(_)
-            | Command::DestroySrq(_) => Err(CmdFailure::Unsupported),
+            Command::CreateSrq(c) => self.create_srq(&c),
+            Command::ModifySrq(c) => {
+                let h = c.srq_handle.get();
+                let srq = self.srqs.get(h).ok_or(CmdFailure::BadHandle {
+                    kind: "SRQ",
+                    handle: h,
+                })?;
+                // IB_SRQ_LIMIT is the only change the device takes.
+                if c.attr_mask.get() & 2 == 0 {
+                    return Err(CmdFailure::Invalid("SRQ attribute mask"));
+                }
+                let limit = c.attrs.srq_limit.get();
+                self.engine
+                    .modify_srq(srq.esrq, limit)
+                    .map_err(engine_err)?;
+                if let Some(s) = self.srqs.get_mut(h) {
+                    s.limit = limit;
+                }
+                Ok(Response::Empty)
+            }
+            Command::QuerySrq(c) => {
+                let h = c.handle.get();
+                let srq = self.srqs.get(h).ok_or(CmdFailure::BadHandle {
+                    kind: "SRQ",
+                    handle: h,
+                })?;
+                Ok(Response::QuerySrq(crate::abi::SrqAttr {
+                    max_wr: srq.ring.len().into(),
+                    max_sge: srq.max_sge.into(),
+                    srq_limit: srq.limit.into(),
+                    reserved: 0.into(),
+                }))
+            }
+            Command::DestroySrq(c) => {
+                let h = c.handle.get();
+                let srq = self.srqs.get(h).ok_or(CmdFailure::BadHandle {
+                    kind: "SRQ",
+                    handle: h,
+                })?;
+                let esrq = srq.esrq;
+                if self.qps.slots.iter().flatten().any(|q| q.srq == Some(h)) {
+                    return Err(CmdFailure::Invalid("SRQ still in use"));
+                }
+                self.engine.destroy_srq(esrq).map_err(engine_err)?;
+                self.srq_of.remove(&esrq);
+                self.srqs.remove(h);
+                Ok(Response::Empty)
+            }
         }
     }
 
@@ -905,6 +988,14 @@ impl<M: Memory> Device<M> {
             {
                 let _ = self.engine.destroy_qp(q.eqpn);
                 self.qp_of.remove(&q.eqpn);
+            }
+        }
+        for h in self.srqs.handles().collect::<Vec<_>>() {
+            if self.srqs.get(h).is_some_and(|s| s.ctx == ctx)
+                && let Some(s) = self.srqs.remove(h)
+            {
+                let _ = self.engine.destroy_srq(s.esrq);
+                self.srq_of.remove(&s.esrq);
             }
         }
         let pds: Vec<u32> = self
@@ -1008,6 +1099,55 @@ impl<M: Memory> Device<M> {
         }
     }
 
+    fn create_srq(&mut self, c: &crate::cmd::CreateSrq) -> Result<Response, CmdFailure> {
+        let pdh = c.pd_handle.get();
+        let pd = self.pds.get(pdh).ok_or(CmdFailure::BadHandle {
+            kind: "PD",
+            handle: pdh,
+        })?;
+        let (ctx, epd) = (pd.ctx, pd.epd);
+        let (wr, sge) = (c.attrs.max_wr.get().max(1), c.attrs.max_sge.get().max(1));
+        if c.srq_type != 0
+            || !wr.is_power_of_two()
+            || wr > self.limits.max_qp_wr
+            || sge > self.limits.max_sge
+        {
+            return Err(CmdFailure::Invalid("SRQ capacities"));
+        }
+        let stride = u64::from(16 + 16 * sge).next_power_of_two();
+        let pages = c.nchunks.get();
+        if u64::from(pages) < 1 + (u64::from(wr) * stride).div_ceil(PAGE_SIZE) {
+            return Err(CmdFailure::Invalid("SRQ ring pages"));
+        }
+        let pdir = PageDir::new(c.pdir_dma.get(), pages)?;
+        pdir.page(&Dma(self.engine.memory()), 0)?;
+        let esrq = self.engine.create_srq(epd, wr, sge).map_err(engine_err)?;
+        let limit = c.attrs.srq_limit.get();
+        if limit > 0 {
+            let _ = self.engine.modify_srq(esrq, limit);
+        }
+        let srq = Srq {
+            ctx,
+            pd: pdh,
+            esrq,
+            pdir,
+            ring: RingIdx::new(wr),
+            stride,
+            max_sge: sge,
+            limit,
+        };
+        match self.srqs.insert(srq) {
+            Some(h) => {
+                self.srq_of.insert(esrq, h);
+                Ok(Response::Handle(h))
+            }
+            None => {
+                let _ = self.engine.destroy_srq(esrq);
+                Err(CmdFailure::Full("SRQ"))
+            }
+        }
+    }
+
     fn create_qp(&mut self, c: &CreateQp) -> Result<Response, CmdFailure> {
         let pdh = c.pd_handle.get();
         let pd = self.pds.get(pdh).ok_or(CmdFailure::BadHandle {
@@ -1027,9 +1167,20 @@ impl<M: Memory> Device<M> {
         };
         let (scq, rcq) = (c.send_cq_handle.get(), c.recv_cq_handle.get());
         let (escq, ercq) = (cq(scq)?, cq(rcq)?);
-        if c.is_srq != 0 {
-            return Err(CmdFailure::Unsupported);
-        }
+        let srq = if c.is_srq != 0 {
+            let sh = c.srq_handle.get();
+            let s = self
+                .srqs
+                .get(sh)
+                .filter(|s| s.ctx == ctx)
+                .ok_or(CmdFailure::BadHandle {
+                    kind: "SRQ",
+                    handle: sh,
+                })?;
+            Some((sh, s.esrq))
+        } else {
+            None
+        };
         let qp_type = match c.qp_type {
             1 => QpType::Gsi,
             2 => QpType::Rc,
@@ -1039,6 +1190,8 @@ impl<M: Memory> Device<M> {
         let l = &self.limits;
         let (swr, rwr) = (c.max_send_wr.get().max(1), c.max_recv_wr.get().max(1));
         let (ssge, rsge) = (c.max_send_sge.get().max(1), c.max_recv_sge.get().max(1));
+        // With an SRQ the QP has no receive ring of its own.
+        let (rwr, rsge) = if srq.is_some() { (1, 1) } else { (rwr, rsge) };
         if !swr.is_power_of_two()
             || !rwr.is_power_of_two()
             || swr > l.max_qp_wr
@@ -1053,7 +1206,11 @@ impl<M: Memory> Device<M> {
         let total = u32::from(c.total_chunks.get());
         let send = u32::from(c.send_chunks.get());
         let sq_need = (u64::from(swr) * sq_stride).div_ceil(PAGE_SIZE);
-        let rq_need = (u64::from(rwr) * rq_stride).div_ceil(PAGE_SIZE);
+        let rq_need = if srq.is_some() {
+            0
+        } else {
+            (u64::from(rwr) * rq_stride).div_ceil(PAGE_SIZE)
+        };
         if u64::from(send) < sq_need || u64::from(total) < 1 + u64::from(send) + rq_need {
             return Err(CmdFailure::Invalid("QP ring pages"));
         }
@@ -1072,7 +1229,7 @@ impl<M: Memory> Device<M> {
                 max_inline_data: 0,
             },
             sq_sig_all: c.sq_sig_all != 0,
-            srq: None,
+            srq: srq.map(|(_, e)| e),
         };
         let eqpn = self.engine.create_qp(&init).map_err(engine_err)?;
         let qp = Qp {
@@ -1089,6 +1246,7 @@ impl<M: Memory> Device<M> {
             rq_stride,
             rq_base: u64::from(send + 1) * PAGE_SIZE,
             max_recv_sge: rsge,
+            srq: srq.map(|(h, _)| h),
             attrs: QpAttr::default(),
         };
         let Some(h) = self.qps.insert(qp) else {
@@ -1338,6 +1496,66 @@ impl<M: Memory> Device<M> {
             .map_err(|_| ())
     }
 
+    /// Posts the receive WQEs the guest added to SRQ `h`.
+    fn drain_srq(&mut self, h: u32) {
+        let Some(srq) = self.srqs.get(h).cloned() else {
+            return;
+        };
+        let (Ok(prod), Ok(mut cons)) = (
+            self.obj_u32(&srq.pdir, RX_PROD),
+            self.obj_u32(&srq.pdir, RX_CONS),
+        ) else {
+            self.stats.bad_rings += 1;
+            return;
+        };
+        loop {
+            let slot = match srq.ring.has_data(prod, cons) {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.bad_rings += 1;
+                    break;
+                }
+            };
+            let at = PAGE_SIZE + u64::from(slot) * srq.stride;
+            if self.post_one_srq(&srq, at).is_err() {
+                self.stats.bad_wqes += 1;
+            }
+            cons = srq.ring.next(cons);
+            if self.obj_set_u32(&srq.pdir, RX_CONS, cons).is_err() {
+                self.stats.bad_rings += 1;
+                break;
+            }
+        }
+    }
+
+    fn post_one_srq(&mut self, srq: &Srq, at: u64) -> Result<(), ()> {
+        let mut raw = [0u8; 16];
+        self.obj_read(&srq.pdir, at, &mut raw).map_err(|_| ())?;
+        let hdr = RqWqeHdr::read_from_bytes(&raw).map_err(|_| ())?;
+        let n = hdr.num_sge.get();
+        if n > srq.max_sge || n > 32 {
+            return Err(());
+        }
+        let mut sges = [ESge::default(); 32];
+        for (i, s) in sges.iter_mut().take(n as usize).enumerate() {
+            let mut b = [0u8; 16];
+            self.obj_read(&srq.pdir, at + 16 + 16 * i as u64, &mut b)
+                .map_err(|_| ())?;
+            let g = Sge::read_from_bytes(&b).map_err(|_| ())?;
+            *s = ESge {
+                addr: g.addr.get(),
+                length: g.length.get(),
+                lkey: g.lkey.get(),
+            };
+        }
+        let wr = RecvWr {
+            wr_id: hdr.wr_id.get(),
+            sges: &sges[..n as usize],
+        };
+        self.engine.post_srq_recv(srq.esrq, &wr).map_err(|_| ())
+    }
+
     /// Posts the receive WQEs the guest added to QP `h`.
     fn drain_rq(&mut self, h: u32) {
         let Some(qp) = self.qps.get(h).cloned() else {
@@ -1570,6 +1788,9 @@ impl<M: Memory> Device<M> {
             AsyncEvent::QpAccessErr(q) => (event::QP_ACCESS_ERR, qp(q)?),
             AsyncEvent::QpLastWqeReached(q) => (event::QP_LAST_WQE_REACHED, qp(q)?),
             AsyncEvent::CqErr(c) => (event::CQ_ERR, self.cq_of.get(&c).copied()?),
+            AsyncEvent::SrqLimitReached(s) => {
+                (event::SRQ_LIMIT_REACHED, self.srq_of.get(&s).copied()?)
+            }
             AsyncEvent::PortError => (event::PORT_ERR, 1),
             _ => return None,
         };
@@ -2370,6 +2591,120 @@ mod tests {
         assert_eq!(ca[0].status.get(), 0);
         assert_eq!(b.rd(pages[0], 4096), data[..4096].to_vec());
         assert_eq!(b.rd(pages[1], 1904), data[4096..].to_vec());
+    }
+
+    #[test]
+    fn a_qp_on_an_srq_receives_from_it_and_the_limit_raises_an_event() {
+        let mut a = Guest::probe([2, 0, 0, 0, 0, 1]);
+        let mut b = Guest::probe([2, 0, 0, 0, 0, 2]);
+        a.bind_gid([10, 0, 0, 1]);
+        b.bind_gid([10, 0, 0, 2]);
+        let (pa, pb) = (a.create_pd(), b.create_pd());
+        let (cqa, _) = a.create_cq(64);
+        let (cqb, cqb_pages) = b.create_cq(64);
+        let (ka, pages_a) = a.create_mr(pa, 0x1000_0000, 1, 1);
+        let (kb, pages_b) = b.create_mr(pb, 0x2000_0000, 1, 1);
+        // B: an SRQ of 8 WRs, 1 SGE (stride 32: one page of WQEs).
+        let (sdir, spages) = b.pdir(2);
+        let r = b.ok(
+            code::CREATE_SRQ,
+            &[
+                (16, &sdir.to_le_bytes()),
+                (24, &pb.to_le_bytes()),
+                (28, &2u32.to_le_bytes()),
+                (32, &8u32.to_le_bytes()),
+                (36, &1u32.to_le_bytes()),
+            ],
+        );
+        let srq = u32_at(&r, 16);
+        let r = b.ok(code::QUERY_SRQ, &[(16, &srq.to_le_bytes())]);
+        assert_eq!((u32_at(&r, 16), u32_at(&r, 20)), (8, 1));
+        // B's QP on the SRQ: no receive ring pages.
+        let (qdir, qpages) = b.pdir(2);
+        let r = b.ok(
+            code::CREATE_QP,
+            &[
+                (16, &qdir.to_le_bytes()),
+                (24, &pb.to_le_bytes()),
+                (28, &cqb.to_le_bytes()),
+                (32, &cqb.to_le_bytes()),
+                (36, &srq.to_le_bytes()),
+                (40, &16u32.to_le_bytes()),
+                (48, &1u32.to_le_bytes()),
+                (68, &2u16.to_le_bytes()),
+                (70, &1u16.to_le_bytes()),
+                (75, &[2]),
+                (76, &[1]),
+            ],
+        );
+        let qb = QpRings {
+            handle: u32_at(&r, 20),
+            qpn: u32_at(&r, 16),
+            pages: qpages,
+            sq_prod: 0,
+            rq_prod: 0,
+        };
+        let mut qa = a.create_qp(pa, cqa, 2);
+        a.connect_rc(qa.handle, qb.qpn, [10, 0, 0, 2]);
+        b.connect_rc(qb.handle, qa.qpn, [10, 0, 0, 1]);
+        // Post 3 SRQ receives, arm the limit at 2, and send two messages.
+        for i in 0..3u32 {
+            let at = spages[1] + 32 * u64::from(i);
+            let hdr = RqWqeHdr {
+                wr_id: (100 + u64::from(i)).into(),
+                num_sge: 1.into(),
+                total_len: 0.into(),
+            };
+            b.wr(at, hdr.as_bytes());
+            let sge = Sge {
+                addr: (0x2000_0000 + 1024 * u64::from(i)).into(),
+                length: 1024.into(),
+                lkey: kb.into(),
+            };
+            b.wr(at + 16, sge.as_bytes());
+        }
+        b.wr(spages[0] + RX_PROD, &3u32.to_le_bytes());
+        b.d.bar2_write(8, srq | 1 << 30);
+        let mut lim = [0u8; 16];
+        lim[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b.ok(
+            code::MODIFY_SRQ,
+            &[
+                (16, &srq.to_le_bytes()),
+                (20, &2u32.to_le_bytes()),
+                (24, &lim),
+            ],
+        );
+        a.wr(pages_a[0], b"first message, second message");
+        for (i, (off, len)) in [(0u64, 13u32), (15, 14)].into_iter().enumerate() {
+            a.post_send(
+                &mut qa,
+                send_wqe(i as u64, wr_opcode::SEND, true),
+                Sge {
+                    addr: (0x1000_0000 + off).into(),
+                    length: len.into(),
+                    lkey: ka.into(),
+                },
+            );
+        }
+        let (_, fb) = shuttle(&mut a, &mut b);
+        let cb = b.poll(&cqb_pages, 64);
+        assert_eq!(cb.len(), 2);
+        assert_eq!((cb[0].wr_id.get(), cb[0].byte_len.get()), (100, 13));
+        assert_eq!(
+            cb[0].qp.get(),
+            u64::from(qb.handle),
+            "the QP's handle, not 0"
+        );
+        assert_eq!((cb[1].wr_id.get(), cb[1].byte_len.get()), (101, 14));
+        assert_eq!(b.rd(pages_b[0] + 1024, 14), b"second message".to_vec());
+        // One receive left, below the limit of 2: SRQ_LIMIT_REACHED.
+        assert_ne!(fb.interrupts & 1 << vector::ASYNC, 0, "async vector");
+        // The SRQ cannot go while the QP uses it.
+        assert_ne!(b.cmd(code::DESTROY_SRQ, &[(16, &srq.to_le_bytes())]).0, 0);
+        b.ok(code::DESTROY_QP, &[(16, &qb.handle.to_le_bytes())]);
+        b.ok(code::DESTROY_SRQ, &[(16, &srq.to_le_bytes())]);
+        assert_eq!(b.d.srq_count(), 0);
     }
 
     #[test]
