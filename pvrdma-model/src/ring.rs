@@ -124,6 +124,14 @@ pub trait ReadU64 {
     /// The little-endian u64 at guest address `addr`, if it is in guest
     /// memory.
     fn read_u64(&self, addr: u64) -> Option<u64>;
+
+    /// `out.len()` consecutive little-endian u64s from `addr`.
+    fn read_u64s(&self, addr: u64, out: &mut [u64]) -> Option<()> {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = self.read_u64(addr.checked_add(8 * i as u64)?)?;
+        }
+        Some(())
+    }
 }
 
 /// Entries per directory or table page.
@@ -170,6 +178,27 @@ impl PageDir {
             return Err(RingError::NoPage(i));
         }
         Ok(page)
+    }
+
+    /// Every page's guest address, in order, reading each table once.
+    pub fn pages(&self, mem: &impl ReadU64) -> Result<Vec<u64>, RingError> {
+        let mut out = vec![0u64; self.pages as usize];
+        let ntables = self.pages.div_ceil(PDIR_ENTRIES);
+        let mut dir = vec![0u64; ntables as usize];
+        mem.read_u64s(self.dir, &mut dir)
+            .ok_or(RingError::BadDirectory(self.dir))?;
+        for (t, chunk) in out.chunks_mut(PDIR_ENTRIES as usize).enumerate() {
+            let table = dir[t];
+            if table == 0 {
+                return Err(RingError::NoPage(t as u32 * PDIR_ENTRIES));
+            }
+            mem.read_u64s(table, chunk)
+                .ok_or(RingError::BadDirectory(table))?;
+            if let Some(i) = chunk.iter().position(|p| *p == 0) {
+                return Err(RingError::NoPage(t as u32 * PDIR_ENTRIES + i as u32));
+            }
+        }
+        Ok(out)
     }
 
     /// The guest address of byte `offset` of the object, and how many
