@@ -104,6 +104,13 @@ struct DaemonArgs {
     /// Example: --pvrdma-socket /run/vhost-user-rdma/vm1-rdma.sock
     #[arg(long, value_name = "PATH")]
     pvrdma_socket: Option<PathBuf>,
+    /// Serve the guest's NIC as QEMU's `-netdev stream` (frames with a
+    /// 4-byte big-endian length) on this socket instead of vhost-user, for
+    /// an emulated NIC such as the vmxnet3 the PVRDMA function pairs with.
+    ///
+    /// Example: --stream-socket /run/vhost-user-rdma/vm1-net.sock
+    #[arg(long, value_name = "PATH", conflicts_with = "socket")]
+    stream_socket: Option<PathBuf>,
     /// The QEMU binary whose option syntax to print (its `--version`
     /// decides `reconnect-ms=` or `reconnect=`, and `vectors=0` before
     /// 8.0).
@@ -156,6 +163,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         guest_mem: a.guest_mem,
         qemu: a.qemu,
         pvrdma_socket: a.pvrdma_socket,
+        stream_socket: a.stream_socket,
     };
     let mut out = io::stdout();
     match backend::daemon::run(cfg, &mut out) {

@@ -16,6 +16,7 @@
 pub mod net;
 pub mod rdma;
 pub mod relay;
+pub mod stream;
 pub mod switch;
 
 use std::{
@@ -68,6 +69,9 @@ pub struct DaemonConfig {
     pub qemu: PathBuf,
     /// Where to serve the PVRDMA function over vfio-user, if at all.
     pub pvrdma_socket: Option<PathBuf>,
+    /// Serve the guest's NIC as a `-netdev stream` port on this socket
+    /// instead of vhost-user.
+    pub stream_socket: Option<PathBuf>,
 }
 
 /// Why the daemon stopped or could not start.
@@ -119,6 +123,9 @@ pub enum DaemonError {
     /// The vfio-user server could not start.
     #[error("vfio-user failed: {0}")]
     VfioUser(String),
+    /// The stream port's loop failed.
+    #[error("the stream port failed")]
+    Stream(#[source] io::Error),
     /// The relay between QEMU and the library failed.
     #[error("the vhost-user relay failed")]
     Relay(#[source] io::Error),
@@ -308,6 +315,9 @@ fn log_stats(backend: &RwLock<NetBackend>) {
 /// a fatal error. `announce` receives the QEMU options once the daemon is
 /// ready for QEMU.
 pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
+    if cfg.stream_socket.is_some() {
+        return run_stream(cfg, announce);
+    }
     if let Some(s) = &cfg.socket {
         check_socket(s)?;
     }
@@ -423,6 +433,71 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     }
 }
 
+/// The daemon with a `-netdev stream` port as the guest's NIC (for a
+/// vmxnet3, with the PVRDMA function beside it).
+fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
+    let Some(path) = cfg.stream_socket.clone() else {
+        return Ok(());
+    };
+    check_socket(&path)?;
+    if let Some(p) = &cfg.pvrdma_socket {
+        check_socket(p)?;
+    }
+    let port = open_port(&cfg.port)?;
+    if let Some(mtu) = cfg.mtu {
+        netdev::port::set_mtu(port.name(), u32::from(mtu)).map_err(|source| DaemonError::Mtu {
+            name: port.name().to_string(),
+            mtu,
+            source,
+        })?;
+    }
+    let listener =
+        UnixListener::bind(&path).map_err(|e| DaemonError::SocketDir(path.clone(), e))?;
+    info!(
+        "link {}, guest MAC {}, stream port {}, RDMA addresses {:?}",
+        port.name(),
+        mac_string(&cfg.mac),
+        path.display(),
+        cfg.rdma
+    );
+    let (sp, pp) = (path.clone(), cfg.pvrdma_socket.clone());
+    handle_signals(move |sig| {
+        info!(
+            "{} received: shutting down",
+            if sig == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            }
+        );
+        let _ = std::fs::remove_file(&sp);
+        if let Some(p) = &pp {
+            let _ = std::fs::remove_file(p);
+        }
+    })?;
+    if let Some(p) = &cfg.pvrdma_socket {
+        serve_pvrdma(p.clone(), cfg.mac)?;
+    }
+    let mut opts = format!(
+        "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
+         -netdev stream,id=n0,server=off,addr.type=unix,addr.path={path} \
+         -device vmxnet3,netdev=n0,mac={mac},addr=5.0,multifunction=on",
+        mem = cfg.guest_mem,
+        path = path.display(),
+        mac = mac_string(&cfg.mac),
+    );
+    if let Some(p) = &cfg.pvrdma_socket {
+        opts.push_str(&format!(
+            " -device {{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}},\"addr\":\"5.1\",\"x-no-posted-writes\":true}}",
+            p.display()
+        ));
+    }
+    let _ = writeln!(announce, "{opts}");
+    let _ = announce.flush();
+    let mut stream = stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone());
+    stream.run().map_err(DaemonError::Stream)
+}
+
 /// Serves the PVRDMA function on `path` over vfio-user, on its own
 /// thread, again after each disconnect. QEMU must find the socket
 /// listening when it starts.
@@ -536,6 +611,7 @@ mod tests {
             guest_mem: "2G".into(),
             qemu: "qemu-system-x86_64".into(),
             pvrdma_socket: None,
+            stream_socket: None,
         }
     }
 

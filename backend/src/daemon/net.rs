@@ -212,14 +212,14 @@ impl EngineFace {
 
     /// Feeds ARP and NDP to the link's neighbour table (the frame also
     /// goes to the guest).
-    fn control(&mut self, frame: &[u8]) {
+    pub(crate) fn control(&mut self, frame: &[u8]) {
         let now = self.now();
         let _ = self.link.handle_frame(frame, now);
     }
 
     /// Hands a steered frame to the engine; false if it was not valid
     /// RoCEv2.
-    fn packet(&mut self, frame: &[u8]) -> bool {
+    pub(crate) fn packet(&mut self, frame: &[u8]) -> bool {
         let Ok(f) = RoceFrame::parse_ethernet(frame) else {
             return false;
         };

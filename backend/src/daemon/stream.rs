@@ -1,0 +1,243 @@
+//! The stream port: the guest's NIC as QEMU's `-netdev stream` sees it,
+//! for NIC models QEMU emulates itself, in particular the vmxnet3 that the
+//! PVRDMA driver pairs with.
+//!
+//! This module owns one unix socket the daemon listens on; QEMU connects
+//! with `-netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH`.
+//! Frames travel in both directions as a 4-byte big-endian length and the
+//! frame. Frames from the guest go to the link's port; frames from the
+//! link are steered as on the virtio-net face (RoCEv2 for the VM's RDMA
+//! addresses to the engine, the rest to the guest). One thread owns the
+//! socket and the port and polls both. A frame from the guest longer than
+//! [`MAX_FRAME`] or a malformed length ends that connection (the next
+//! QEMU is served); without a connected QEMU, frames for the guest are
+//! dropped and counted.
+
+use std::{
+    io::{self, Read, Write},
+    net::IpAddr,
+    os::{
+        fd::AsRawFd,
+        unix::net::{UnixListener, UnixStream},
+    },
+};
+
+use log::{info, warn};
+use netdev::port::{FramePort, VNET_HDR_LEN};
+
+use super::{
+    net::EngineFace,
+    switch::{Steer, steer},
+};
+
+/// The longest frame either way.
+pub const MAX_FRAME: usize = 65535 + 18;
+
+/// Counters of the stream port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Frames from the guest written to the link.
+    pub tx_frames: u64,
+    /// Frames from the link delivered to the guest.
+    pub rx_frames: u64,
+    /// Frames steered to the engine.
+    pub to_engine: u64,
+    /// Frames for the guest dropped (no QEMU connected, or it is not
+    /// reading).
+    pub rx_dropped: u64,
+    /// Connections ended for a malformed length.
+    pub bad_streams: u64,
+}
+
+/// The stream port and its link.
+pub struct StreamPort {
+    listener: UnixListener,
+    conn: Option<UnixStream>,
+    port: FramePort,
+    engine: Option<EngineFace>,
+    rdma: Vec<IpAddr>,
+    /// Bytes read from QEMU not yet forming a whole frame.
+    inbuf: Vec<u8>,
+    frame: Box<[u8]>,
+    stats: StreamStats,
+}
+
+impl StreamPort {
+    /// A stream port listening on `listener`, forwarding to `port`, with
+    /// the engine on for `rdma` (if not empty) as `mac`.
+    pub fn new(
+        listener: UnixListener,
+        port: FramePort,
+        mac: [u8; 6],
+        rdma: Vec<IpAddr>,
+    ) -> StreamPort {
+        let engine = (!rdma.is_empty()).then(|| EngineFace::new(&port, mac, &rdma));
+        StreamPort {
+            listener,
+            conn: None,
+            port,
+            engine,
+            rdma,
+            inbuf: Vec::with_capacity(2 * MAX_FRAME),
+            frame: vec![0; MAX_FRAME].into_boxed_slice(),
+            stats: StreamStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> StreamStats {
+        self.stats
+    }
+
+    /// Serves forever (until the process ends).
+    pub fn run(&mut self) -> io::Result<()> {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self
+                        .conn
+                        .as_ref()
+                        .map_or(self.listener.as_raw_fd(), |c| c.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.port.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd for the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[0].revents != 0 {
+                if self.conn.is_some() {
+                    self.pump_guest();
+                } else if let Ok((c, _)) = self.listener.accept() {
+                    info!("QEMU connected to the stream port");
+                    self.inbuf.clear();
+                    self.conn = Some(c);
+                }
+            }
+            if fds[1].revents != 0 {
+                self.pump_link();
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, why: &str) {
+        info!("stream port: {why}; waiting for QEMU to reconnect");
+        self.conn = None;
+        self.inbuf.clear();
+    }
+
+    /// Reads what QEMU sent and forwards every whole frame.
+    fn pump_guest(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 65536];
+        let n = match conn.read(&mut chunk) {
+            Ok(0) => return self.drop_conn("QEMU disconnected"),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.drop_conn(&format!("read failed: {e}")),
+        };
+        self.inbuf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while self.inbuf.len() - at >= 4 {
+            let len =
+                u32::from_be_bytes(self.inbuf[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
+            if len == 0 || len > MAX_FRAME {
+                self.stats.bad_streams += 1;
+                warn!("stream port: frame length {len} from QEMU is invalid");
+                return self.drop_conn("malformed stream");
+            }
+            if self.inbuf.len() - at - 4 < len {
+                break;
+            }
+            let frame = &self.inbuf[at + 4..at + 4 + len];
+            let hdr = [0u8; VNET_HDR_LEN];
+            let r = if self.port.vnet_hdr_len() > 0 {
+                self.port.write(&[&hdr, frame])
+            } else {
+                self.port.write(&[frame])
+            };
+            if r.is_ok() {
+                self.stats.tx_frames += 1;
+            }
+            at += 4 + len;
+        }
+        self.inbuf.drain(..at);
+    }
+
+    /// Reads the link's frames: RoCEv2 for us to the engine, the rest to
+    /// QEMU.
+    fn pump_link(&mut self) {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        loop {
+            let n = match self.port.read_vnet(&mut hdr, &mut self.frame) {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("reading the link failed: {e}");
+                    return;
+                }
+            };
+            let frame = &self.frame[..n];
+            if let Some(engine) = self.engine.as_mut() {
+                if steer(frame, &self.rdma) == Steer::Engine {
+                    self.stats.to_engine += 1;
+                    let _ = engine.packet(frame);
+                    continue;
+                }
+                engine.control(frame);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                self.stats.rx_dropped += 1;
+                continue;
+            };
+            let len = (n as u32).to_be_bytes();
+            // One write of prefix and frame, so frames never interleave.
+            let iov = [
+                libc::iovec {
+                    iov_base: len.as_ptr() as *mut libc::c_void,
+                    iov_len: 4,
+                },
+                libc::iovec {
+                    iov_base: frame.as_ptr() as *mut libc::c_void,
+                    iov_len: n,
+                },
+            ];
+            // SAFETY: both iovecs point into buffers borrowed for the
+            // call; the kernel only reads them.
+            let w = unsafe { libc::writev(conn.as_raw_fd(), iov.as_ptr(), 2) };
+            if w == (n + 4) as isize {
+                self.stats.rx_frames += 1;
+            } else if w < 0 {
+                self.stats.rx_dropped += 1;
+                let e = io::Error::last_os_error();
+                self.drop_conn(&format!("write failed: {e}"));
+            } else {
+                // A short write on a blocking stream: finish it.
+                let rest: Vec<u8> = len
+                    .iter()
+                    .chain(frame.iter())
+                    .copied()
+                    .skip(w as usize)
+                    .collect();
+                if conn.write_all(&rest).is_ok() {
+                    self.stats.rx_frames += 1;
+                } else {
+                    self.drop_conn("write failed");
+                }
+            }
+        }
+    }
+}
