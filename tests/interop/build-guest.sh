@@ -17,7 +17,7 @@ SUITE=bookworm
 MIRROR=${VUR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PKGS=rdma-core,ibverbs-providers,ibverbs-utils,perftest,rdmacm-utils,iproute2,kmod,iputils-ping,procps,iperf3
 # Modules the guest loads, with their dependencies taken from the package.
-MODS="rdma_rxe virtio_net virtio_pci ib_uverbs rdma_ucm ib_umad crc32_generic sch_netem sch_ingress ifb act_mirred cls_matchall"
+MODS="rdma_rxe virtio_net virtio_pci vmxnet3 ib_uverbs rdma_ucm ib_umad crc32_generic sch_netem sch_ingress ifb act_mirred cls_matchall"
 
 log() { printf 'build-guest: %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "build-guest: needs root (debootstrap, module tree)" >&2; exit 1; }

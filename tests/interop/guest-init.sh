@@ -7,8 +7,8 @@
 #   vur.peer=ADDR (pinged before the suite) vur.shell=1 (shell, no power-off)
 #   vur.loss=P% (netem loss on eth0 both ways: egress directly, ingress
 #   through ifb0; the host kernel here has no netem) vur.pci=1 (list the
-#   PCI functions as "VUR-PCI <addr> <vendor> <device> <class>" and power
-#   off)
+#   PCI functions as "VUR-PCI <addr> <vendor> <device> <class>")
+# The NIC is virtio-net or vmxnet3, whichever QEMU gives.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -28,16 +28,16 @@ done
 up() { cut -d' ' -f1 /proc/uptime; }
 log() { echo "[guest $(up)] $*"; }
 
-# vur.pci=1: list the PCI functions the guest sees and power off.
+# vur.pci=1: list the PCI functions the guest sees.
 if [ "$V_pci" = 1 ]; then
   for d in /sys/bus/pci/devices/*; do
     echo "VUR-PCI ${d##*/} $(cat "$d/vendor") $(cat "$d/device") $(cat "$d/class")"
   done
-  sync; echo o >/proc/sysrq-trigger; sleep 5
 fi
 
 modprobe virtio_pci
 modprobe virtio_net
+modprobe vmxnet3
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set lo up
 ip link set eth0 mtu "$V_mtu" up

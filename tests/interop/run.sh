@@ -19,9 +19,11 @@
 #   guest on eth0 egress and ingress), vhostuser vhostuser9000 (the
 #   guest's NIC served by our daemon over vhost-user on TAP vurg0: a first
 #   guest pings through it and is killed, then the suite's guest
-#   reconnects and runs kernel rxe through it), pvrdma-attach (QEMU 11.1
-#   attaches the daemon's PVRDMA function over vfio-user next to a
-#   vmxnet3; the guest must see 15ad:0820); default: all
+#   reconnects and runs kernel rxe through it), pvrdma (QEMU 11.1: the
+#   guest's vmxnet3 on the daemon's -netdev stream port and the daemon's
+#   PVRDMA function beside it over vfio-user; the guest must see
+#   15ad:0820, ping through the stream port, and run kernel rxe on the
+#   vmxnet3 through the daemon); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
 # work directory (logs, captures) for inspection, VUR_LOSS_ITERS sets the
 # 64 KiB messages of each loss run (default 16384: 1 GiB).
@@ -30,11 +32,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 pvrdma-attach loss)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 pvrdma loss)
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
-case " ${SUITES[*]} " in *" vhostuser"* | *" pvrdma-attach "*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
+case " ${SUITES[*]} " in *" vhostuser"* | *" pvrdma"*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
 KV=$(cat "$CACHE/kernel-version")
 GUEST=$CACHE/$KV
 (cd "$ROOT" && cargo build --release --locked -q -p backend)
@@ -143,6 +145,15 @@ suite_steps() {
         echo "server|$st"; echo "client|$st"
       done
       ;;
+    pvrdma)
+      # The guest's NIC is QEMU's vmxnet3 on our daemon's stream port, and
+      # the daemon's PVRDMA function sits beside it at 05.1 over
+      # vfio-user; kernel rxe runs on the vmxnet3 through the daemon.
+      for st in "ibv_rc_pingpong -g 1 -n 50 -s 4096" "ibv_ud_pingpong -g 1 -n 20 -s 1000" \
+                "ib_write_bw -x 1 -n 200 -s 65536"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      ;;
     *) echo "interop: unknown suite $1" >&2; return 1 ;;
   esac
 }
@@ -153,17 +164,25 @@ suite_steps() {
 # Before the suite, a first guest boots, pings the bridge through the
 # daemon, and is killed (-9); the suite's guest then reconnects to the
 # same daemon (chardev reconnect), which must serve it.
-start_daemon() { # DIR MTU
-  local dir=$1 mtu=$2
-  ip netns exec "$NS" "$BIN" --tap vurg0 --socket "$dir/vu.sock" --mac 52:54:00:77:00:01 --mtu "$mtu" \
+start_daemon() { # DIR MTU [stream]
+  local dir=$1 mtu=$2 face=(--socket "$dir/vu.sock") want=$1/vu.sock
+  if [ "${3:-}" = stream ]; then
+    face=(--stream-socket "$dir/net.sock" --pvrdma-socket "$dir/rdma.sock"); want=$dir/rdma.sock
+  fi
+  ip netns exec "$NS" "$BIN" --tap vurg0 "${face[@]}" --mac 52:54:00:77:00:01 --mtu "$mtu" \
     >"$dir/daemon.out" 2>"$dir/daemon.log" &
   DPID=$!; PIDS+=("$DPID")
   local i=0
-  until [ -S "$dir/vu.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-  [ -S "$dir/vu.sock" ] || { echo "   FAIL  the daemon did not listen"; cat "$dir/daemon.log"; FAILED=$((FAILED+1)); }
+  until [ -S "$want" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  [ -S "$want" ] || { echo "   FAIL  the daemon did not listen"; cat "$dir/daemon.log"; FAILED=$((FAILED+1)); }
 }
 qemu_net() { # DIR MTU: the guest NIC's QEMU options
-  if [ -n "${DPID:-}" ]; then
+  if [ -n "${DPID:-}" ] && [ "${STREAM:-0}" = 1 ]; then
+    echo "-object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0"
+    echo "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=$1/net.sock"
+    echo "-device vmxnet3,netdev=n0,mac=52:54:00:77:00:01,addr=5.0,multifunction=on"
+    echo "-device {\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$1/rdma.sock\"},\"addr\":\"5.1\",\"x-no-posted-writes\":true}"
+  elif [ -n "${DPID:-}" ]; then
     echo "-object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0"
     echo "-chardev socket,id=c0,path=$1/vu.sock,$(vur_reconnect) -netdev vhost-user,id=n0,chardev=c0"
     echo "-device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:01,host_mtu=$2"
@@ -206,8 +225,11 @@ run_suite() { # NAME
   mkdir -p "$dir/initrd"
   mapfile -t STEPS < <(suite_steps "$name")
   setup_net "$mtu"
-  DPID= QEMU=qemu-system-x86_64
-  case "$name" in vhostuser*) QEMU=$ROOT/qemu-configs/qemu11; start_daemon "$dir" "$mtu" ;; esac
+  DPID= QEMU=qemu-system-x86_64 STREAM=0
+  case "$name" in
+    vhostuser*) QEMU=$ROOT/qemu-configs/qemu11; start_daemon "$dir" "$mtu" ;;
+    pvrdma*) QEMU=$ROOT/qemu-configs/qemu11 STREAM=1; start_daemon "$dir" "$mtu" stream ;;
+  esac
 
   # The guest's half of the suite, appended to its initramfs.
   {
@@ -243,11 +265,11 @@ run_suite() { # NAME
   local t0=$SECONDS
   # The guest's whole life: every step's timeout, plus boot.
   local life=$(( ${#STEPS[@]} * tmo + 120 ))
-  [ -n "$DPID" ] && reconnect_probe "$dir" "$mtu"
+  [ -n "$DPID" ] && [ "$STREAM" = 0 ] && reconnect_probe "$dir" "$mtu"
   # shellcheck disable=SC2046
   ip netns exec "$NS" timeout "$life" "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
     -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd.img" \
-    -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254${loss:+ vur.loss=$loss}" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.pci=1 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254${loss:+ vur.loss=$loss}" \
     $(qemu_net "$dir" "$mtu") >"$dir/qemu.out" 2>&1 &
   local qpid=$!; PIDS+=("$qpid")
 
@@ -305,15 +327,33 @@ run_suite() { # NAME
   fi
   if [ -n "$DPID" ]; then
     kill -TERM "$DPID"; local drc=0; wait "$DPID" || drc=$?
-    local ctr; ctr=$(grep -o 'counters: .*' "$dir/daemon.log" | tail -1)
+    local ctr; ctr=$(grep -o 'counters: .*' "$dir/daemon.log" | tail -1 || true)
     if [ "$drc" = 0 ] && [ ! -e "$dir/vu.sock" ] && grep -q "SIGTERM received" "$dir/daemon.log"; then
       echo "   PASS  daemon stopped on SIGTERM, socket removed; $ctr"
     else
       echo "   FAIL  daemon exit rc=$drc; socket left: $([ -e "$dir/vu.sock" ] && echo yes || echo no)"; FAILED=$((FAILED+1))
       tail -5 "$dir/daemon.log" | sed 's/^/      daemon: /'
     fi
-    if [ "$(grep -c 'QEMU disconnected\|connection ended' "$dir/daemon.log")" -lt 2 ]; then
+    if [ "$STREAM" = 0 ] && [ "$(grep -c 'QEMU disconnected\|connection ended' "$dir/daemon.log")" -lt 2 ]; then
       echo "   FAIL  daemon did not see both QEMUs come and go"; FAILED=$((FAILED+1))
+    fi
+  fi
+  if [ "$STREAM" = 1 ]; then
+    if grep -aq '^VUR-PCI 0000:00:05.0 0x15ad 0x07b0' "$dir/guest.log" &&
+       grep -aq '^VUR-PCI 0000:00:05.1 0x15ad 0x0820 0x028000' "$dir/guest.log"; then
+      echo "   PASS  the guest sees vmxnet3 at 05.0 and the PVRDMA function (15ad:0820) at 05.1"
+    else
+      echo "   FAIL  the guest does not see vmxnet3 + PVRDMA"; FAILED=$((FAILED+1))
+    fi
+    if grep -q 'guest memory mapped' "$dir/daemon.log"; then
+      echo "   PASS  QEMU shared guest memory with the PVRDMA function (DMA map)"
+    else
+      echo "   FAIL  no DMA map reached the daemon"; FAILED=$((FAILED+1))
+    fi
+    if grep -aq 'VUR-PING .* ok' "$dir/guest.log"; then
+      echo "   PASS  the guest pinged 10.77.0.254 through vmxnet3 and the stream port"
+    else
+      echo "   FAIL  no ping through the stream port"; FAILED=$((FAILED+1))
     fi
   fi
   local dec
@@ -325,57 +365,7 @@ run_suite() { # NAME
   ip netns del "$NS"
 }
 
-# pvrdma-attach: QEMU 11.1 attaches the daemon's PVRDMA function over
-# vfio-user at function 1 of slot 5, next to a vmxnet3 at function 0, and
-# the guest must see both (15ad:07b0 and 15ad:0820) on its PCI bus. (The
-# Debian guest has no vmw_pvrdma module; the driver itself is issue 7.)
-run_pvrdma_attach() {
-  local dir=$WORK/pvrdma-attach
-  mkdir -p "$dir"
-  setup_net 1500
-  QEMU=$ROOT/qemu-configs/qemu11
-  ip netns exec "$NS" "$BIN" --tap vurg0 --socket "$dir/vu.sock" --mac 52:54:00:77:00:01 \
-    --pvrdma-socket "$dir/rdma.sock" >"$dir/daemon.out" 2>"$dir/daemon.log" &
-  local dpid=$!; PIDS+=("$dpid")
-  local i=0
-  until [ -S "$dir/rdma.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-  local t0=$SECONDS
-  ip netns exec "$NS" timeout 120 "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
-    -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.cpio.gz" \
-    -append "console=ttyS0 panic=-1 loglevel=4 vur.pci=1" \
-    -object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0 \
-    -device vmxnet3,addr=5.0,multifunction=on,mac=52:54:00:77:00:01 \
-    -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$dir/rdma.sock\"},\"addr\":\"5.1\",\"x-no-posted-writes\":true}" \
-    >"$dir/qemu.out" 2>&1 || true
-  echo "== suite pvrdma-attach (QEMU $("$QEMU" --version | head -1 | awk '{print $4}'), $((SECONDS - t0))s)"
-  grep -a '^VUR-PCI' "$dir/guest.log" | sed 's/^/   guest /' || true
-  if grep -aq '^VUR-PCI 0000:00:05.0 0x15ad 0x07b0' "$dir/guest.log" &&
-     grep -aq '^VUR-PCI 0000:00:05.1 0x15ad 0x0820 0x028000' "$dir/guest.log"; then
-    echo "   PASS  the guest sees vmxnet3 at 05.0 and PVRDMA (15ad:0820) at 05.1"
-  else
-    echo "   FAIL  the guest does not see the PVRDMA function"; FAILED=$((FAILED+1))
-    tail -5 "$dir/qemu.out" | sed 's/^/      qemu: /'
-  fi
-  if grep -q 'guest memory mapped' "$dir/daemon.log"; then
-    echo "   PASS  QEMU shared guest memory with the daemon (DMA map)"
-  else
-    echo "   FAIL  no DMA map reached the daemon"; FAILED=$((FAILED+1))
-  fi
-  kill -TERM "$dpid"; local drc=0; wait "$dpid" || drc=$?
-  if [ "$drc" = 0 ] && [ ! -e "$dir/rdma.sock" ]; then
-    echo "   PASS  daemon stopped on SIGTERM, both sockets removed"
-  else
-    echo "   FAIL  daemon exit rc=$drc"; FAILED=$((FAILED+1))
-  fi
-  ip netns del "$NS"
-}
-
-for s in "${SUITES[@]}"; do
-  case "$s" in
-    pvrdma-attach) run_pvrdma_attach ;;
-    *) run_suite "$s" ;;
-  esac
-done
+for s in "${SUITES[@]}"; do run_suite "$s"; done
 if [ "$FAILED" -ne 0 ]; then
   echo "interop: $FAILED failure(s)"; VUR_KEEP=1; exit 1
 fi
