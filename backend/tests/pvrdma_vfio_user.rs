@@ -116,9 +116,19 @@ fn in_netns(f: impl FnOnce() + Send + 'static) {
 }
 
 fn start(dir: &std::path::Path) -> (Daemon, PathBuf) {
+    start_on(dir, "vupv0")
+}
+
+fn start_on(dir: &std::path::Path, tap: &str) -> (Daemon, PathBuf) {
     let sock = dir.join("rdma.sock");
     let child = Command::new(BIN)
-        .args(["--tap", "vupv0", "--mac", "52:54:00:aa:bb:01", "--socket"])
+        .args([
+            "--tap",
+            tap,
+            "--mac",
+            "52:54:00:aa:bb:01",
+            "--stream-socket",
+        ])
         .arg(dir.join("net.sock"))
         .arg("--pvrdma-socket")
         .arg(&sock)
@@ -177,7 +187,7 @@ fn the_driver_probe_and_commands_over_vfio_user() {
         return;
     }
     in_netns(|| {
-        let dir = std::env::temp_dir().join(format!("vur-pvrdma-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vur-pvrdma-probe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (mut d, sock) = start(&dir);
@@ -291,6 +301,392 @@ fn the_driver_probe_and_commands_over_vfio_user() {
         unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
         assert_eq!(d.0.wait().unwrap().code(), Some(0));
         assert!(!sock.exists(), "vfio-user socket removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// The driver's probe over vfio-user: DMA map, MSI-X eventfds, DSR,
+/// ACTIVATE. Returns the three eventfds.
+fn probe(c: &mut Client, ram: &Ram) -> Vec<EventFd> {
+    c.dma_map(0, GPA, MEM, ram.fd.as_raw_fd()).unwrap();
+    let irqs: Vec<EventFd> = (0..3)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .collect();
+    let fds: Vec<i32> = irqs.iter().map(|e| e.as_raw_fd()).collect();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        0,
+        3,
+        &fds,
+    )
+    .unwrap();
+    let mut dsr = [0u8; 280];
+    dsr[0..4].copy_from_slice(&20u32.to_le_bytes());
+    dsr[16..24].copy_from_slice(&CMD.to_le_bytes());
+    dsr[24..32].copy_from_slice(&RESP.to_le_bytes());
+    dsr[64..72].copy_from_slice(&0xfe000u64.to_le_bytes());
+    ram.write(DSR, &dsr);
+    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x04, DSR as u32);
+    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x08, (DSR >> 32) as u32);
+    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x1c, 0);
+    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x0c, 0);
+    assert_eq!(rd32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x14), 0, "ACTIVATE ok");
+    irqs
+}
+
+/// Guest pages from 1 MiB up, and directories over them.
+struct Pages(u64);
+
+impl Pages {
+    fn page(&mut self) -> u64 {
+        self.0 += 4096;
+        self.0
+    }
+
+    /// `n` pages with a gap after each, and a directory: (dir, pages).
+    fn dir(&mut self, ram: &Ram, n: usize) -> (u64, Vec<u64>) {
+        let dir = self.page();
+        let table = self.page();
+        ram.write(dir, &table.to_le_bytes());
+        let pages: Vec<u64> = (0..n)
+            .map(|_| {
+                let p = self.page();
+                self.page();
+                p
+            })
+            .collect();
+        for (i, p) in pages.iter().enumerate() {
+            ram.write(table + 8 * i as u64, &p.to_le_bytes());
+        }
+        (dir, pages)
+    }
+}
+
+fn ok(c: &mut Client, ram: &Ram, irq0: &EventFd, cmd: u32, body: &[(usize, &[u8])]) -> Vec<u8> {
+    let (err, r, _) = command(c, ram, irq0, cmd, body);
+    assert_eq!(err, 0, "command {cmd}: hdr.err {}", r[12]);
+    r
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
+    use netdev::eth::EthLink;
+    use transport::{
+        device::{DeviceAttrs, Gid},
+        engine::{Engine, QpInit, RxMeta},
+        memory::VecMemory,
+        sim::{Conn, connect},
+        verbs::{Access, QpCaps, QpType, RecvWr, SendOp, SendWr, Sge as ESge, WcStatus},
+        wire::Mtu,
+    };
+
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    in_netns(|| {
+        let dir = std::env::temp_dir().join(format!("vur-pvrdma-net-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
+        let (mut d, sock) = start_on(&dir, "vupw0");
+        let mut c = Client::new(&sock).expect("vfio-user handshake");
+        let ram = Ram::new();
+        let irqs = probe(&mut c, &ram);
+        let irq0 = &irqs[0];
+        let mut pg = Pages(GPA + 0x10_0000);
+
+        // The peer: our engine on the TAP's host side (AF_PACKET), 10.66.0.2.
+        let peer_ip: std::net::IpAddr = "10.66.0.2".parse().unwrap();
+        let guest_ip: std::net::IpAddr = "10.66.0.1".parse().unwrap();
+        let mut link = EthLink::packet("vupw0", vec![peer_ip]).unwrap();
+        let mut e = Engine::new(DeviceAttrs::default(), VecMemory::new(1 << 20));
+        e.gids_mut().set(0, Some(Gid::from_ip(peer_ip)));
+        let epd = e.alloc_pd().unwrap();
+        let ecq = e.create_cq(64).unwrap();
+        let ekey = e
+            .reg_mr(
+                epd,
+                0,
+                1 << 20,
+                0,
+                Access::LOCAL_WRITE.with(Access::REMOTE_WRITE),
+            )
+            .unwrap();
+        let eqp = e
+            .create_qp(&QpInit {
+                qp_type: QpType::Rc,
+                pd: epd,
+                send_cq: ecq,
+                recv_cq: ecq,
+                caps: QpCaps {
+                    max_send_wr: 16,
+                    max_recv_wr: 16,
+                    max_send_sge: 1,
+                    max_recv_sge: 1,
+                    max_inline_data: 0,
+                },
+                sq_sig_all: true,
+                srq: None,
+            })
+            .unwrap();
+
+        // The guest: GID 0 = ::ffff:10.66.0.1, PD, CQ, MR, RC QP.
+        let mut gid = [0u8; 16];
+        gid[10] = 0xff;
+        gid[11] = 0xff;
+        gid[12..].copy_from_slice(&[10, 66, 0, 1]);
+        ok(
+            &mut c,
+            &ram,
+            irq0,
+            15,
+            &[(24, &0u32.to_le_bytes()), (28, &gid), (44, &[2])],
+        );
+        let pd = u32_at(&ok(&mut c, &ram, irq0, 2, &[]), 16);
+        let (cq_dir, cq_pages) = pg.dir(&ram, 2);
+        let r = ok(
+            &mut c,
+            &ram,
+            irq0,
+            6,
+            &[
+                (16, &cq_dir.to_le_bytes()),
+                (28, &64u32.to_le_bytes()),
+                (32, &2u32.to_le_bytes()),
+            ],
+        );
+        let cq = u32_at(&r, 16);
+        let (mr_dir, mr_pages) = pg.dir(&ram, 2);
+        let va = 0x7f00_0000_0000u64;
+        let r = ok(
+            &mut c,
+            &ram,
+            irq0,
+            4,
+            &[
+                (16, &va.to_le_bytes()),
+                (24, &8192u64.to_le_bytes()),
+                (32, &mr_dir.to_le_bytes()),
+                (40, &pd.to_le_bytes()),
+                (44, &1u32.to_le_bytes()),
+                (52, &2u32.to_le_bytes()),
+            ],
+        );
+        let lkey = u32_at(&r, 20);
+        let (qp_dir, qp_pages) = pg.dir(&ram, 3);
+        let r = ok(
+            &mut c,
+            &ram,
+            irq0,
+            9,
+            &[
+                (16, &qp_dir.to_le_bytes()),
+                (24, &pd.to_le_bytes()),
+                (28, &cq.to_le_bytes()),
+                (32, &cq.to_le_bytes()),
+                (40, &16u32.to_le_bytes()),
+                (44, &16u32.to_le_bytes()),
+                (48, &1u32.to_le_bytes()),
+                (52, &1u32.to_le_bytes()),
+                (68, &3u16.to_le_bytes()),
+                (70, &1u16.to_le_bytes()),
+                (75, &[2]),
+            ],
+        );
+        let (gqpn, gqp) = (u32_at(&r, 16), u32_at(&r, 20));
+        // INIT, RTR (to the peer), RTS.
+        let mut attr = [0u8; 160];
+        let modify = |c: &mut Client, attr: &[u8; 160], mask: u32| {
+            ok(
+                c,
+                &ram,
+                irq0,
+                10,
+                &[
+                    (16, &gqp.to_le_bytes()),
+                    (20, &mask.to_le_bytes()),
+                    (24, attr),
+                ],
+            );
+        };
+        attr[0..4].copy_from_slice(&1u32.to_le_bytes());
+        attr[32..36].copy_from_slice(&0xfu32.to_le_bytes());
+        attr[45] = 1;
+        modify(&mut c, &attr, 1 | 1 << 3 | 1 << 4 | 1 << 5);
+        attr[0..4].copy_from_slice(&2u32.to_le_bytes());
+        attr[8..12].copy_from_slice(&3u32.to_le_bytes());
+        attr[20..24].copy_from_slice(&500u32.to_le_bytes());
+        attr[28..32].copy_from_slice(&eqp.to_le_bytes());
+        attr[43] = 4;
+        attr[44] = 1;
+        attr[80 + 10] = 0xff;
+        attr[80 + 11] = 0xff;
+        attr[80 + 12..80 + 16].copy_from_slice(&[10, 66, 0, 2]);
+        attr[80 + 21] = 64;
+        attr[80 + 31] = 1;
+        modify(
+            &mut c,
+            &attr,
+            1 | 1 << 7 | 1 << 8 | 1 << 12 | 1 << 15 | 1 << 17 | 1 << 20,
+        );
+        attr[0..4].copy_from_slice(&3u32.to_le_bytes());
+        attr[24..28].copy_from_slice(&700u32.to_le_bytes());
+        attr[42] = 4;
+        attr[46] = 14;
+        attr[47] = 7;
+        attr[48] = 7;
+        modify(
+            &mut c,
+            &attr,
+            1 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 13 | 1 << 16,
+        );
+        connect(
+            &mut e,
+            eqp,
+            Conn {
+                dest: gqpn,
+                dgid: Gid::from_ip(guest_ip),
+                mtu: Mtu::Mtu1024,
+                sq_psn: 500,
+                rq_psn: 700,
+                timeout: 14,
+                retry: 7,
+                rnr_retry: 7,
+            },
+        )
+        .unwrap();
+
+        // Guest: a receive, then a SEND of 5000 bytes from its MR.
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 17 + 1) as u8).collect();
+        ram.write(mr_pages[0], &data[..4096]);
+        ram.write(mr_pages[1], &data[4096..]);
+        let sge = |addr: u64, len: u32| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&addr.to_le_bytes());
+            b[8..12].copy_from_slice(&len.to_le_bytes());
+            b[12..16].copy_from_slice(&lkey.to_le_bytes());
+            b
+        };
+        let mut rq = [0u8; 16];
+        rq[..8].copy_from_slice(&77u64.to_le_bytes());
+        rq[8..12].copy_from_slice(&1u32.to_le_bytes());
+        ram.write(qp_pages[2], &rq);
+        ram.write(qp_pages[2] + 16, &sge(va + 6000, 2000));
+        ram.write(qp_pages[0] + 8, &1u32.to_le_bytes());
+        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 31);
+        let mut wqe = [0u8; 80];
+        wqe[..8].copy_from_slice(&55u64.to_le_bytes());
+        wqe[8..12].copy_from_slice(&1u32.to_le_bytes());
+        wqe[16..20].copy_from_slice(&2u32.to_le_bytes()); // SEND
+        wqe[20..24].copy_from_slice(&2u32.to_le_bytes()); // SIGNALED
+        ram.write(qp_pages[1], &wqe);
+        ram.write(qp_pages[1] + 80, &sge(va, 5000));
+        // The peer's receive first.
+        let rsge = [ESge {
+            addr: 0,
+            length: 8192,
+            lkey: ekey,
+        }];
+        e.post_recv(
+            eqp,
+            &RecvWr {
+                wr_id: 9,
+                sges: &rsge,
+            },
+        )
+        .unwrap();
+        ram.write(qp_pages[0], &1u32.to_le_bytes());
+        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
+
+        // Pump the peer until it has the message, then answer with 300
+        // bytes; the guest's ring gets both completions.
+        let clock = Instant::now();
+        let mut buf = vec![0u8; 16384];
+        let mut wcs = Vec::new();
+        let mut answered = false;
+        let cq_prod =
+            |ram: &Ram| u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
+        while clock.elapsed() < Duration::from_secs(10) {
+            let now = clock.elapsed().as_nanos() as u64;
+            while let Ok(Some(r)) = link.recv(&mut buf, now) {
+                let meta = RxMeta {
+                    ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
+                    ecn: r.ecn,
+                };
+                let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
+            }
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+            }
+            if link.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = link.handle_timeout(now);
+            }
+            while let Some(t) = e.poll_transmit(now, &mut buf) {
+                let _ = link.send(&t, &mut buf[..t.len], now);
+            }
+            let mut out = [transport::verbs::Wc {
+                wr_id: 0,
+                status: WcStatus::Success,
+                opcode: transport::verbs::WcOpcode::Send,
+                byte_len: 0,
+                qp_num: 0,
+                src_qp: 0,
+                imm_data: None,
+                invalidated_rkey: None,
+            }];
+            if e.poll_cq(ecq, &mut out).unwrap() == 1 {
+                wcs.push(out[0]);
+            }
+            if !answered && wcs.iter().any(|w| w.wr_id == 9) {
+                answered = true;
+                e.memory_mut().as_mut_slice()[8192..8492].copy_from_slice(&[0xab; 300]);
+                let s = [ESge {
+                    addr: 8192,
+                    length: 300,
+                    lkey: ekey,
+                }];
+                e.post_send(eqp, &SendWr::new(10, SendOp::Send, &s))
+                    .unwrap();
+            }
+            if cq_prod(&ram) >= 2 && wcs.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let w9 = wcs
+            .iter()
+            .find(|w| w.wr_id == 9)
+            .expect("the peer received the guest's SEND");
+        assert_eq!((w9.status, w9.byte_len), (WcStatus::Success, 5000));
+        assert_eq!(&e.memory().as_slice()[..5000], &data[..]);
+        // The guest's CQ ring: its SEND and its receive (300 bytes).
+        assert_eq!(cq_prod(&ram), 2, "two CQEs in the guest's ring");
+        let cqes: Vec<Vec<u8>> = (0..2).map(|i| ram.read(cq_pages[1] + 64 * i, 64)).collect();
+        let find = |id: u64| {
+            cqes.iter()
+                .find(|c| u64::from_le_bytes(c[..8].try_into().unwrap()) == id)
+                .unwrap()
+        };
+        let (send, recv) = (find(55), find(77));
+        assert_eq!(u32_at(send, 20), 0, "SEND status");
+        assert_eq!(u32_at(recv, 20), 0, "RECV status");
+        assert_eq!(u32_at(recv, 16), 128, "RECV opcode");
+        assert_eq!(u32_at(recv, 24), 300);
+        assert_eq!(
+            u64::from_le_bytes(recv[8..16].try_into().unwrap()),
+            u64::from(gqp)
+        );
+        assert_eq!(ram.read(mr_pages[1] + (6000 - 4096), 300), vec![0xab; 300]);
+        drop(c);
+        // SAFETY: kill(2) on the PID of the child we started.
+        unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(d.0.wait().unwrap().code(), Some(0));
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -153,6 +153,13 @@ impl EthLink {
         }
     }
 
+    /// Replaces our addresses on the link (as a guest binds and unbinds
+    /// GIDs): ARP/NDP answers and source addresses follow.
+    pub fn set_addrs(&mut self, addrs: Vec<IpAddr>) {
+        self.neigh.set_addrs(addrs.clone());
+        self.addrs = addrs;
+    }
+
     /// Our MAC address on the link.
     pub fn mac(&self) -> [u8; 6] {
         self.mac

@@ -89,6 +89,11 @@ impl Neighbours {
         }
     }
 
+    /// Replaces the addresses we answer for and send from.
+    pub fn set_addrs(&mut self, addrs: Vec<IpAddr>) {
+        self.addrs = addrs;
+    }
+
     /// Our hardware address.
     pub fn mac(&self) -> [u8; 6] {
         self.mac

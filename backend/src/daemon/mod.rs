@@ -123,6 +123,11 @@ pub enum DaemonError {
     /// The vfio-user server could not start.
     #[error("vfio-user failed: {0}")]
     VfioUser(String),
+    /// The PVRDMA function pairs with an emulated NIC on the stream port.
+    #[error(
+        "--pvrdma-socket needs --stream-socket: the PVRDMA function pairs with QEMU's vmxnet3 on the stream port"
+    )]
+    PvrdmaNeedsStream,
     /// The stream port's loop failed.
     #[error("the stream port failed")]
     Stream(#[source] io::Error),
@@ -364,8 +369,8 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     );
     let port_fd = port.fd();
     let backend = Arc::new(RwLock::new(NetBackend::new(net_cfg, port)));
-    if let Some(path) = &cfg.pvrdma_socket {
-        check_socket(path)?;
+    if cfg.pvrdma_socket.is_some() {
+        return Err(DaemonError::PvrdmaNeedsStream);
     }
 
     let stats_backend = backend.clone();
@@ -392,11 +397,6 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     let listener =
         UnixListener::bind(&socket).map_err(|e| DaemonError::SocketDir(socket.clone(), e))?;
     let private = private_dir().map_err(|e| DaemonError::SocketDir(std::env::temp_dir(), e))?;
-    // After the signal mask is set, so that this thread leaves SIGINT and
-    // SIGTERM to the signal thread.
-    if let Some(path) = &cfg.pvrdma_socket {
-        serve_pvrdma(path.clone(), cfg.mac)?;
-    }
     let _ = writeln!(
         announce,
         "{}",
@@ -475,9 +475,10 @@ fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonE
             let _ = std::fs::remove_file(p);
         }
     })?;
-    if let Some(p) = &cfg.pvrdma_socket {
-        serve_pvrdma(p.clone(), cfg.mac)?;
-    }
+    let device = match &cfg.pvrdma_socket {
+        Some(p) => Some(serve_pvrdma(p.clone(), cfg.mac)?),
+        None => None,
+    };
     let mut opts = format!(
         "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
          -netdev stream,id=n0,server=off,addr.type=unix,addr.path={path} \
@@ -494,15 +495,21 @@ fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonE
     }
     let _ = writeln!(announce, "{opts}");
     let _ = announce.flush();
-    let mut stream = stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone());
+    let mut stream = stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device);
     stream.run().map_err(DaemonError::Stream)
 }
 
 /// Serves the PVRDMA function on `path` over vfio-user, on its own
-/// thread, again after each disconnect. QEMU must find the socket
-/// listening when it starts.
-pub fn serve_pvrdma(path: PathBuf, mac: [u8; 6]) -> Result<(), DaemonError> {
-    let mut backend = rdma::PvrdmaBackend::new(mac, pvrdma_model::device::Limits::default());
+/// thread, again after each disconnect; returns the device (to be owned by
+/// the port's thread) and its end of the channel. QEMU must find the
+/// socket listening when it starts.
+pub fn serve_pvrdma(
+    path: PathBuf,
+    mac: [u8; 6],
+) -> Result<(rdma::DeviceHost, rdma::DeviceEnd), DaemonError> {
+    let limits = pvrdma_model::device::Limits::default();
+    let (mut backend, end) = rdma::PvrdmaBackend::new(limits.max_uar)
+        .map_err(|e| DaemonError::VfioUser(e.to_string()))?;
     let server = vfio_user::Server::new(&path, true, rdma::irqs(), rdma::regions(backend.config()))
         .map_err(|e| DaemonError::VfioUser(e.to_string()))?;
     info!("PVRDMA function (15ad:0820) on {}", path.display());
@@ -514,11 +521,13 @@ pub fn serve_pvrdma(path: PathBuf, mac: [u8; 6]) -> Result<(), DaemonError> {
                     Ok(()) => info!("vfio-user client disconnected; waiting for it to reconnect"),
                     Err(e) => error!("vfio-user connection ended: {e}"),
                 }
-                backend.disconnected();
+                if backend.call(rdma::DevReq::Disconnected).is_err() {
+                    return;
+                }
             }
         })
         .map_err(DaemonError::Signals)?;
-    Ok(())
+    Ok((rdma::DeviceHost::new(mac, limits), end))
 }
 
 /// A fresh directory only we can enter, for the library's end of the

@@ -15,10 +15,12 @@
 //! - interrupts: the eventfds QEMU gives for the MSI-X vectors;
 //! - device reset.
 //!
-//! Not built yet: the engine's packets and timers (the device is not yet
-//! wired to the network port, so QPs can be created and posted to but
-//! nothing leaves the daemon), and the `-netdev stream` port for the
-//! paired vmxnet3.
+//! The device itself lives in a [`DeviceHost`] on the thread that owns
+//! the network port (the stream port's), so that the engine's packets,
+//! its timers and the guest's accesses meet on one thread without locks;
+//! [`PvrdmaBackend`], on the vfio-user thread, answers config space itself
+//! and forwards every other access over a channel, waiting for the answer
+//! (a command must be complete before the guest reads ERR).
 
 use std::{fs::File, io::Write, sync::Arc};
 
@@ -236,26 +238,53 @@ pub fn irqs() -> Vec<IrqInfo> {
         .collect()
 }
 
-/// The vfio-user backend of the PVRDMA function.
-pub struct PvrdmaBackend {
-    cfg: PciConfig,
+/// What the vfio-user thread asks of the thread that owns the device.
+#[derive(Debug)]
+pub enum DevReq {
+    /// A 32-bit BAR1 read.
+    Bar1Read(u64),
+    /// A 32-bit BAR1 write.
+    Bar1Write(u64, u32),
+    /// A 32-bit BAR2 (doorbell) write.
+    Bar2Write(u64, u32),
+    /// A DMA map of `size` bytes of `file` from `offset` at `gpa`.
+    DmaMap {
+        /// Guest address.
+        gpa: u64,
+        /// Bytes.
+        size: u64,
+        /// QEMU's memory file.
+        file: File,
+        /// Offset in the file.
+        offset: u64,
+    },
+    /// A DMA unmap.
+    DmaUnmap(u64, u64),
+    /// Device reset.
+    Reset,
+    /// MSI-X eventfds for vectors from `start`.
+    SetIrqs(u32, Vec<File>),
+    /// Drop all MSI-X eventfds.
+    ClearIrqs,
+    /// The client went away.
+    Disconnected,
+}
+
+/// The device and its interrupts, owned by the thread that also owns the
+/// network port, so that packets, timers and guest accesses meet without
+/// locks.
+pub struct DeviceHost {
     device: Device<GuestRam>,
     msix: [Option<File>; vector::COUNT as usize],
 }
 
-impl PvrdmaBackend {
-    /// A function paired with a NIC of `mac`.
-    pub fn new(mac: [u8; 6], limits: Limits) -> PvrdmaBackend {
-        PvrdmaBackend {
-            cfg: PciConfig::pvrdma(limits.max_uar),
+impl DeviceHost {
+    /// A device paired with a NIC of `mac`.
+    pub fn new(mac: [u8; 6], limits: Limits) -> DeviceHost {
+        DeviceHost {
             device: Device::new(mac, limits, GuestRam::default()),
             msix: [None, None, None],
         }
-    }
-
-    /// The config space (for the regions).
-    pub fn config(&self) -> &PciConfig {
-        &self.cfg
     }
 
     /// The device model.
@@ -263,16 +292,60 @@ impl PvrdmaBackend {
         &self.device
     }
 
-    /// The client went away: its memory and eventfds are gone, and the
-    /// next client is a new guest, so the device is reset.
-    pub fn disconnected(&mut self) {
-        let _ = self.device.bar1_write(pvrdma_model::regs::reg::CTL, 2);
-        let ram = self.device.engine_mut().memory_mut();
-        ram.unmap(0, u64::MAX);
-        self.msix = [None, None, None];
+    /// The device model, mutably (its engine takes packets and time).
+    pub fn device_mut(&mut self) -> &mut Device<GuestRam> {
+        &mut self.device
     }
 
-    fn fire(&mut self, fx: Effects) {
+    /// Executes one request; the value read, or 0.
+    pub fn handle(&mut self, req: DevReq) -> std::io::Result<u32> {
+        match req {
+            DevReq::Bar1Read(off) => return Ok(self.device.bar1_read(off)),
+            DevReq::Bar1Write(off, v) => {
+                let fx = self.device.bar1_write(off, v);
+                self.fire(fx);
+            }
+            DevReq::Bar2Write(off, v) => {
+                let fx = self.device.bar2_write(off, v);
+                self.fire(fx);
+            }
+            DevReq::DmaMap {
+                gpa,
+                size,
+                file,
+                offset,
+            } => {
+                self.device
+                    .engine_mut()
+                    .memory_mut()
+                    .map(gpa, size, file, offset)?;
+                info!("guest memory mapped: {size:#x} bytes at {gpa:#x}");
+            }
+            DevReq::DmaUnmap(gpa, size) => self.device.engine_mut().memory_mut().unmap(gpa, size),
+            DevReq::Reset => {
+                info!("device reset");
+                let fx = self.device.bar1_write(pvrdma_model::regs::reg::CTL, 2);
+                self.fire(fx);
+            }
+            DevReq::SetIrqs(start, fds) => {
+                for (i, f) in fds.into_iter().enumerate() {
+                    if let Some(slot) = self.msix.get_mut(start as usize + i) {
+                        *slot = Some(f);
+                    }
+                }
+            }
+            DevReq::ClearIrqs => self.msix = [None, None, None],
+            DevReq::Disconnected => {
+                let _ = self.device.bar1_write(pvrdma_model::regs::reg::CTL, 2);
+                self.device.engine_mut().memory_mut().unmap(0, u64::MAX);
+                self.msix = [None, None, None];
+            }
+        }
+        Ok(0)
+    }
+
+    /// Signals the MSI-X vectors in `fx`.
+    pub fn fire(&mut self, fx: Effects) {
         for v in 0..vector::COUNT {
             if fx.interrupts & 1 << v != 0
                 && let Some(f) = self.msix[v as usize].as_mut()
@@ -280,6 +353,72 @@ impl PvrdmaBackend {
                 let _ = f.write_all(&1u64.to_ne_bytes());
             }
         }
+    }
+
+    /// The IP addresses of the GIDs the guest bound (RoCE v2 GIDs are IP
+    /// addresses; IPv4 ones are IPv4-mapped).
+    pub fn gid_ips(&self) -> Vec<std::net::IpAddr> {
+        self.device
+            .gids()
+            .iter()
+            .flatten()
+            .map(|g| transport::device::Gid(g.gid).to_ip())
+            .collect()
+    }
+}
+
+/// The device owner's end of the channel from the vfio-user thread.
+pub struct DeviceEnd {
+    /// Requests.
+    pub req: std::sync::mpsc::Receiver<DevReq>,
+    /// Replies, one per request, in order.
+    pub reply: std::sync::mpsc::SyncSender<std::io::Result<u32>>,
+    /// Readable when requests are waiting.
+    pub wake: Arc<vmm_sys_util::eventfd::EventFd>,
+}
+
+/// The vfio-user backend of the PVRDMA function: config space is answered
+/// here; every other access is forwarded to the thread that owns the
+/// device, which answers before the guest's access completes.
+pub struct PvrdmaBackend {
+    cfg: PciConfig,
+    req: std::sync::mpsc::SyncSender<DevReq>,
+    reply: std::sync::mpsc::Receiver<std::io::Result<u32>>,
+    wake: Arc<vmm_sys_util::eventfd::EventFd>,
+}
+
+impl PvrdmaBackend {
+    /// A backend and the device owner's end of its channel.
+    pub fn new(uar_pages: u32) -> std::io::Result<(PvrdmaBackend, DeviceEnd)> {
+        let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
+        let (rep_tx, rep_rx) = std::sync::mpsc::sync_channel(64);
+        let wake = Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?);
+        Ok((
+            PvrdmaBackend {
+                cfg: PciConfig::pvrdma(uar_pages),
+                req: req_tx,
+                reply: rep_rx,
+                wake: wake.clone(),
+            },
+            DeviceEnd {
+                req: req_rx,
+                reply: rep_tx,
+                wake,
+            },
+        ))
+    }
+
+    /// The config space (for the regions).
+    pub fn config(&self) -> &PciConfig {
+        &self.cfg
+    }
+
+    /// Forwards `req` and waits for its answer.
+    pub fn call(&mut self, req: DevReq) -> std::io::Result<u32> {
+        let gone = || std::io::Error::other("the device thread is gone");
+        self.req.send(req).map_err(|_| gone())?;
+        self.wake.write(1)?;
+        self.reply.recv().map_err(|_| gone())?
     }
 }
 
@@ -293,7 +432,7 @@ impl ServerBackend for PvrdmaBackend {
         match region {
             VFIO_PCI_CONFIG_REGION_INDEX => self.cfg.read(offset, data),
             VFIO_PCI_BAR1_REGION_INDEX if data.len() == 4 => {
-                let v = self.device.bar1_read(offset);
+                let v = self.call(DevReq::Bar1Read(offset))?;
                 data.copy_from_slice(&v.to_le_bytes());
             }
             // The MSI-X table is QEMU's; the PBA reads as nothing pending;
@@ -308,14 +447,12 @@ impl ServerBackend for PvrdmaBackend {
             VFIO_PCI_CONFIG_REGION_INDEX => self.cfg.write(offset, data),
             VFIO_PCI_BAR1_REGION_INDEX => {
                 if let Some(v) = dword(data) {
-                    let fx = self.device.bar1_write(offset, v);
-                    self.fire(fx);
+                    self.call(DevReq::Bar1Write(offset, v))?;
                 }
             }
             VFIO_PCI_BAR2_REGION_INDEX => {
                 if let Some(v) = dword(data) {
-                    let fx = self.device.bar2_write(offset, v);
-                    self.fire(fx);
+                    self.call(DevReq::Bar2Write(offset, v))?;
                 }
             }
             _ => {}
@@ -331,30 +468,27 @@ impl ServerBackend for PvrdmaBackend {
         size: u64,
         fd: Option<File>,
     ) -> std::io::Result<()> {
-        let Some(fd) = fd else {
+        let Some(file) = fd else {
             warn!(
                 "DMA map of {size:#x} bytes at {address:#x} without a file: guest memory must be shared (memory-backend-memfd,share=on)"
             );
             return Err(std::io::Error::other("DMA map without a file descriptor"));
         };
-        self.device
-            .engine_mut()
-            .memory_mut()
-            .map(address, size, fd, offset)?;
-        info!("guest memory mapped: {size:#x} bytes at {address:#x}");
-        Ok(())
+        self.call(DevReq::DmaMap {
+            gpa: address,
+            size,
+            file,
+            offset,
+        })
+        .map(|_| ())
     }
 
     fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> std::io::Result<()> {
-        self.device.engine_mut().memory_mut().unmap(address, size);
-        Ok(())
+        self.call(DevReq::DmaUnmap(address, size)).map(|_| ())
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
-        info!("device reset");
-        let fx = self.device.bar1_write(pvrdma_model::regs::reg::CTL, 2);
-        self.fire(fx);
-        Ok(())
+        self.call(DevReq::Reset).map(|_| ())
     }
 
     fn set_irqs(
@@ -369,13 +503,9 @@ impl ServerBackend for PvrdmaBackend {
             return Ok(());
         }
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
-            for (i, f) in fds.into_iter().enumerate() {
-                if let Some(slot) = self.msix.get_mut(start as usize + i) {
-                    *slot = Some(f);
-                }
-            }
+            self.call(DevReq::SetIrqs(start, fds))?;
         } else if count == 0 {
-            self.msix = [None, None, None];
+            self.call(DevReq::ClearIrqs)?;
         }
         Ok(())
     }

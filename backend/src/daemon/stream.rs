@@ -22,13 +22,110 @@ use std::{
     },
 };
 
+use std::time::Instant;
+
 use log::{info, warn};
-use netdev::port::{FramePort, VNET_HDR_LEN};
+use netdev::{
+    eth::EthLink,
+    port::{FramePort, VNET_HDR_LEN},
+};
+use transport::{engine::RxMeta, wire::frame::RoceFrame};
 
 use super::{
     net::EngineFace,
+    rdma::{DeviceEnd, DeviceHost},
     switch::{Steer, steer},
 };
+
+/// The PVRDMA device on this port's thread: its engine sends through an
+/// [`EthLink`] on the port, and RoCEv2 for the GIDs the guest bound comes
+/// to it.
+struct RdmaSide {
+    host: DeviceHost,
+    end: DeviceEnd,
+    link: EthLink,
+    gids: Vec<IpAddr>,
+    clock: Instant,
+    buf: Box<[u8]>,
+}
+
+impl RdmaSide {
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Answers the vfio-user thread's waiting requests.
+    fn requests(&mut self) {
+        let _ = self.end.wake.read();
+        while let Ok(req) = self.end.req.try_recv() {
+            let r = self.host.handle(req);
+            let _ = self.end.reply.send(r);
+        }
+        let gids = self.host.gid_ips();
+        if gids != self.gids {
+            info!("PVRDMA GIDs now {gids:?}");
+            self.link.set_addrs(gids.clone());
+            self.gids = gids;
+        }
+    }
+
+    /// Sends what the engine has queued, runs due timers, and moves
+    /// completions and events into the guest's rings.
+    fn pump(&mut self) {
+        let now = self.now();
+        let dev = self.host.device_mut();
+        if dev.engine().poll_timeout().is_some_and(|t| t <= now) {
+            dev.engine_mut().handle_timeout(now);
+        }
+        if self.link.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.link.handle_timeout(now);
+        }
+        while let Some(t) = self
+            .host
+            .device_mut()
+            .engine_mut()
+            .poll_transmit(now, &mut self.buf)
+        {
+            let _ = self.link.send(&t, &mut self.buf[..t.len], now);
+        }
+        let fx = self.host.device_mut().service();
+        self.host.fire(fx);
+    }
+
+    /// A RoCEv2 frame for one of the guest's GIDs.
+    fn packet(&mut self, frame: &[u8]) {
+        let Ok(f) = RoceFrame::parse_ethernet(frame) else {
+            return;
+        };
+        if f.verify_icrc().is_err() {
+            return;
+        }
+        let now = self.now();
+        let meta = RxMeta {
+            ip_header: &f.l3[..f.repr.ip.header_len()],
+            ecn: f.repr.ip.ecn(),
+        };
+        let _ = self
+            .host
+            .device_mut()
+            .engine_mut()
+            .handle_packet(now, &meta, f.ib);
+    }
+
+    /// Milliseconds until the next timer, for poll.
+    fn timeout_ms(&self) -> i32 {
+        let now = self.now();
+        [
+            self.host.device().engine().poll_timeout(),
+            self.link.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| (t.saturating_sub(now) / 1_000_000).min(1000) as i32)
+        .min()
+        .unwrap_or(-1)
+    }
+}
 
 /// The longest frame either way.
 pub const MAX_FRAME: usize = 65535 + 18;
@@ -56,6 +153,7 @@ pub struct StreamPort {
     port: FramePort,
     engine: Option<EngineFace>,
     rdma: Vec<IpAddr>,
+    device: Option<RdmaSide>,
     /// Bytes read from QEMU not yet forming a whole frame.
     inbuf: Vec<u8>,
     frame: Box<[u8]>,
@@ -63,21 +161,35 @@ pub struct StreamPort {
 }
 
 impl StreamPort {
-    /// A stream port listening on `listener`, forwarding to `port`, with
-    /// the engine on for `rdma` (if not empty) as `mac`.
+    /// A stream port listening on `listener`, forwarding to `port` as
+    /// `mac`, with the PVRDMA `device` (if any) taking RoCEv2 for the GIDs
+    /// its guest binds, or else an engine for `rdma` (if not empty).
     pub fn new(
         listener: UnixListener,
         port: FramePort,
         mac: [u8; 6],
         rdma: Vec<IpAddr>,
+        device: Option<(DeviceHost, DeviceEnd)>,
     ) -> StreamPort {
-        let engine = (!rdma.is_empty()).then(|| EngineFace::new(&port, mac, &rdma));
+        // With the PVRDMA device, its engine (and the GIDs its guest binds)
+        // take RoCEv2; otherwise `--rdma-ip` and an engine without QPs.
+        let engine =
+            (!rdma.is_empty() && device.is_none()).then(|| EngineFace::new(&port, mac, &rdma));
+        let device = device.map(|(host, end)| RdmaSide {
+            host,
+            end,
+            link: EthLink::on_port(&port, mac, Vec::new()),
+            gids: Vec::new(),
+            clock: Instant::now(),
+            buf: vec![0; 16384].into_boxed_slice(),
+        });
         StreamPort {
             listener,
             conn: None,
             port,
             engine,
             rdma,
+            device,
             inbuf: Vec::with_capacity(2 * MAX_FRAME),
             frame: vec![0; MAX_FRAME].into_boxed_slice(),
             stats: StreamStats::default(),
@@ -92,6 +204,8 @@ impl StreamPort {
     /// Serves forever (until the process ends).
     pub fn run(&mut self) -> io::Result<()> {
         loop {
+            let wake = self.device.as_ref().map(|d| d.end.wake.as_raw_fd());
+            let timeout = self.device.as_ref().map_or(-1, |d| d.timeout_ms());
             let mut fds = [
                 libc::pollfd {
                     fd: self
@@ -106,9 +220,15 @@ impl StreamPort {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: wake.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            // SAFETY: `fds` is a valid array of two pollfd for the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            // SAFETY: `fds` is a valid array of three pollfd for the call
+            // (a negative fd is ignored by poll).
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -127,6 +247,12 @@ impl StreamPort {
             }
             if fds[1].revents != 0 {
                 self.pump_link();
+            }
+            if let Some(d) = self.device.as_mut() {
+                if fds[2].revents != 0 {
+                    d.requests();
+                }
+                d.pump();
             }
         }
     }
@@ -191,6 +317,15 @@ impl StreamPort {
                 }
             };
             let frame = &self.frame[..n];
+            if let Some(d) = self.device.as_mut() {
+                let now = d.now();
+                let _ = d.link.handle_frame(frame, now);
+                if steer(frame, &d.gids) == Steer::Engine {
+                    self.stats.to_engine += 1;
+                    d.packet(frame);
+                    continue;
+                }
+            }
             if let Some(engine) = self.engine.as_mut() {
                 if steer(frame, &self.rdma) == Steer::Engine {
                     self.stats.to_engine += 1;
