@@ -246,6 +246,11 @@ fn frames_cross_the_stream_port_both_ways() {
         assert!(!sock.exists(), "stream socket removed");
         let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
         assert!(log.contains("is invalid"), "{log}");
+        assert!(
+            log.contains("counters: tx_frames=4 rx_frames=2 to_engine=1 ")
+                && log.contains(" bad_streams=1"),
+            "{log}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .join()

@@ -461,6 +461,8 @@ fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonE
         cfg.rdma
     );
     let (sp, pp) = (path.clone(), cfg.pvrdma_socket.clone());
+    let published: Arc<stream::PublishedStats> = Arc::default();
+    let seen = published.clone();
     handle_signals(move |sig| {
         info!(
             "{} received: shutting down",
@@ -469,6 +471,11 @@ fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonE
             } else {
                 "SIGTERM"
             }
+        );
+        let s = seen.load();
+        info!(
+            "counters: tx_frames={} rx_frames={} to_engine={} rx_dropped={} bad_streams={}",
+            s.tx_frames, s.rx_frames, s.to_engine, s.rx_dropped, s.bad_streams
         );
         let _ = std::fs::remove_file(&sp);
         if let Some(p) = &pp {
@@ -495,7 +502,8 @@ fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonE
     }
     let _ = writeln!(announce, "{opts}");
     let _ = announce.flush();
-    let mut stream = stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device);
+    let mut stream =
+        stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device, published);
     stream.run().map_err(DaemonError::Stream)
 }
 

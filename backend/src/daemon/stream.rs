@@ -130,6 +130,40 @@ impl RdmaSide {
 /// The longest frame either way.
 pub const MAX_FRAME: usize = 65535 + 18;
 
+/// The counters as another thread reads them: the port's thread stores
+/// its plain counters here once per wake-up (no read-modify-write on the
+/// packet path).
+#[derive(Debug, Default)]
+pub struct PublishedStats([std::sync::atomic::AtomicU64; 5]);
+
+impl PublishedStats {
+    fn store(&self, s: &StreamStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (a, v) in self.0.iter().zip([
+            s.tx_frames,
+            s.rx_frames,
+            s.to_engine,
+            s.rx_dropped,
+            s.bad_streams,
+        ]) {
+            a.store(v, Relaxed);
+        }
+    }
+
+    /// The counters last stored.
+    pub fn load(&self) -> StreamStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let v: Vec<u64> = self.0.iter().map(|a| a.load(Relaxed)).collect();
+        StreamStats {
+            tx_frames: v[0],
+            rx_frames: v[1],
+            to_engine: v[2],
+            rx_dropped: v[3],
+            bad_streams: v[4],
+        }
+    }
+}
+
 /// Counters of the stream port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {
@@ -158,6 +192,7 @@ pub struct StreamPort {
     inbuf: Vec<u8>,
     frame: Box<[u8]>,
     stats: StreamStats,
+    published: std::sync::Arc<PublishedStats>,
 }
 
 impl StreamPort {
@@ -170,6 +205,7 @@ impl StreamPort {
         mac: [u8; 6],
         rdma: Vec<IpAddr>,
         device: Option<(DeviceHost, DeviceEnd)>,
+        published: std::sync::Arc<PublishedStats>,
     ) -> StreamPort {
         // With the PVRDMA device, its engine (and the GIDs its guest binds)
         // take RoCEv2; otherwise `--rdma-ip` and an engine without QPs.
@@ -193,6 +229,7 @@ impl StreamPort {
             inbuf: Vec::with_capacity(2 * MAX_FRAME),
             frame: vec![0; MAX_FRAME].into_boxed_slice(),
             stats: StreamStats::default(),
+            published,
         }
     }
 
@@ -254,6 +291,7 @@ impl StreamPort {
                 }
                 d.pump();
             }
+            self.published.store(&self.stats);
         }
     }
 
