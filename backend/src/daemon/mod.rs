@@ -375,7 +375,6 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
 
     let stats_backend = backend.clone();
     let sock = socket.clone();
-    let private_path = std::env::temp_dir().join(format!("vhost-user-rdma-{}", std::process::id()));
     let pvrdma_path = cfg.pvrdma_socket.clone();
     handle_signals(move |sig| {
         info!(
@@ -388,7 +387,6 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         );
         log_stats(&stats_backend);
         let _ = std::fs::remove_file(&sock);
-        let _ = std::fs::remove_dir_all(&private_path);
         if let Some(p) = &pvrdma_path {
             let _ = std::fs::remove_file(p);
         }
@@ -396,7 +394,6 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
 
     let listener =
         UnixListener::bind(&socket).map_err(|e| DaemonError::SocketDir(socket.clone(), e))?;
-    let private = private_dir().map_err(|e| DaemonError::SocketDir(std::env::temp_dir(), e))?;
     let _ = writeln!(
         announce,
         "{}",
@@ -414,10 +411,9 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
             }
         };
         info!("QEMU connected");
-        match serve_one(&backend, port_fd, qemu, &private) {
+        match serve_one(&backend, port_fd, qemu) {
             Err(e @ DaemonError::MemoryNotShared) => {
                 let _ = std::fs::remove_file(&socket);
-                let _ = std::fs::remove_dir_all(&private);
                 return Err(e);
             }
             Err(e) => error!(
@@ -539,7 +535,7 @@ pub fn serve_pvrdma(
 }
 
 /// A fresh directory only we can enter, for the library's end of the
-/// relay.
+/// relay (removed by the caller as soon as the connection is made).
 fn private_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = std::env::temp_dir().join(format!("vhost-user-rdma-{}", std::process::id()));
@@ -554,7 +550,6 @@ fn serve_one(
     backend: &Arc<RwLock<NetBackend>>,
     port_fd: std::os::fd::RawFd,
     qemu: UnixStream,
-    private: &Path,
 ) -> Result<(), DaemonError> {
     let mut daemon = VhostUserDaemon::new(
         "vhost-user-rdma".to_string(),
@@ -571,14 +566,16 @@ fn serve_one(
         .map_err(DaemonError::Epoll)?;
     }
     debug_assert!(usize::from(PORT_EVENT) > NUM_QUEUES);
-    // The library's end: a listener in our private directory, connected
-    // at once and unlinked, so that only our relay ever reaches it.
-    let inner = private.join("lib.sock");
+    // The library's end: a listener in a fresh private directory,
+    // connected at once; socket and directory are removed right away, so
+    // only our relay ever reaches it and nothing stays behind even if we
+    // are killed.
+    let dir = private_dir().map_err(|e| DaemonError::SocketDir(std::env::temp_dir(), e))?;
+    let inner = dir.join("lib.sock");
+    let bound = UnixListener::bind(&inner).and_then(|ul| Ok((UnixStream::connect(&inner)?, ul)));
     let _ = std::fs::remove_file(&inner);
-    let ul = UnixListener::bind(&inner).map_err(|e| DaemonError::SocketDir(inner.clone(), e))?;
-    let lib_end =
-        UnixStream::connect(&inner).map_err(|e| DaemonError::SocketDir(inner.clone(), e))?;
-    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&dir);
+    let (lib_end, ul) = bound.map_err(|e| DaemonError::SocketDir(inner.clone(), e))?;
     let mut listener = Listener::from(ul);
     daemon
         .start(&mut listener)
