@@ -385,6 +385,7 @@ impl Bench {
                     src_qp: 0,
                     imm_data: None,
                     invalidated_rkey: None,
+                    ip_version: None,
                 };
                 256
             ],

@@ -639,6 +639,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
                 src_qp: 0,
                 imm_data: None,
                 invalidated_rkey: None,
+                ip_version: None,
             }];
             if e.poll_cq(ecq, &mut out).unwrap() == 1 {
                 wcs.push(out[0]);
@@ -739,6 +740,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
                 src_qp: 0,
                 imm_data: None,
                 invalidated_rkey: None,
+                ip_version: None,
             }];
             while e.poll_cq(ecq, &mut out).unwrap() == 1 {
                 assert_eq!(out[0].status, WcStatus::Success);

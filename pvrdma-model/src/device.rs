@@ -1763,8 +1763,15 @@ impl<M: Memory> Device<M> {
             flags |= 4;
         }
         let recv = matches!(wc.opcode, WcOpcode::Recv | WcOpcode::RecvRdmaWithImm);
+        // The header type of a UD/GSI receive (PVRDMA numbering: 1 IPv4,
+        // 2 IPv6), which the guest needs to read the GRH area (rdma_cm).
+        let mut network_hdr_type = 0;
         if ud && recv {
             flags |= 1; // GRH
+            if let Some(v) = wc.ip_version {
+                flags |= 64; // WITH_NETWORK_HDR_TYPE
+                network_hdr_type = if v == 4 { 1 } else { 2 };
+            }
         }
         Cqe {
             wr_id: wc.wr_id.into(),
@@ -1780,6 +1787,7 @@ impl<M: Memory> Device<M> {
             src_qp: wc.src_qp.into(),
             wc_flags: flags.into(),
             port_num: 1,
+            network_hdr_type,
             ..Cqe::default()
         }
     }
@@ -1815,6 +1823,7 @@ fn blank_wc() -> Wc {
         src_qp: 0,
         imm_data: None,
         invalidated_rkey: None,
+        ip_version: None,
     }
 }
 
@@ -2504,6 +2513,8 @@ mod tests {
         );
         assert_eq!(cb[0].src_qp.get(), qa.qpn);
         assert_eq!(cb[0].wc_flags.get() & 1, 1, "GRH flag");
+        assert_eq!(cb[0].wc_flags.get() & 64, 64, "WITH_NETWORK_HDR_TYPE");
+        assert_eq!(cb[0].network_hdr_type, 1, "IPv4");
         assert_eq!(b.rd(pages_b[0] + 40, msg.len()), msg.to_vec());
         // A wrong Q_Key is dropped: no receive completion.
         b.post_recv(

@@ -123,6 +123,7 @@ mod tests {
             src_qp: 0,
             imm_data: None,
             invalidated_rkey: None,
+            ip_version: None,
         }
     }
 

@@ -322,6 +322,9 @@ pub struct Wc {
     pub imm_data: Option<u32>,
     /// The rkey invalidated by a SEND with invalidate.
     pub invalidated_rkey: Option<u32>,
+    /// UD and GSI receives: the IP version of the packet's header (4 or
+    /// 6), which the receive buffer's 40-byte GRH area holds.
+    pub ip_version: Option<u8>,
 }
 
 /// QP transport service.

@@ -744,6 +744,7 @@ pub(crate) fn blank_wc() -> transport::verbs::Wc {
         src_qp: 0,
         imm_data: None,
         invalidated_rkey: None,
+        ip_version: None,
     }
 }
 

@@ -204,6 +204,7 @@ fn drain(e: &mut Engine<VecMemory>, cq: u32) -> Vec<Wc> {
         src_qp: 0,
         imm_data: None,
         invalidated_rkey: None,
+        ip_version: None,
     }; 64];
     loop {
         let n = e.poll_cq(cq, &mut buf).unwrap();

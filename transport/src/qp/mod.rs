@@ -561,6 +561,7 @@ impl Qp {
             src_qp: 0,
             imm_data: None,
             invalidated_rkey: None,
+            ip_version: None,
         }
     }
 
@@ -655,6 +656,7 @@ impl Qp {
             src_qp: 0,
             imm_data: None,
             invalidated_rkey: None,
+            ip_version: None,
         }
     }
 

@@ -713,6 +713,7 @@ impl Qp {
             src_qp: self.attrs.dest_qp,
             imm_data: imm,
             invalidated_rkey: inv,
+            ip_version: None,
         };
         self.resp.recv_offset = None;
         ctx.complete(self.recv_cq, wc, solicited);
@@ -837,6 +838,11 @@ impl Qp {
             src_qp: deth.src_qp,
             imm_data: repr.ext.imm_dt.map(|i| i.imm),
             invalidated_rkey: None,
+            ip_version: match meta.ip_header.len() {
+                20 => Some(4),
+                40 => Some(6),
+                _ => None,
+            },
         };
         ctx.complete(self.recv_cq, wc, repr.bth.solicited);
     }

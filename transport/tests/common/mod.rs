@@ -119,6 +119,7 @@ pub fn empty_wc() -> Wc {
         src_qp: 0,
         imm_data: None,
         invalidated_rkey: None,
+        ip_version: None,
     }
 }
 
