@@ -1402,6 +1402,22 @@ impl<M: Memory> Device<M> {
         }
     }
 
+    /// Reads `out.len()` SGEs from byte `at` of the object `pdir` describes.
+    fn read_sges(&self, pdir: &PageDir, at: u64, out: &mut [ESge]) -> Result<(), ()> {
+        for (i, s) in out.iter_mut().enumerate() {
+            let mut b = [0u8; 16];
+            self.obj_read(pdir, at + 16 * i as u64, &mut b)
+                .map_err(|_| ())?;
+            let g = Sge::read_from_bytes(&b).map_err(|_| ())?;
+            *s = ESge {
+                addr: g.addr.get(),
+                length: g.length.get(),
+                lkey: g.lkey.get(),
+            };
+        }
+        Ok(())
+    }
+
     /// Reads one send WQE at byte `at` of the QP and posts it; a WQE the
     /// engine refuses completes with an error.
     fn post_one_send(&mut self, qp: &Qp, at: u64) -> Result<(), ()> {
@@ -1416,17 +1432,7 @@ impl<M: Memory> Device<M> {
             self.error_cqe(qp.send_cq, qp, wr_id, WcStatus::LocQpOpErr, wc_opcode::SEND);
             return Err(());
         };
-        for (i, s) in sges.iter_mut().take(n as usize).enumerate() {
-            let mut b = [0u8; 16];
-            self.obj_read(&qp.pdir, at + 80 + 16 * i as u64, &mut b)
-                .map_err(|_| ())?;
-            let g = Sge::read_from_bytes(&b).map_err(|_| ())?;
-            *s = ESge {
-                addr: g.addr.get(),
-                length: g.length.get(),
-                lkey: g.lkey.get(),
-            };
-        }
+        self.read_sges(&qp.pdir, at + 80, &mut sges[..n as usize])?;
         if let SendOp::RegMr { key, .. } = op {
             // Stage the page list the WQE's directory names.
             let fr = hdr.fast_reg();
@@ -1542,17 +1548,7 @@ impl<M: Memory> Device<M> {
             return Err(());
         }
         let mut sges = [ESge::default(); 32];
-        for (i, s) in sges.iter_mut().take(n as usize).enumerate() {
-            let mut b = [0u8; 16];
-            self.obj_read(&srq.pdir, at + 16 + 16 * i as u64, &mut b)
-                .map_err(|_| ())?;
-            let g = Sge::read_from_bytes(&b).map_err(|_| ())?;
-            *s = ESge {
-                addr: g.addr.get(),
-                length: g.length.get(),
-                lkey: g.lkey.get(),
-            };
-        }
+        self.read_sges(&srq.pdir, at + 16, &mut sges[..n as usize])?;
         let wr = RecvWr {
             wr_id: hdr.wr_id.get(),
             sges: &sges[..n as usize],
@@ -1604,17 +1600,7 @@ impl<M: Memory> Device<M> {
             return Err(());
         }
         let mut sges = [ESge::default(); 32];
-        for (i, s) in sges.iter_mut().take(n as usize).enumerate() {
-            let mut b = [0u8; 16];
-            self.obj_read(&qp.pdir, at + 16 + 16 * i as u64, &mut b)
-                .map_err(|_| ())?;
-            let g = Sge::read_from_bytes(&b).map_err(|_| ())?;
-            *s = ESge {
-                addr: g.addr.get(),
-                length: g.length.get(),
-                lkey: g.lkey.get(),
-            };
-        }
+        self.read_sges(&qp.pdir, at + 16, &mut sges[..n as usize])?;
         let wr = RecvWr {
             wr_id,
             sges: &sges[..n as usize],
