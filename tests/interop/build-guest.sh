@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the Debian test guest that tests/interop/run.sh
-# boots: a stock Debian bookworm kernel with its rdma_rxe module, and an
+# boots: a stock Debian bookworm kernel with its rdma_rxe module (and the
+# stock vmw_pvrdma driver built from the same kernel's source), and an
 # initramfs holding a minimal bookworm root file system with rdma-core,
 # ibverbs-utils, perftest and rdmacm-utils, whose /init is guest-init.sh.
 #
 # Cache: $VUR_GUEST_CACHE (default /var/tmp/vhost-user-rdma/guest).
 #   rootfs/            debootstrap output (reused while it has .complete)
 #   kernel-$KV/        the extracted linux-image-$KV package
+#   pvrdma-$KV/        vmw_pvrdma.ko built from Debian's linux-source
 #   $KV/vmlinuz, $KV/initramfs.cpio.gz   what QEMU boots
+# Debian builds its kernels without CONFIG_INFINIBAND_VMWARE_PVRDMA, so the
+# stock, unchanged vmw_pvrdma driver is compiled here out of tree from the
+# linux-source package of the guest kernel's own version, against that
+# kernel's headers (both installed on this host by apt).
 # The initramfs is rebuilt when guest-init.sh changes. Remove the cache
 # directory to start over. Installs its Debian packages itself; needs root.
 set -euo pipefail
@@ -64,6 +70,26 @@ if [ ! -f "$KX/.complete" ]; then
   touch "$KX/.complete"
 fi
 
+# The stock vmw_pvrdma driver, unchanged, from the guest kernel's source.
+PV=$CACHE/pvrdma-$KV
+if [ ! -f "$PV/vmw_pvrdma.ko" ]; then
+  KVER=$(apt-cache show "linux-image-$KV" | awk '/^Version:/{print $2; exit}')
+  [ -n "$KVER" ] || { echo "build-guest: no package version for linux-image-$KV" >&2; exit 1; }
+  if ! dpkg -s "linux-headers-$KV" >/dev/null 2>&1 || ! dpkg -s linux-source-6.1 >/dev/null 2>&1 ||
+     [ "$(dpkg-query -W -f='${Version}' linux-source-6.1)" != "$KVER" ]; then
+    log "installing linux-headers-$KV and linux-source-6.1 $KVER (to build vmw_pvrdma)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "linux-headers-$KV=$KVER" "linux-source-6.1=$KVER" make >/dev/null
+  fi
+  rm -rf "$PV"; mkdir -p "$PV/src"
+  tar -xJf /usr/src/linux-source-6.1.tar.xz -C "$PV/src" --strip-components=5 \
+    linux-source-6.1/drivers/infiniband/hw/vmw_pvrdma
+  log "building vmw_pvrdma.ko (stock source of $KVER) against linux-headers-$KV"
+  make -C "/usr/src/linux-headers-$KV" M="$PV/src" CONFIG_INFINIBAND_VMWARE_PVRDMA=m modules \
+    >"$PV/build.log" 2>&1 || { tail -20 "$PV/build.log" >&2; echo "build-guest: vmw_pvrdma build failed" >&2; exit 1; }
+  cp "$PV/src/vmw_pvrdma.ko" "$PV/vmw_pvrdma.ko"
+fi
+
 log "assembling the initramfs for $KV"
 rm -rf "$OUT"; mkdir -p "$OUT"
 R=$OUT/root
@@ -78,6 +104,8 @@ done | awk '$1=="insmod"{print $2}' | sort -u | while read -r f; do
   cp "$f" "$R/$rel"
 done
 cp "$KX/lib/modules/$KV/modules.order" "$KX/lib/modules/$KV"/modules.builtin* "$R/lib/modules/$KV/"
+mkdir -p "$R/lib/modules/$KV/updates"
+cp "$PV/vmw_pvrdma.ko" "$R/lib/modules/$KV/updates/"
 depmod -b "$R" "$KV"
 install -m755 "$HERE/guest-init.sh" "$R/init"
 (cd "$R" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$OUT/initramfs.cpio.gz"

@@ -1,6 +1,8 @@
 #!/bin/sh
 # /init of the interop test guest (PID 1, straight from the initramfs).
-# Brings up eth0 and a kernel rxe device on it, prints its GID table, runs
+# Brings up eth0 and an RDMA device on it (kernel rxe, or with
+# vur.dev=pvrdma the stock vmw_pvrdma driver on the PVRDMA function beside
+# the vmxnet3), prints its GID table, runs
 # the steps in /suite.sh (appended to the initramfs by run.sh), prints one
 # "VUR-STEP <n> rc=<rc>" line per step and powers off.
 # Kernel parameters: vur.ip=ADDR/PREFIX vur.ip6=ADDR/PREFIX vur.mtu=N
@@ -8,6 +10,7 @@
 #   vur.loss=P% (netem loss on eth0 both ways: egress directly, ingress
 #   through ifb0; the host kernel here has no netem) vur.pci=1 (list the
 #   PCI functions as "VUR-PCI <addr> <vendor> <device> <class>")
+#   vur.dev=rxe|pvrdma (default rxe); the suite's steps name the device $DEV
 # The NIC is virtio-net or vmxnet3, whichever QEMU gives.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
@@ -19,7 +22,7 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 
-V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss= V_pci=0
+V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss= V_pci=0 V_dev=rxe
 for x in $(cat /proc/cmdline); do
   case "$x" in
     vur.*=*) k=${x%%=*}; k=${k#vur.}; v=${x#*=}; eval "V_$k=\$v" ;;
@@ -43,17 +46,27 @@ ip link set lo up
 ip link set eth0 mtu "$V_mtu" up
 ip addr add "$V_ip" dev eth0
 [ -n "$V_ip6" ] && ip -6 addr add "$V_ip6" dev eth0 nodad
-modprobe rdma_rxe
 modprobe ib_uverbs
 modprobe rdma_ucm
-rdma link add rxe0 type rxe netdev eth0
-log "rxe0 on eth0 $(cat /sys/class/net/eth0/address) mtu $V_mtu"
-ibv_devinfo -d rxe0 | grep -E 'state|active_mtu'
+if [ "$V_dev" = pvrdma ]; then
+  DEV=vmw_pvrdma0
+  modprobe vmw_pvrdma
+  i=0; while [ ! -e /sys/class/infiniband/$DEV ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  dmesg | grep -i pvrdma | sed 's/^/VUR-DMESG /'
+  rdma link show | sed 's/^/VUR-LINK /'
+  ibv_devinfo -v -d $DEV | sed 's/^/VUR-DEVINFO /'
+else
+  DEV=rxe0
+  modprobe rdma_rxe
+  rdma link add rxe0 type rxe netdev eth0
+  ibv_devinfo -d rxe0 | grep -E 'state|active_mtu'
+fi
+log "$DEV on eth0 $(cat /sys/class/net/eth0/address) mtu $V_mtu"
 sleep 0.5
 for i in 0 1 2 3 4 5 6 7; do
-  g=$(cat /sys/class/infiniband/rxe0/ports/1/gids/$i 2>/dev/null)
+  g=$(cat /sys/class/infiniband/$DEV/ports/1/gids/$i 2>/dev/null)
   [ -z "$g" ] || [ "$g" = "0000:0000:0000:0000:0000:0000:0000:0000" ] && continue
-  echo "GID[$i] $g $(cat /sys/class/infiniband/rxe0/ports/1/gid_attrs/types/$i 2>/dev/null)"
+  echo "GID[$i] $g $(cat /sys/class/infiniband/$DEV/ports/1/gid_attrs/types/$i 2>/dev/null)"
 done
 if [ -n "$V_peer" ]; then
   i=0; until ping -c1 -W1 "$V_peer" >/dev/null 2>&1 || [ $i -ge 20 ]; do i=$((i+1)); done
@@ -89,11 +102,12 @@ if [ -f /suite.sh ]; then . /suite.sh; fi
 if [ -n "$V_loss" ]; then
   echo "netem drops:"; tc -s qdisc show dev eth0 | grep -E 'netem|dropped'; tc -s qdisc show dev ifb0 | grep -E 'netem|dropped'
 fi
-echo "rxe0 hw counters (non-zero):"
-for c in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do
+echo "$DEV hw counters (non-zero):"
+for c in /sys/class/infiniband/$DEV/ports/1/hw_counters/*; do
   v=$(cat "$c"); [ "$v" != 0 ] && echo "  ${c##*/}=$v"
 done
 log "VUR-DONE"
+[ "$V_dev" = pvrdma ] && dmesg | grep -iE 'pvrdma|bug|oops|warn' | tail -20 | sed 's/^/VUR-DMESG /'
 if [ "$V_shell" = 1 ]; then setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'; fi
 sync
 echo o >/proc/sysrq-trigger

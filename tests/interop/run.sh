@@ -36,7 +36,7 @@ SUITES=("$@")
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
-case " ${SUITES[*]} " in *" vhostuser"* | *" pvrdma"*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
+case " ${SUITES[*]} " in *" vhostuser"* | *" pvrdma"* | *" stock"*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
 KV=$(cat "$CACHE/kernel-version")
 GUEST=$CACHE/$KV
 (cd "$ROOT" && cargo build --release --locked -q -p backend)
@@ -154,6 +154,18 @@ suite_steps() {
         echo "server|$st"; echo "client|$st"
       done
       ;;
+    stock)
+      # The stock guest stack on our device: the guest's unchanged
+      # vmw_pvrdma driver and rdma-core provider drive the daemon's PVRDMA
+      # function (vmxnet3 at 05.0, PVRDMA at 05.1); our peer is the far end.
+      for st in "ibv_rc_pingpong -g 1 -n 50 -s 4096" "ibv_rc_pingpong -g 1 -n 100 -s 65536 -e" \
+                "ibv_ud_pingpong -g 1 -n 20 -s 1000" "ib_write_bw -x 1 -n 200 -s 65536" \
+                "ib_read_bw -x 1 -n 200 -s 65536" "ib_send_bw -x 1 -n 200 -s 65536" \
+                "ib_atomic_bw -x 1 -n 200" "ib_send_lat -x 1 -n 200" "ib_send_lat -x 1 -n 200 -c UD" \
+                "rping -C 3 -v -S 1000"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      ;;
     *) echo "interop: unknown suite $1" >&2; return 1 ;;
   esac
 }
@@ -220,8 +232,8 @@ reconnect_probe() { # DIR MTU: boot, ping through the daemon, kill -9
 
 FAILED=0
 run_suite() { # NAME
-  local name=$1 mtu=1500 dir=$WORK/$1 loss="" tmo=150
-  case "$name" in *9000) mtu=9000 ;; loss) loss=2% tmo=1500 ;; esac
+  local name=$1 mtu=1500 dir=$WORK/$1 loss="" tmo=150 gdev=rxe
+  case "$name" in *9000) mtu=9000 ;; loss) loss=2% tmo=1500 ;; stock) tmo=90 ;; esac
   mkdir -p "$dir/initrd"
   mapfile -t STEPS < <(suite_steps "$name")
   setup_net "$mtu"
@@ -229,6 +241,7 @@ run_suite() { # NAME
   case "$name" in
     vhostuser*) QEMU=$ROOT/qemu-configs/qemu11; start_daemon "$dir" "$mtu" ;;
     pvrdma*) QEMU=$ROOT/qemu-configs/qemu11 STREAM=1; start_daemon "$dir" "$mtu" stream ;;
+    stock*) QEMU=$ROOT/qemu-configs/qemu11 STREAM=1 gdev=pvrdma; start_daemon "$dir" "$mtu" stream ;;
   esac
 
   # The guest's half of the suite, appended to its initramfs.
@@ -247,9 +260,9 @@ run_suite() { # NAME
           echo "step $i client $tmo rping -c -a $o -p $port -V $ra"
         fi
       elif [ "$role" = server ]; then
-        echo "step $i server $tmo $tool -d rxe0 -p $port $args"
+        echo "step $i server $tmo $tool -d \$DEV -p $port $args"
       else
-        echo "step $i client $tmo $tool -d rxe0 -p $port $args 10.77.0.254"
+        echo "step $i client $tmo $tool -d \$DEV -p $port $args 10.77.0.254"
       fi
     done
   } >"$dir/initrd/suite.sh"
@@ -269,7 +282,7 @@ run_suite() { # NAME
   # shellcheck disable=SC2046
   ip netns exec "$NS" timeout "$life" "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
     -no-reboot -serial file:"$dir/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd.img" \
-    -append "console=ttyS0 panic=-1 loglevel=4 vur.pci=1 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254${loss:+ vur.loss=$loss}" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.pci=1 vur.ip=10.77.0.1/24 vur.ip6=fd77::1/64 vur.mtu=$mtu vur.peer=10.77.0.254 vur.dev=$gdev${loss:+ vur.loss=$loss}" \
     $(qemu_net "$dir" "$mtu") >"$dir/qemu.out" 2>&1 &
   local qpid=$!; PIDS+=("$qpid")
 
