@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# End to end with stock guests: two Debian guests (the interop image,
+# tests/interop/build-guest.sh) on one bridge, running the stock rdma-core
+# tools against each other. A guest "on our device" has QEMU's vmxnet3 at
+# 05.0 on the daemon's -netdev stream port and the daemon's PVRDMA function
+# at 05.1 over vfio-user; its unchanged vmw_pvrdma driver (built from
+# Debian's linux-source) and rdma-core's vmw_pvrdma provider drive it. A
+# guest "on kernel rxe" has a virtio-net NIC on a plain TAP and runs Linux
+# rxe. All guests run QEMU 11.1 (qemu-configs/qemu11) under TCG.
+#
+#   guest A 10.77.0.1 -- [daemon A] -- TAP vure0 --+
+#                                                  br0 10.77.0.254
+#   guest B 10.77.0.2 -- [daemon B] -- TAP vure1 --+
+#
+# Scenarios (each boots its own pair, in a namespace this script creates):
+#   mixed    A on our device, B on kernel rxe: the tool suite, each side as
+#            server and as client, plus the two figures
+#   device   A and B both on our device, each with its own daemon: the same
+#   rxe      A and B both on kernel rxe over virtio-net on the same TAPs:
+#            the two figures only (the baseline users run today)
+#   faults   A on our device, B on kernel rxe: kill -9 of a process holding
+#            QPs and MRs, rmmod vmw_pvrdma while a transfer runs and load it
+#            again, each followed by a working pingpong and a check that no
+#            verbs object is left behind (guest and daemon)
+#   loss     A on our device, B on kernel rxe with netem loss 2% each way on
+#            its eth0: ib_write_bw and ib_read_bw, A in both roles
+# Default: all five. The figures (ib_write_bw 64 KiB, ib_send_lat 64 B, A
+# as client) are printed as "E2E-FIGURE" lines and in JSON at the end.
+# Environment: VUR_KEEP=1 keeps the work directory (logs, captures).
+# Needs root. Stops only what it started (by PID) and removes the namespace.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
+SCEN=("$@")
+[ ${#SCEN[@]} -gt 0 ] || SCEN=(mixed device rxe faults loss)
+[ "$(id -u)" -eq 0 ] || { echo "e2e: needs root (namespaces, TAPs)" >&2; exit 1; }
+
+"$ROOT/tests/interop/build-guest.sh"
+"$ROOT/qemu-configs/qemu-chroot.sh"
+QEMU=$ROOT/qemu-configs/qemu11
+KV=$(cat "$CACHE/kernel-version")
+GUEST=$CACHE/$KV
+(cd "$ROOT" && cargo build --release --locked -q -p backend)
+BIN=$ROOT/target/release/vhost-user-rdma
+
+NS=vur-e2e-$$
+WORK=$(mktemp -d /tmp/vur-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  if [ "${VUR_KEEP:-0}" = 1 ]; then echo "e2e: kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+ns() { ip netns exec "$NS" "$@"; }
+FAILED=0
+pass() { echo "   PASS  $*"; }
+fail() { echo "   FAIL  $*"; FAILED=$((FAILED + 1)); }
+FIGS=()
+
+IP=(10.77.0.1 10.77.0.2)
+MAC=(52:54:00:77:00:01 52:54:00:77:00:02)
+TAP=(vure0 vure1)
+
+setup_net() {
+  ip netns del "$NS" 2>/dev/null || true
+  ip netns add "$NS"
+  ns ip link set lo up
+  ns ip link add br0 type bridge
+  for t in "${TAP[@]}"; do
+    ns ip tuntap add dev "$t" mode tap
+    ns ip link set "$t" master br0 up
+  done
+  ns ip link set br0 up
+  ns ip addr add 10.77.0.254/24 dev br0
+}
+
+# Steps: "A_ROLE|TOOL ARGS" (B takes the other role, the client names the
+# server's address), or "sh|A_SHELL|B_SHELL" (free-form, rc of both checked).
+suite_steps() {
+  case "$1" in
+    mixed | device)
+      for st in "ibv_rc_pingpong -g 1 -n 50 -s 4096" "ibv_rc_pingpong -g 1 -n 100 -s 65536 -e" \
+                "ibv_ud_pingpong -g 1 -n 20 -s 1000" "ibv_srq_pingpong -g 1 -n 50 -s 4096" \
+                "ib_write_bw -x 1 -n 200 -s 65536" "ib_read_bw -x 1 -n 200 -s 65536" \
+                "ib_send_bw -x 1 -n 200 -s 65536" "ib_atomic_bw -x 1 -n 200" \
+                "ib_send_lat -x 1 -n 200" "ib_send_lat -x 1 -n 200 -c UD" "rping -C 3 -v -S 1000"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      figure_steps
+      ;;
+    rxe) figure_steps ;;
+    faults)
+      # kill -9 of a client holding QPs, MRs, CQs and a PD mid-run.
+      echo "sh|objs before9; sleep 5; ibv_rc_pingpong -d \$DEV -g 1 -p 18700 -n 100000000 -s 4096 ${IP[1]} & p=\$!; sleep 8; kill -9 \$p; wait \$p; sleep 1; objs after9; same_objs before9 after9|timeout 60 ibv_rc_pingpong -d \$DEV -g 1 -p 18700 -n 100000000 -s 4096; true"
+      echo "server|ibv_rc_pingpong -g 1 -n 50 -s 4096"
+      # rmmod: refused while a user process holds the device (the driver
+      # has no disassociate, so uverbs pins the module) and the transfer
+      # goes on unharmed; then, with only the kernel's own GSI QPs live,
+      # accepted; the driver comes back on modprobe with the same objects.
+      echo "sh|objs beforerm; sleep 5; ib_write_bw -d \$DEV -x 1 -p 18701 -D 12 -s 65536 ${IP[1]} & p=\$!; sleep 8; rmmod vmw_pvrdma; r1=\$?; wait \$p; w=\$?; timeout 60 rmmod vmw_pvrdma; r2=\$?; echo \"rmmod busy rc=\$r1 write_bw rc=\$w rmmod rc=\$r2\"; modprobe vmw_pvrdma; i=0; until grep -q ACTIVE /sys/class/infiniband/\$DEV/ports/1/state 2>/dev/null || [ \$i -ge 100 ]; do sleep 0.1; i=\$((i+1)); done; sleep 3; objs afterrm; [ \$r1 != 0 ] && [ \$w = 0 ] && [ \$r2 = 0 ] && same_objs beforerm afterrm|timeout 60 ib_write_bw -d \$DEV -x 1 -p 18701 -D 12 -s 65536; true"
+      echo "client|ibv_rc_pingpong -g 1 -n 50 -s 4096"
+      echo "server|ib_write_bw -x 1 -n 200 -s 65536"
+      ;;
+    loss)
+      for st in "ib_write_bw -x 1 -n 2000 -s 65536" "ib_read_bw -x 1 -n 2000 -s 65536"; do
+        echo "server|$st"; echo "client|$st"
+      done
+      ;;
+  esac
+}
+figure_steps() {
+  echo "client|ib_write_bw -x 1 -n 2000 -s 65536"
+  echo "client|ib_send_lat -x 1 -n 1000 -s 64"
+}
+
+# One guest's /suite.sh: WHICH is 0 (A) or 1 (B).
+guest_suite() { # WHICH STEP...
+  local w=$1 i=0 o=$((1 - $1)); shift
+  cat <<'EOF'
+export DEV
+cat >/tmp/objs.sh <<'OBJS'
+objs() { # NAME: the verbs objects of $DEV now, saved as /tmp/objs.NAME
+  for r in pd mr cq qp; do echo "$r $(rdma resource show $r dev $DEV 2>/dev/null | wc -l)"; done >/tmp/objs.$1
+  echo "VUR-OBJS $1 $(tr '\n' ' ' </tmp/objs.$1)"
+}
+same_objs() { cmp -s /tmp/objs.$1 /tmp/objs.$2 && echo "VUR-OBJS-SAME $1 $2"; }
+OBJS
+EOF
+  for st in "$@"; do
+    i=$((i + 1))
+    local port=$((18600 + i)) role=${st%%|*} rest=${st#*|}
+    if [ "$role" = sh ]; then
+      local a=${rest%%|*} b=${rest#*|}
+      [ "$w" = 0 ] && echo "step $i shell 300 sh -c '. /tmp/objs.sh; $a'" || echo "step $i shell 300 sh -c '$b'"
+      continue
+    fi
+    [ "$w" = 1 ] && { [ "$role" = server ] && role=client || role=server; }
+    local tool=${rest%% *} args=${rest#* }
+    if [ "$tool" = rping ]; then
+      if [ "$role" = server ]; then echo "step $i server $TMO rping -s -a ${IP[$w]} -p $port $args"
+      else echo "step $i client $TMO rping -c -a ${IP[$o]} -p $port -V $args"; fi
+    elif [ "$role" = server ]; then
+      echo "step $i server $TMO $tool -d \$DEV -p $port $args"
+    else
+      echo "step $i client $TMO $tool -d \$DEV -p $port $args ${IP[$o]}"
+    fi
+  done
+}
+
+start_daemon() { # WHICH DIR
+  local w=$1 dir=$2
+  ip netns exec "$NS" "$BIN" --tap "${TAP[$w]}" --stream-socket "$dir/net$w.sock" --pvrdma-socket "$dir/rdma$w.sock" \
+    --mac "${MAC[$w]}" >"$dir/daemon$w.out" 2>"$dir/daemon$w.log" &
+  DPID[$w]=$!; PIDS+=("${DPID[$w]}")
+  local i=0
+  until [ -S "$dir/rdma$w.sock" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ -S "$dir/rdma$w.sock" ] || { fail "daemon $w did not listen"; tail -5 "$dir/daemon$w.log"; }
+}
+
+boot() { # WHICH KIND(pvrdma|rxe) DIR LIFE EXTRA_APPEND
+  local w=$1 kind=$2 dir=$3 life=$4 extra=$5 net
+  if [ "$kind" = pvrdma ]; then
+    net="-object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0
+      -netdev stream,id=n0,server=off,addr.type=unix,addr.path=$dir/net$w.sock
+      -device vmxnet3,netdev=n0,mac=${MAC[$w]},addr=5.0,multifunction=on
+      -device {\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$dir/rdma$w.sock\"},\"addr\":\"5.1\",\"x-no-posted-writes\":true}"
+  else
+    net="-netdev tap,id=n0,ifname=${TAP[$w]},script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=${MAC[$w]}"
+  fi
+  (cd "$dir/initrd$w" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir/suite$w.cpio.gz"
+  cat "$GUEST/initramfs.cpio.gz" "$dir/suite$w.cpio.gz" >"$dir/initrd$w.img"
+  # shellcheck disable=SC2086
+  ip netns exec "$NS" timeout "$life" "$QEMU" -accel tcg -m 1024 -smp 1 -display none -monitor none \
+    -no-reboot -serial file:"$dir/guest$w.log" -kernel "$GUEST/vmlinuz" -initrd "$dir/initrd$w.img" \
+    -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=${IP[$w]}/24 vur.peer=10.77.0.254 vur.dev=$kind $extra" \
+    $net >"$dir/qemu$w.out" 2>&1 &
+  QPID[$w]=$!; PIDS+=("${QPID[$w]}")
+}
+
+# perftest's result row for step N in a guest log: the "#bytes" header's
+# next line.
+result_row() { # LOG N
+  awk -v n="$2" '$0 ~ "VUR-RUN "n" " {p=1} p && h {print; exit} p && /^ #bytes/ {h=1} $0 ~ "VUR-STEP "n" " {p=0}' "$1"
+}
+
+run_scenario() { # NAME
+  local name=$1 dir=$WORK/$1 kinds=(pvrdma rxe) extra=("" "")
+  TMO=150
+  case "$name" in
+    device) kinds=(pvrdma pvrdma) ;;
+    rxe) kinds=(rxe rxe) ;;
+    loss) extra[1]="vur.loss=2%"; TMO=600 ;;
+  esac
+  mkdir -p "$dir/initrd0" "$dir/initrd1"
+  mapfile -t STEPS < <(suite_steps "$name")
+  setup_net
+  DPID=("" "")
+  for w in 0 1; do [ "${kinds[$w]}" = pvrdma ] && start_daemon "$w" "$dir"; done
+  for w in 0 1; do guest_suite "$w" "${STEPS[@]}" >"$dir/initrd$w/suite.sh"; done
+  ip netns exec "$NS" tcpdump -i br0 -s 0 -U -c 200000 -w "$dir/capture.pcap" 'udp port 4791' 2>"$dir/tcpdump.err" &
+  local tpid=$!; PIDS+=("$tpid")
+  sleep 0.5
+  local t0=$SECONDS life=$(( ${#STEPS[@]} * TMO + 180 ))
+  for w in 0 1; do boot "$w" "${kinds[$w]}" "$dir" "$life" "${extra[$w]}"; done
+  for w in 0 1; do wait "${QPID[$w]}" || true; done
+  local wall=$((SECONDS - t0))
+  sleep 0.5; kill -INT "$tpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
+
+  echo "== scenario $name: A on ${kinds[0]}, B on ${kinds[1]}${extra[1]:+ (B: ${extra[1]})}, kernel $KV, ${wall}s"
+  local i=0
+  for st in "${STEPS[@]}"; do
+    i=$((i + 1))
+    local g0 g1 role=${st%%|*}
+    g0=$(sed -n "s/^VUR-STEP $i rc=\([0-9]*\).*/\1/p" "$dir/guest0.log" | tail -1)
+    g1=$(sed -n "s/^VUR-STEP $i rc=\([0-9]*\).*/\1/p" "$dir/guest1.log" | tail -1)
+    local desc=${st#*|}
+    if [ "$role" = sh ]; then desc="A: ${desc%%|*}"; g1=0; fi
+    local row; row=$(result_row "$dir/guest0.log" "$i" | awk '{print $1, $2, $3, $4, $5, $6}')
+    if [ "${g0:-x}" = 0 ] && [ "${g1:-x}" = 0 ]; then
+      printf '   PASS  A %-6s %-48.48s %s\n' "$role" "$desc" "$row"
+    else
+      fail "$(printf 'A %-6s %s  (A rc=%s, B rc=%s)' "$role" "$desc" "${g0:-none}" "${g1:-none}")"
+      for w in 0 1; do
+        awk -v n="$i" '$0 ~ "VUR-RUN "n" " {p=1} p {print} $0 ~ "VUR-STEP "n" " {p=0}' "$dir/guest$w.log" |
+          tail -6 | sed "s/^/      guest $w: /"
+      done
+    fi
+    case "$desc" in
+      "ib_write_bw -x 1 -n 2000 -s 65536" | "ib_send_lat -x 1 -n 1000 -s 64")
+        [ "$role" = client ] && [ "$name" != loss ] || continue
+        local f
+        if [[ $desc == ib_write_bw* ]]; then
+          f=$(result_row "$dir/guest0.log" "$i" | awk '{printf "%.3f", $4 * 8 / 1000}')
+          FIGS+=("{\"scenario\":\"$name\",\"figure\":\"ib_write_bw_64KiB\",\"gbit_s\":${f:-null}}")
+          echo "   E2E-FIGURE $name ib_write_bw 64KiB average: ${f:-?} Gbit/s"
+        else
+          f=$(result_row "$dir/guest0.log" "$i" | awk '{print $5}')
+          FIGS+=("{\"scenario\":\"$name\",\"figure\":\"ib_send_lat_64B_typical_us\",\"usec\":${f:-null}}")
+          echo "   E2E-FIGURE $name ib_send_lat 64B typical: ${f:-?} usec"
+        fi
+        ;;
+    esac
+  done
+  for w in 0 1; do
+    grep -q VUR-DONE "$dir/guest$w.log" || fail "guest $w did not finish (log: $dir/guest$w.log)"
+    if grep -aqiE 'BUG:|Oops|WARNING:|Call Trace|hung_task' "$dir/guest$w.log"; then
+      fail "guest $w kernel log has an oops/warning:"; grep -aiE -A3 'BUG:|Oops|WARNING:|hung_task' "$dir/guest$w.log" | head -12 | sed 's/^/      /'
+    fi
+  done
+  for w in 0 1; do
+    [ "${kinds[$w]}" = pvrdma ] || continue
+    grep -aq "VUR-LINK link vmw_pvrdma0/1 state ACTIVE .* netdev eth0" "$dir/guest$w.log" &&
+      pass "guest $w: vmw_pvrdma0 ACTIVE, paired with eth0" || fail "guest $w: vmw_pvrdma0 not ACTIVE on eth0"
+    kill -TERM "${DPID[$w]}"; local drc=0; wait "${DPID[$w]}" || drc=$?
+    [ "$drc" = 0 ] && pass "daemon $w stopped cleanly; $(grep -o 'counters: .*' "$dir/daemon$w.log" | tail -1)" ||
+      { fail "daemon $w exit rc=$drc"; tail -5 "$dir/daemon$w.log" | sed 's/^/      /'; }
+  done
+  if [ "$name" = faults ]; then
+    grep -aq "VUR-OBJS-SAME before9 after9" "$dir/guest0.log" && pass "kill -9: no verbs object left in guest A ($(grep -a 'VUR-OBJS after9' "$dir/guest0.log" | cut -d' ' -f3-))" ||
+      { fail "kill -9 left objects behind"; grep -a VUR-OBJS "$dir/guest0.log" | sed 's/^/      /'; }
+    grep -aq "VUR-OBJS-SAME beforerm afterrm" "$dir/guest0.log" && pass "rmmod refused while in use, transfer unharmed; rmmod with the GSI QPs live, then modprobe: device back with the same objects ($(grep -a 'rmmod busy' "$dir/guest0.log" | head -1))" ||
+      { fail "rmmod/modprobe did not come back clean"; grep -aE 'VUR-OBJS|rmmod rc' "$dir/guest0.log" | sed 's/^/      /'; }
+  fi
+  local dec
+  if dec=$("$BIN" decode "$dir/capture.pcap" 2>&1); then
+    pass "capture: $(echo "$dec" | grep -E 'frames:' | tail -1)"
+  else
+    fail "capture: $(echo "$dec" | tail -3 | tr '\n' ' ')"
+  fi
+  ip netns del "$NS"
+}
+
+for s in "${SCEN[@]}"; do run_scenario "$s"; done
+if [ ${#FIGS[@]} -gt 0 ]; then
+  echo "E2E-FIGURES [$(IFS=,; echo "${FIGS[*]}")]"
+fi
+if [ "$FAILED" -ne 0 ]; then
+  echo "e2e: $FAILED failure(s)"; VUR_KEEP=1; exit 1
+fi
+echo "e2e: all passed"
