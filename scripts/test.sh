@@ -30,4 +30,7 @@ scripts/fuzz.sh "$FUZZ_SECONDS"
 step "interop with Linux kernel rxe in a QEMU guest (tests/interop/run.sh)"
 tests/interop/run.sh
 
+step "stock guests end to end: vmw_pvrdma on our device vs kernel rxe (tests/e2e/run.sh)"
+tests/e2e/run.sh
+
 step "all checks passed"

@@ -98,8 +98,9 @@ struct DaemonArgs {
     /// Also serve the PVRDMA RDMA function (15ad:0820) over vfio-user on
     /// this socket, for QEMU ≥ 10.1's `vfio-user-pci` (put it at function 1
     /// of the slot whose function 0 is the paired vmxnet3). The device
-    /// answers the stock vmw_pvrdma driver's commands; its engine is not yet
-    /// wired to the network.
+    /// answers the stock vmw_pvrdma driver's commands and carries its
+    /// RoCEv2 traffic on the link, with the vmxnet3's MAC (`--mac`) and
+    /// the addresses the guest gives that NIC.
     ///
     /// Example: --pvrdma-socket /run/vhost-user-rdma/vm1-rdma.sock
     #[arg(long, value_name = "PATH")]
@@ -111,6 +112,15 @@ struct DaemonArgs {
     /// Example: --stream-socket /run/vhost-user-rdma/vm1-net.sock
     #[arg(long, value_name = "PATH", conflicts_with = "socket")]
     stream_socket: Option<PathBuf>,
+    /// Give the guest RDMA: serve a vmxnet3's `-netdev stream` port and
+    /// the PVRDMA function beside it, on sockets named after the link
+    /// (`<link>-net.sock` and `<link>-rdma.sock` in the default socket
+    /// directory) unless --stream-socket / --pvrdma-socket name them. The
+    /// QEMU options printed need QEMU ≥ 10.1 (vfio-user-pci).
+    ///
+    /// Example: vhost-user-rdma --pvrdma --qemu qemu-configs/qemu11
+    #[arg(long, conflicts_with = "socket")]
+    pvrdma: bool,
     /// The QEMU binary whose option syntax to print (its `--version`
     /// decides `reconnect-ms=` or `reconnect=`, and `vectors=0` before
     /// 8.0).
@@ -164,6 +174,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         qemu: a.qemu,
         pvrdma_socket: a.pvrdma_socket,
         stream_socket: a.stream_socket,
+        pvrdma: a.pvrdma,
     };
     let mut out = io::stdout();
     match backend::daemon::run(cfg, &mut out) {

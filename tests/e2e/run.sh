@@ -79,7 +79,7 @@ setup_net() {
 }
 
 # Steps: "A_ROLE|TOOL ARGS" (B takes the other role, the client names the
-# server's address), or "sh|A_SHELL|B_SHELL" (free-form, rc of both checked).
+# server's address), or "sh|A_SHELL#B#B_SHELL" (free-form; A's rc counts).
 suite_steps() {
   case "$1" in
     mixed | device)
@@ -95,13 +95,13 @@ suite_steps() {
     rxe) figure_steps ;;
     faults)
       # kill -9 of a client holding QPs, MRs, CQs and a PD mid-run.
-      echo "sh|objs before9; sleep 5; ibv_rc_pingpong -d \$DEV -g 1 -p 18700 -n 100000000 -s 4096 ${IP[1]} & p=\$!; sleep 8; kill -9 \$p; wait \$p; sleep 1; objs after9; same_objs before9 after9|timeout 60 ibv_rc_pingpong -d \$DEV -g 1 -p 18700 -n 100000000 -s 4096; true"
+      echo "sh|objs before9; sleep 5; ibv_rc_pingpong -d \$DEV -g 1 -p 18700 -n 100000000 -s 4096 ${IP[1]} & p=\$!; sleep 8; objs during9; kill -9 \$p; wait \$p; sleep 1; objs after9; same_objs before9 after9 && grep -q \"ctx 1 \" /tmp/objs.during9#B#timeout 60 ibv_rc_pingpong -d \$DEV -g 1 -p 18700 -n 100000000 -s 4096; true"
       echo "server|ibv_rc_pingpong -g 1 -n 50 -s 4096"
       # rmmod: refused while a user process holds the device (the driver
       # has no disassociate, so uverbs pins the module) and the transfer
       # goes on unharmed; then, with only the kernel's own GSI QPs live,
       # accepted; the driver comes back on modprobe with the same objects.
-      echo "sh|objs beforerm; sleep 5; ib_write_bw -d \$DEV -x 1 -p 18701 -D 12 -s 65536 ${IP[1]} & p=\$!; sleep 8; rmmod vmw_pvrdma; r1=\$?; wait \$p; w=\$?; timeout 60 rmmod vmw_pvrdma; r2=\$?; echo \"rmmod busy rc=\$r1 write_bw rc=\$w rmmod rc=\$r2\"; modprobe vmw_pvrdma; i=0; until grep -q ACTIVE /sys/class/infiniband/\$DEV/ports/1/state 2>/dev/null || [ \$i -ge 100 ]; do sleep 0.1; i=\$((i+1)); done; sleep 3; objs afterrm; [ \$r1 != 0 ] && [ \$w = 0 ] && [ \$r2 = 0 ] && same_objs beforerm afterrm|timeout 60 ib_write_bw -d \$DEV -x 1 -p 18701 -D 12 -s 65536; true"
+      echo "sh|objs beforerm; sleep 5; ib_write_bw -d \$DEV -x 1 -p 18701 -D 12 -s 65536 ${IP[1]} & p=\$!; sleep 8; rmmod vmw_pvrdma; r1=\$?; wait \$p; w=\$?; timeout 60 rmmod vmw_pvrdma; r2=\$?; echo \"rmmod busy rc=\$r1 write_bw rc=\$w rmmod rc=\$r2\"; modprobe vmw_pvrdma; i=0; until grep -q ACTIVE /sys/class/infiniband/\$DEV/ports/1/state 2>/dev/null || [ \$i -ge 100 ]; do sleep 0.1; i=\$((i+1)); done; sleep 3; objs afterrm; [ \$r1 != 0 ] && [ \$w = 0 ] && [ \$r2 = 0 ] && same_objs beforerm afterrm#B#timeout 60 ib_write_bw -d \$DEV -x 1 -p 18701 -D 12 -s 65536; true"
       echo "client|ibv_rc_pingpong -g 1 -n 50 -s 4096"
       echo "server|ib_write_bw -x 1 -n 200 -s 65536"
       ;;
@@ -123,9 +123,9 @@ guest_suite() { # WHICH STEP...
   cat <<'EOF'
 export DEV
 cat >/tmp/objs.sh <<'OBJS'
-objs() { # NAME: the verbs objects of $DEV now, saved as /tmp/objs.NAME
-  for r in pd mr cq qp; do echo "$r $(rdma resource show $r dev $DEV 2>/dev/null | wc -l)"; done >/tmp/objs.$1
-  echo "VUR-OBJS $1 $(tr '\n' ' ' </tmp/objs.$1)"
+objs() { # NAME: the verbs object counts of $DEV now, saved as /tmp/objs.NAME
+  rdma resource show | grep " $DEV: " | cut -d: -f3- >/tmp/objs.$1
+  echo "VUR-OBJS $1 $(cat /tmp/objs.$1)"
 }
 same_objs() { cmp -s /tmp/objs.$1 /tmp/objs.$2 && echo "VUR-OBJS-SAME $1 $2"; }
 OBJS
@@ -134,7 +134,7 @@ EOF
     i=$((i + 1))
     local port=$((18600 + i)) role=${st%%|*} rest=${st#*|}
     if [ "$role" = sh ]; then
-      local a=${rest%%|*} b=${rest#*|}
+      local a=${rest%%#B#*} b=${rest#*#B#}
       [ "$w" = 0 ] && echo "step $i shell 300 sh -c '. /tmp/objs.sh; $a'" || echo "step $i shell 300 sh -c '$b'"
       continue
     fi
@@ -218,7 +218,7 @@ run_scenario() { # NAME
     g0=$(sed -n "s/^VUR-STEP $i rc=\([0-9]*\).*/\1/p" "$dir/guest0.log" | tail -1)
     g1=$(sed -n "s/^VUR-STEP $i rc=\([0-9]*\).*/\1/p" "$dir/guest1.log" | tail -1)
     local desc=${st#*|}
-    if [ "$role" = sh ]; then desc="A: ${desc%%|*}"; g1=0; fi
+    if [ "$role" = sh ]; then desc="A: ${desc%%#B#*}"; g1=0; fi
     local row; row=$(result_row "$dir/guest0.log" "$i" | awk '{print $1, $2, $3, $4, $5, $6}')
     if [ "${g0:-x}" = 0 ] && [ "${g1:-x}" = 0 ]; then
       printf '   PASS  A %-6s %-48.48s %s\n' "$role" "$desc" "$row"
@@ -260,9 +260,9 @@ run_scenario() { # NAME
       { fail "daemon $w exit rc=$drc"; tail -5 "$dir/daemon$w.log" | sed 's/^/      /'; }
   done
   if [ "$name" = faults ]; then
-    grep -aq "VUR-OBJS-SAME before9 after9" "$dir/guest0.log" && pass "kill -9: no verbs object left in guest A ($(grep -a 'VUR-OBJS after9' "$dir/guest0.log" | cut -d' ' -f3-))" ||
+    grep -aq "VUR-OBJS-SAME before9 after9" "$dir/guest0.log" && pass "kill -9: no verbs object left in guest A (during:$(grep -a 'VUR-OBJS during9' "$dir/guest0.log" | cut -d' ' -f3-); after:$(grep -a 'VUR-OBJS after9' "$dir/guest0.log" | cut -d' ' -f3-))" ||
       { fail "kill -9 left objects behind"; grep -a VUR-OBJS "$dir/guest0.log" | sed 's/^/      /'; }
-    grep -aq "VUR-OBJS-SAME beforerm afterrm" "$dir/guest0.log" && pass "rmmod refused while in use, transfer unharmed; rmmod with the GSI QPs live, then modprobe: device back with the same objects ($(grep -a 'rmmod busy' "$dir/guest0.log" | head -1))" ||
+    grep -aq "VUR-OBJS-SAME beforerm afterrm" "$dir/guest0.log" && pass "rmmod refused while in use, transfer unharmed; rmmod with the GSI QPs live, then modprobe: device back with the same objects ($(grep -a '^rmmod busy' "$dir/guest0.log" | head -1))" ||
       { fail "rmmod/modprobe did not come back clean"; grep -aE 'VUR-OBJS|rmmod rc' "$dir/guest0.log" | sed 's/^/      /'; }
   fi
   local dec

@@ -23,7 +23,9 @@
 #   guest's vmxnet3 on the daemon's -netdev stream port and the daemon's
 #   PVRDMA function beside it over vfio-user; the guest must see
 #   15ad:0820, ping through the stream port, and run kernel rxe on the
-#   vmxnet3 through the daemon); default: all
+#   vmxnet3 through the daemon), stock (the same QEMU layout, but the
+#   guest's stock vmw_pvrdma driver and rdma-core drive our PVRDMA
+#   function: every tool on vmw_pvrdma0 against our peer); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
 # work directory (logs, captures) for inspection, VUR_LOSS_ITERS sets the
 # 64 KiB messages of each loss run (default 16384: 1 GiB).
@@ -32,7 +34,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 pvrdma loss)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(pingpong perftest rping pingpong9000 perftest9000 vhostuser vhostuser9000 pvrdma stock loss)
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"

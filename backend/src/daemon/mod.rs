@@ -72,6 +72,9 @@ pub struct DaemonConfig {
     /// Serve the guest's NIC as a `-netdev stream` port on this socket
     /// instead of vhost-user.
     pub stream_socket: Option<PathBuf>,
+    /// Serve a vmxnet3's stream port and the PVRDMA function, at the
+    /// default socket paths unless `stream_socket`/`pvrdma_socket` say.
+    pub pvrdma: bool,
 }
 
 /// Why the daemon stopped or could not start.
@@ -320,7 +323,7 @@ fn log_stats(backend: &RwLock<NetBackend>) {
 /// a fatal error. `announce` receives the QEMU options once the daemon is
 /// ready for QEMU.
 pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
-    if cfg.stream_socket.is_some() {
+    if cfg.stream_socket.is_some() || cfg.pvrdma {
         return run_stream(cfg, announce);
     }
     if let Some(s) = &cfg.socket {
@@ -431,15 +434,29 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
 
 /// The daemon with a `-netdev stream` port as the guest's NIC (for a
 /// vmxnet3, with the PVRDMA function beside it).
-fn run_stream(cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
-    let Some(path) = cfg.stream_socket.clone() else {
-        return Ok(());
-    };
-    check_socket(&path)?;
-    if let Some(p) = &cfg.pvrdma_socket {
+fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
+    for p in [&cfg.stream_socket, &cfg.pvrdma_socket]
+        .into_iter()
+        .flatten()
+    {
         check_socket(p)?;
     }
     let port = open_port(&cfg.port)?;
+    // `--pvrdma` alone: both sockets named after the link, beside the
+    // vhost-user default.
+    let path = match cfg.stream_socket.clone() {
+        Some(p) => p,
+        None => {
+            let p = default_socket(&format!("{}-net", port.name()));
+            check_socket(&p)?;
+            p
+        }
+    };
+    if cfg.pvrdma && cfg.pvrdma_socket.is_none() {
+        let p = default_socket(&format!("{}-rdma", port.name()));
+        check_socket(&p)?;
+        cfg.pvrdma_socket = Some(p);
+    }
     if let Some(mtu) = cfg.mtu {
         netdev::port::set_mtu(port.name(), u32::from(mtu)).map_err(|source| DaemonError::Mtu {
             name: port.name().to_string(),
@@ -626,6 +643,7 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             pvrdma_socket: None,
             stream_socket: None,
+            pvrdma: false,
         }
     }
 

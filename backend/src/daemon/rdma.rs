@@ -24,7 +24,7 @@
 
 use std::{fs::File, io::Write, sync::Arc};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use pvrdma_model::{
     abi::{DEVICE_ID, VENDOR_ID},
     device::{Device, Effects, Limits},
@@ -68,6 +68,12 @@ impl GuestRam {
         .map_err(|e| std::io::Error::other(format!("cannot map guest memory: {e}")))?;
         let mut regions = self.regions.clone();
         regions.push(Arc::new(region));
+        // The collection wants its regions in address order, and QEMU maps
+        // them in whatever order its memory listener sees them.
+        regions.sort_by_key(|r| {
+            use vm_memory::GuestMemoryRegion;
+            r.start_addr().0
+        });
         let mem = GuestRegionCollection::from_arc_regions(regions.clone())
             .map_err(|e| std::io::Error::other(format!("overlapping guest memory: {e}")))?;
         self.regions = regions;
@@ -323,7 +329,7 @@ impl DeviceHost {
             }
             DevReq::DmaUnmap(gpa, size) => self.device.engine_mut().memory_mut().unmap(gpa, size),
             DevReq::Reset => {
-                info!("device reset");
+                info!("device reset: {}", self.objects());
                 let fx = self.device.bar1_write(pvrdma_model::regs::reg::CTL, 2);
                 self.fire(fx);
             }
@@ -336,12 +342,26 @@ impl DeviceHost {
             }
             DevReq::ClearIrqs => self.msix = [None, None, None],
             DevReq::Disconnected => {
+                info!(
+                    "QEMU disconnected from the PVRDMA function: {}",
+                    self.objects()
+                );
                 let _ = self.device.bar1_write(pvrdma_model::regs::reg::CTL, 2);
                 self.device.engine_mut().memory_mut().unmap(0, u64::MAX);
                 self.msix = [None, None, None];
             }
         }
         Ok(0)
+    }
+
+    /// The live verbs objects, for the lifecycle log lines (the objects
+    /// are released right after, so a leak in the guest shows up here).
+    fn objects(&self) -> String {
+        let (uc, pd, cq, mr, qp) = self.device.counts();
+        format!(
+            "objects released: contexts={uc} pds={pd} cqs={cq} mrs={mr} qps={qp} srqs={}",
+            self.device.srq_count()
+        )
     }
 
     /// Signals the MSI-X vectors in `fx`.
@@ -385,6 +405,8 @@ pub struct PvrdmaBackend {
     req: std::sync::mpsc::SyncSender<DevReq>,
     reply: std::sync::mpsc::Receiver<std::io::Result<u32>>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// Whether a DMA map with a file (shared guest RAM) has arrived.
+    ram_seen: bool,
 }
 
 impl PvrdmaBackend {
@@ -399,6 +421,7 @@ impl PvrdmaBackend {
                 req: req_tx,
                 reply: rep_rx,
                 wake: wake.clone(),
+                ram_seen: false,
             },
             DeviceEnd {
                 req: req_rx,
@@ -469,11 +492,22 @@ impl ServerBackend for PvrdmaBackend {
         fd: Option<File>,
     ) -> std::io::Result<()> {
         let Some(file) = fd else {
-            warn!(
-                "DMA map of {size:#x} bytes at {address:#x} without a file: guest memory must be shared (memory-backend-memfd,share=on)"
-            );
-            return Err(std::io::Error::other("DMA map without a file descriptor"));
+            // QEMU also announces sections that are not shareable RAM
+            // (option ROMs, other devices' BARs); the device cannot reach
+            // those, as on real hardware without peer-to-peer DMA. Only
+            // when no RAM came with a file is guest memory not shared.
+            if self.ram_seen {
+                debug!(
+                    "DMA map of {size:#x} bytes at {address:#x} without a file: not guest RAM, not reachable"
+                );
+            } else {
+                warn!(
+                    "DMA map of {size:#x} bytes at {address:#x} without a file: guest memory must be shared (memory-backend-memfd,share=on)"
+                );
+            }
+            return Ok(());
         };
+        self.ram_seen = true;
         self.call(DevReq::DmaMap {
             gpa: address,
             size,
