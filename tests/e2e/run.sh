@@ -33,7 +33,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SCEN=("$@")
-[ ${#SCEN[@]} -gt 0 ] || SCEN=(mixed device rxe faults loss)
+[ ${#SCEN[@]} -gt 0 ] || SCEN=(mixed device rxe faults loss restart)
 [ "$(id -u)" -eq 0 ] || { echo "e2e: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$ROOT/tests/interop/build-guest.sh"
@@ -105,6 +105,10 @@ suite_steps() {
       echo "client|ibv_rc_pingpong -g 1 -n 50 -s 4096"
       echo "server|ib_write_bw -x 1 -n 200 -s 65536"
       ;;
+    restart)
+      echo "client|ibv_rc_pingpong -g 1 -n 50 -s 4096"
+      echo "sh|echo VUR-RESTART-NOW; sleep 25; n=0; ping -c 3 -W 2 ${IP[1]} >/dev/null && n=1; echo \"nic back=\$n\"; timeout 60 ibv_rc_pingpong -d \$DEV -g 1 -p 18702 -n 20 ${IP[1]}; r=\$?; echo \"verbs after restart rc=\$r\"; dmesg | grep vmw_pvrdma | tail -2; [ \$n = 1 ] && [ \$r != 0 ] && [ \$r != 124 ]#B#timeout 70 ibv_rc_pingpong -d \$DEV -g 1 -p 18702 -n 20; true"
+      ;;
     loss)
       for st in "ib_write_bw -x 1 -n 2000 -s 65536" "ib_read_bw -x 1 -n 2000 -s 65536"; do
         echo "server|$st"; echo "client|$st"
@@ -165,7 +169,7 @@ boot() { # WHICH KIND(pvrdma|rxe) DIR LIFE EXTRA_APPEND
   local w=$1 kind=$2 dir=$3 life=$4 extra=$5 net
   if [ "$kind" = pvrdma ]; then
     net="-object memory-backend-memfd,id=mem0,size=1024M,share=on -numa node,memdev=mem0
-      -netdev stream,id=n0,server=off,addr.type=unix,addr.path=$dir/net$w.sock
+      -netdev stream,id=n0,server=off,addr.type=unix,addr.path=$dir/net$w.sock,reconnect-ms=1000
       -device vmxnet3,netdev=n0,mac=${MAC[$w]},addr=5.0,multifunction=on
       -device {\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$dir/rdma$w.sock\"},\"addr\":\"5.1\",\"x-no-posted-writes\":true}"
   else
@@ -206,6 +210,15 @@ run_scenario() { # NAME
   sleep 0.5
   local t0=$SECONDS life=$(( ${#STEPS[@]} * TMO + 180 ))
   for w in 0 1; do boot "$w" "${kinds[$w]}" "$dir" "$life" "${extra[$w]}"; done
+  if [ "$name" = restart ]; then
+    # Under the running guest: kill -9 A's daemon, start it again.
+    local n=0
+    until grep -aq '^VUR-RESTART-NOW' "$dir/guest0.log" 2>/dev/null || [ $n -ge 1200 ]; do sleep 0.25; n=$((n + 1)); done
+    kill -9 "${DPID[0]}"; wait "${DPID[0]}" 2>/dev/null || true
+    mv "$dir/daemon0.log" "$dir/daemon0.killed.log"
+    start_daemon 0 "$dir"
+    echo "   ----  killed A's daemon (-9) under the running guest, started a new one (PID ${DPID[0]})"
+  fi
   for w in 0 1; do wait "${QPID[$w]}" || true; done
   local wall=$((SECONDS - t0))
   sleep 0.5; kill -INT "$tpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
@@ -264,6 +277,19 @@ run_scenario() { # NAME
       { fail "kill -9 left objects behind"; grep -a VUR-OBJS "$dir/guest0.log" | sed 's/^/      /'; }
     grep -aq "VUR-OBJS-SAME beforerm afterrm" "$dir/guest0.log" && pass "rmmod refused while in use, transfer unharmed; rmmod with the GSI QPs live, then modprobe: device back with the same objects ($(grep -a '^rmmod busy' "$dir/guest0.log" | head -1))" ||
       { fail "rmmod/modprobe did not come back clean"; grep -aE 'VUR-OBJS|rmmod rc' "$dir/guest0.log" | sed 's/^/      /'; }
+  fi
+  if [ "$name" = restart ]; then
+    if grep -aq '^nic back=1' "$dir/guest0.log" && grep -q 'QEMU connected to the stream port' "$dir/daemon0.log"; then
+      pass "after the restart the vmxnet3 reconnected to the new daemon and pinged B"
+    else
+      fail "the NIC did not come back after the daemon restart"
+    fi
+    local why; why=$(grep -a -A1 '^nic back' "$dir/guest0.log" | tail -1)
+    if grep -aq '^verbs after restart rc=[1-9]' "$dir/guest0.log" && ! grep -aq '^verbs after restart rc=124' "$dir/guest0.log"; then
+      pass "the guest is told: verbs on the orphaned PVRDMA function fail at once (\"$why\"; QEMU's vfio-user client does not reconnect)"
+    else
+      fail "verbs after the restart did not fail cleanly ($(grep -a '^verbs after restart' "$dir/guest0.log"))"
+    fi
   fi
   local dec
   if dec=$("$BIN" decode "$dir/capture.pcap" 2>&1); then

@@ -249,11 +249,7 @@ pub fn qemu_options(
     qemu: Option<QemuVersion>,
 ) -> String {
     let v = qemu.map(|q| (q.major, q.minor)).unwrap_or((u32::MAX, 0));
-    let reconnect = if v >= (9, 2) {
-        "reconnect-ms=1000"
-    } else {
-        "reconnect=1"
-    };
+    let reconnect = reconnect_option(qemu);
     let vectors = if v < (8, 0) { ",vectors=0" } else { "" };
     format!(
         "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
@@ -264,6 +260,46 @@ pub fn qemu_options(
         sock = socket.display(),
         mac = mac_string(&cfg.mac),
     )
+}
+
+/// How `qemu` (the newest when unknown) is told to reconnect a client
+/// socket once a second: `reconnect-ms=1000` from 9.2, `reconnect=1`
+/// before (chardev since long ago; `-netdev stream` since 8.0).
+fn reconnect_option(qemu: Option<QemuVersion>) -> &'static str {
+    let v = qemu.map(|q| (q.major, q.minor)).unwrap_or((u32::MAX, 0));
+    if v >= (9, 2) {
+        "reconnect-ms=1000"
+    } else {
+        "reconnect=1"
+    }
+}
+
+/// The QEMU options that attach a guest to the stream port at `path` (a
+/// vmxnet3 at 05.0) and, if `pvrdma` names a socket, the PVRDMA function
+/// at 05.1 over vfio-user. The NIC reconnects after a daemon restart; the
+/// vfio-user client of QEMU 11.1 does not (see docs/device.md).
+pub fn stream_qemu_options(
+    cfg: &DaemonConfig,
+    path: &Path,
+    pvrdma: Option<&Path>,
+    qemu: Option<QemuVersion>,
+) -> String {
+    let mut opts = format!(
+        "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
+         -netdev stream,id=n0,server=off,addr.type=unix,addr.path={path},{reconnect} \
+         -device vmxnet3,netdev=n0,mac={mac},addr=5.0,multifunction=on",
+        mem = cfg.guest_mem,
+        path = path.display(),
+        reconnect = reconnect_option(qemu),
+        mac = mac_string(&cfg.mac),
+    );
+    if let Some(p) = pvrdma {
+        opts.push_str(&format!(
+            " -device {{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}},\"addr\":\"5.1\",\"x-no-posted-writes\":true}}",
+            p.display()
+        ));
+    }
+    opts
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
@@ -499,20 +535,12 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
         Some(p) => Some(serve_pvrdma(p.clone(), cfg.mac)?),
         None => None,
     };
-    let mut opts = format!(
-        "-object memory-backend-memfd,id=mem0,size={mem},share=on -numa node,memdev=mem0 -m {mem} \
-         -netdev stream,id=n0,server=off,addr.type=unix,addr.path={path} \
-         -device vmxnet3,netdev=n0,mac={mac},addr=5.0,multifunction=on",
-        mem = cfg.guest_mem,
-        path = path.display(),
-        mac = mac_string(&cfg.mac),
+    let opts = stream_qemu_options(
+        &cfg,
+        &path,
+        cfg.pvrdma_socket.as_deref(),
+        QemuVersion::of(&cfg.qemu),
     );
-    if let Some(p) = &cfg.pvrdma_socket {
-        opts.push_str(&format!(
-            " -device {{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}},\"addr\":\"5.1\",\"x-no-posted-writes\":true}}",
-            p.display()
-        ));
-    }
     let _ = writeln!(announce, "{opts}");
     let _ = announce.flush();
     let mut stream =
@@ -675,6 +703,22 @@ mod tests {
         assert!(
             mid.contains(",reconnect=1 ") && !mid.contains("vectors"),
             "{mid}"
+        );
+        let stream = stream_qemu_options(
+            &cfg(),
+            Path::new("/run/n.sock"),
+            Some(Path::new("/run/r.sock")),
+            Some(QemuVersion {
+                major: 11,
+                minor: 1,
+            }),
+        );
+        assert!(
+            stream.contains("addr.path=/run/n.sock,reconnect-ms=1000 ")
+                && stream.contains(
+                    "\"path\":\"/run/r.sock\"},\"addr\":\"5.1\",\"x-no-posted-writes\":true}"
+                ),
+            "{stream}"
         );
         let unknown = qemu_options(&cfg(), s, 1500, None);
         assert!(unknown.contains("reconnect-ms"), "{unknown}");
