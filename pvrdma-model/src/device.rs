@@ -25,8 +25,11 @@
 //! [`Device::engine_mut`] (packets, timers) and calls
 //! [`Device::service`] after.
 //!
-//! Not built yet: SRQs, UC QPs, RESIZE_CQ, memory windows and masked
-//! atomics (their commands or WQEs get an error).
+//! RESIZE_CQ grants sizes within the ring given at creation (the command
+//! carries no new pages) and refuses larger ones. Not built: memory
+//! windows and masked atomics (their WQEs get an error completion); the
+//! stock Linux driver uses neither, nor UC QPs or RESIZE_CQ, which the
+//! device does serve.
 
 use thiserror::Error;
 use transport::{
@@ -883,7 +886,25 @@ impl<M: Memory> Device<M> {
                 self.cqs.remove(h);
                 Ok(Response::Empty)
             }
-            Command::ResizeCq(_) => Err(CmdFailure::Unsupported),
+            Command::ResizeCq(c) => {
+                // RESIZE_CQ carries no new page directory, so the ring the
+                // guest gave at creation is all there is: a size it already
+                // holds is granted as the current size (verbs let a
+                // resize return more than asked); a larger one is refused.
+                let h = c.handle.get();
+                let cq = self.cqs.get(h).ok_or(CmdFailure::BadHandle {
+                    kind: "CQ",
+                    handle: h,
+                })?;
+                let want = c.extra.get();
+                let have = cq.ring.len();
+                if want == 0 || want > have {
+                    return Err(CmdFailure::Invalid(
+                        "CQ size (the ring's pages are fixed at creation)",
+                    ));
+                }
+                Ok(Response::ResizeCq(have))
+            }
             Command::CreateMr(c) => self.create_mr(&c),
             Command::DestroyMr(c) => {
                 let h = c.handle.get();
@@ -1192,6 +1213,7 @@ impl<M: Memory> Device<M> {
         let qp_type = match c.qp_type {
             1 => QpType::Gsi,
             2 => QpType::Rc,
+            3 => QpType::Uc,
             4 => QpType::Ud,
             _ => return Err(CmdFailure::Invalid("QP type")),
         };
@@ -2233,6 +2255,33 @@ mod tests {
             self.modify(qp, 1 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 16 | 1 << 13, &a);
         }
 
+        /// RESET → INIT → RTR → RTS for a UC QP, with only the attributes
+        /// the IBTA allows UC in each transition.
+        fn connect_uc(&mut self, qp: u32, dest_qpn: u32, peer_ip: [u8; 4]) {
+            let mut a = QpAttr {
+                qp_state: 1.into(),
+                qp_access_flags: 0xf.into(),
+                port_num: 1,
+                ..QpAttr::default()
+            };
+            self.modify(qp, 1 | 1 << 3 | 1 << 4 | 1 << 5, &a);
+            a.qp_state = 2.into();
+            a.path_mtu = 3.into();
+            a.dest_qp_num = dest_qpn.into();
+            a.rq_psn = 100.into();
+            a.ah_attr.dgid[10] = 0xff;
+            a.ah_attr.dgid[11] = 0xff;
+            a.ah_attr.dgid[12..].copy_from_slice(&peer_ip);
+            a.ah_attr.hop_limit = 64;
+            a.ah_attr.ah_flags = 1;
+            // STATE | AV | PATH_MTU | DEST_QPN | RQ_PSN
+            self.modify(qp, 1 | 1 << 7 | 1 << 8 | 1 << 20 | 1 << 12, &a);
+            a.qp_state = 3.into();
+            a.sq_psn = 100.into();
+            // STATE | SQ_PSN
+            self.modify(qp, 1 | 1 << 16, &a);
+        }
+
         /// Writes a send WQE with one SGE into the SQ and rings the bell.
         fn post_send(&mut self, q: &mut QpRings, hdr: SqWqeHdr, sge: Sge) -> Effects {
             let slot = u64::from(q.sq_prod % 16);
@@ -2427,6 +2476,103 @@ mod tests {
         assert_eq!(ca[0].status.get(), status_code(WcStatus::RemAccessErr));
         let r = a.ok(code::QUERY_QP, &[(16, &qa.handle.to_le_bytes())]);
         assert_eq!(u32_at(&r, 16), 6, "QP in ERR");
+    }
+
+    #[test]
+    fn two_guests_send_and_write_over_uc_and_uc_refuses_read() {
+        let mut a = Guest::probe([2, 0, 0, 0, 0, 1]);
+        let mut b = Guest::probe([2, 0, 0, 0, 0, 2]);
+        a.bind_gid([10, 0, 0, 1]);
+        b.bind_gid([10, 0, 0, 2]);
+        let (pa, pb) = (a.create_pd(), b.create_pd());
+        let (cqa, cqa_pages) = a.create_cq(64);
+        let (cqb, cqb_pages) = b.create_cq(64);
+        let (ka, pages_a) = a.create_mr(pa, 0x7f00_0000_0000, 4, 1);
+        let (kb, pages_b) = b.create_mr(pb, 0x7e00_0000_0000, 4, 0xf);
+        let mut qa = a.create_qp(pa, cqa, 3);
+        let mut qb = b.create_qp(pb, cqb, 3);
+        assert_ne!(qa.handle, 0);
+        a.connect_uc(qa.handle, qb.qpn, [10, 0, 0, 2]);
+        b.connect_uc(qb.handle, qa.qpn, [10, 0, 0, 1]);
+        let r = a.ok(code::QUERY_QP, &[(16, &qa.handle.to_le_bytes())]);
+        assert_eq!(u32_at(&r, 16), 3, "UC QP in RTS");
+
+        // SEND 5000 bytes (five packets at MTU 1024) into a receive on B.
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 1) as u8).collect();
+        a.wr(pages_a[0], &data[..4096]);
+        a.wr(pages_a[1], &data[4096..]);
+        b.post_recv(
+            &mut qb,
+            71,
+            Sge {
+                addr: 0x7e00_0000_0000.into(),
+                length: 8192.into(),
+                lkey: kb.into(),
+            },
+        );
+        a.post_send(
+            &mut qa,
+            send_wqe(70, wr_opcode::SEND, true),
+            Sge {
+                addr: 0x7f00_0000_0000.into(),
+                length: 5000.into(),
+                lkey: ka.into(),
+            },
+        );
+        shuttle(&mut a, &mut b);
+        let ca = a.poll(&cqa_pages, 64);
+        assert_eq!(
+            (ca.len(), ca[0].wr_id.get(), ca[0].status.get()),
+            (1, 70, 0)
+        );
+        let cb = b.poll(&cqb_pages, 64);
+        assert_eq!(cb.len(), 1);
+        assert_eq!((cb[0].wr_id.get(), cb[0].status.get()), (71, 0));
+        assert_eq!(
+            (cb[0].opcode.get(), cb[0].byte_len.get()),
+            (wc_opcode::RECV, 5000)
+        );
+        let mut got = b.rd(pages_b[0], 4096);
+        got.extend(b.rd(pages_b[1], 904));
+        assert_eq!(got, data);
+
+        // RDMA WRITE 2000 bytes into B's third page by rkey.
+        let mut w = send_wqe(72, wr_opcode::RDMA_WRITE, true);
+        w.wr[..8].copy_from_slice(&(0x7e00_0000_0000u64 + 8192 + 40).to_le_bytes());
+        w.wr[8..12].copy_from_slice(&kb.to_le_bytes());
+        a.post_send(
+            &mut qa,
+            w,
+            Sge {
+                addr: 0x7f00_0000_0000.into(),
+                length: 2000.into(),
+                lkey: ka.into(),
+            },
+        );
+        shuttle(&mut a, &mut b);
+        let ca = a.poll(&cqa_pages, 64);
+        assert_eq!((ca.len(), ca[0].status.get()), (1, 0));
+        assert_eq!(b.rd(pages_b[2] + 40, 2000), data[..2000].to_vec());
+        assert!(b.poll(&cqb_pages, 64).is_empty());
+
+        // RDMA READ is not a UC operation: an error completion, no packet.
+        let mut w = send_wqe(73, wr_opcode::RDMA_READ, true);
+        w.wr[..8].copy_from_slice(&0x7e00_0000_0000u64.to_le_bytes());
+        w.wr[8..12].copy_from_slice(&kb.to_le_bytes());
+        a.post_send(
+            &mut qa,
+            w,
+            Sge {
+                addr: 0x7f00_0000_0000.into(),
+                length: 100.into(),
+                lkey: ka.into(),
+            },
+        );
+        shuttle(&mut a, &mut b);
+        let ca = a.poll(&cqa_pages, 64);
+        assert_eq!(ca.len(), 1);
+        assert_eq!(ca[0].wr_id.get(), 73);
+        assert_ne!(ca[0].status.get(), 0, "READ on UC must fail");
     }
 
     #[test]
@@ -2870,6 +3016,29 @@ mod tests {
         g.d.bar1_write(reg::DSRLOW, 0xffff_f000);
         g.d.bar1_write(reg::DSRHIGH, 0xffff);
         assert_ne!(g.d.bar1_read(reg::ERR), 0);
+    }
+
+    #[test]
+    fn resize_cq_grants_sizes_within_its_ring_and_refuses_larger() {
+        let mut g = Guest::probe([2, 0, 0, 0, 0, 1]);
+        let (cq, _) = g.create_cq(64);
+        // Smaller or equal: granted, at the ring's size.
+        for want in [1u32, 40, 64] {
+            let r = g.ok(
+                code::RESIZE_CQ,
+                &[(16, &cq.to_le_bytes()), (20, &want.to_le_bytes())],
+            );
+            assert_eq!(u32_at(&r, 16), 64, "granted size for {want}");
+        }
+        // Larger than the ring, zero, or an unknown CQ: a command error.
+        for (h, want) in [(cq, 65u32), (cq, 0), (cq + 100, 8)] {
+            let (err, r, _) = g.cmd(
+                code::RESIZE_CQ,
+                &[(16, &h.to_le_bytes()), (20, &want.to_le_bytes())],
+            );
+            assert_eq!(err, 1, "RESIZE_CQ {h} to {want} must fail");
+            assert_ne!(r[12], 0, "response err for {h}/{want}");
+        }
     }
 
     #[test]

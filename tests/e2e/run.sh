@@ -83,8 +83,11 @@ setup_net() {
 suite_steps() {
   case "$1" in
     mixed | device)
-      for st in "ibv_rc_pingpong -g 1 -n 50 -s 4096" "ibv_rc_pingpong -g 1 -n 100 -s 65536 -e" \
-                "ibv_ud_pingpong -g 1 -n 20 -s 1000" "ibv_srq_pingpong -g 1 -n 50 -s 4096" \
+      # The GID table follows the vmxnet3's addresses (A only).
+      echo "sh|gids() { echo \$(cat /sys/class/infiniband/\$DEV/ports/1/gids/* | grep -v ^0000:0000:0000:0000:0000:0000:0000:0000); }; ip addr add 10.77.9.1/24 dev eth0; ip -6 addr add fd99::1/64 dev eth0 nodad; sleep 2; a=\$(gids); echo \"gids with: \$a\"; ip addr del 10.77.9.1/24 dev eth0; ip -6 addr del fd99::1/64 dev eth0; sleep 2; b=\$(gids); echo \"gids without: \$b\"; case \$a in *:ffff:0a4d:0901*) ;; *) exit 1;; esac; case \$a in *fd99:0000:0000:0000:0000:0000:0000:0001*) ;; *) exit 1;; esac; case \$b in *0a4d:0901*|*fd99:*) exit 1;; esac#B#true"
+      # -c: both sides check every received buffer.
+      for st in "ibv_rc_pingpong -g 1 -n 50 -s 4096 -c" "ibv_rc_pingpong -g 1 -n 100 -s 65536 -e -c" \
+                "ibv_ud_pingpong -g 1 -n 20 -s 1000 -c" "ibv_srq_pingpong -g 1 -n 50 -s 4096 -c" \
                 "ib_write_bw -x 1 -n 200 -s 65536" "ib_read_bw -x 1 -n 200 -s 65536" \
                 "ib_send_bw -x 1 -n 200 -s 65536" "ib_atomic_bw -x 1 -n 200" \
                 "ib_send_lat -x 1 -n 200" "ib_send_lat -x 1 -n 200 -c UD" "rping -C 3 -v -S 1000"; do
@@ -268,6 +271,16 @@ run_scenario() { # NAME
     [ "${kinds[$w]}" = pvrdma ] || continue
     grep -aq "VUR-LINK link vmw_pvrdma0/1 state ACTIVE .* netdev eth0" "$dir/guest$w.log" &&
       pass "guest $w: vmw_pvrdma0 ACTIVE, paired with eth0" || fail "guest $w: vmw_pvrdma0 not ACTIVE on eth0"
+    # ibv_devinfo -v on stock rdma-core: sane caps.
+    local di; di=$(grep -a '^VUR-DEVINFO' "$dir/guest$w.log" | sed 's/^VUR-DEVINFO//' | tr -s ' \t' ' ')
+    if echo "$di" | grep -q 'vendor_id: 0x15ad' && echo "$di" | grep -q 'phys_port_cnt: 1' &&
+       echo "$di" | grep -q 'state: PORT_ACTIVE' && echo "$di" | grep -q 'link_layer: Ethernet' &&
+       echo "$di" | grep -Eq 'max_qp: [1-9]' && echo "$di" | grep -Eq 'max_cqe: [1-9]' &&
+       echo "$di" | grep -Eq 'max_mr_size: 0x[1-9a-f]' && echo "$di" | grep -Eq 'max_qp_rd_atom: [1-9]'; then
+      pass "guest $w: ibv_devinfo -v: $(echo "$di" | grep -Eo 'max_qp: [0-9]+|max_cqe: [0-9]+|max_mr_size: 0x[0-9a-f]+|max_sge: [0-9]+|max_srq: [0-9]+|active_mtu: [0-9]+' | tr '\n' ' ')"
+    else
+      fail "guest $w: ibv_devinfo -v is missing a sane cap"; echo "$di" | head -30 | sed 's/^/      /'
+    fi
     kill -TERM "${DPID[$w]}"; local drc=0; wait "${DPID[$w]}" || drc=$?
     [ "$drc" = 0 ] && pass "daemon $w stopped cleanly; $(grep -o 'counters: .*' "$dir/daemon$w.log" | tail -1)" ||
       { fail "daemon $w exit rc=$drc"; tail -5 "$dir/daemon$w.log" | sed 's/^/      /'; }
@@ -277,6 +290,13 @@ run_scenario() { # NAME
       { fail "kill -9 left objects behind"; grep -a VUR-OBJS "$dir/guest0.log" | sed 's/^/      /'; }
     grep -aq "VUR-OBJS-SAME beforerm afterrm" "$dir/guest0.log" && pass "rmmod refused while in use, transfer unharmed; rmmod with the GSI QPs live, then modprobe: device back with the same objects ($(grep -a '^rmmod busy' "$dir/guest0.log" | head -1))" ||
       { fail "rmmod/modprobe did not come back clean"; grep -aE 'VUR-OBJS|rmmod rc' "$dir/guest0.log" | sed 's/^/      /'; }
+  fi
+  if [ "$name" = mixed ]; then
+    if grep -q 'PVRDMA GIDs now .*10.77.9.1' "$dir/daemon0.log" && grep -q 'PVRDMA GIDs now .*fd99::1' "$dir/daemon0.log"; then
+      pass "the daemon followed A's GID table as addresses came and went: $(grep -o 'PVRDMA GIDs now .*fd99::1.*' "$dir/daemon0.log" | head -1), then back"
+    else
+      fail "the daemon did not see A's added addresses as GIDs"; grep 'PVRDMA GIDs' "$dir/daemon0.log" | sed 's/^/      /'
+    fi
   fi
   if [ "$name" = restart ]; then
     if grep -aq '^nic back=1' "$dir/guest0.log" && grep -q 'QEMU connected to the stream port' "$dir/daemon0.log"; then
