@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 
 use crate::{
+    counters::{Counters, OpcodeBytes},
     cq::Cq,
     device::{DeviceAttrs, Gid, GidTable},
     memory::Memory,
@@ -208,12 +209,11 @@ pub struct Engine<M: Memory> {
     notifications: VecDeque<CqNotification>,
     /// Round-robin cursor for `poll_transmit`.
     next_tx: usize,
-    /// CNPs received.
-    cnps: u64,
-    /// CNPs sent.
-    cnps_sent: u64,
-    /// ECN-CE marked packets received.
-    ecn_marked: u64,
+    /// Engine-wide counts (CNPs, ECN marks, link downs) and those of
+    /// destroyed QPs; live QPs keep their own.
+    counters: Counters,
+    /// Transport bytes per opcode, each way.
+    bytes: Box<OpcodeBytes>,
 }
 
 macro_rules! ctx {
@@ -246,9 +246,8 @@ impl<M: Memory> Engine<M> {
             events: VecDeque::new(),
             notifications: VecDeque::new(),
             next_tx: 0,
-            cnps: 0,
-            cnps_sent: 0,
-            ecn_marked: 0,
+            counters: Counters::default(),
+            bytes: Box::default(),
         }
     }
 
@@ -284,19 +283,40 @@ impl<M: Memory> Engine<M> {
         &mut self.gids
     }
 
-    /// CNPs received so far.
+    /// CNPs received.
     pub fn cnps_received(&self) -> u64 {
-        self.cnps
+        self.counters.cnp_rcvd
     }
 
-    /// CNPs sent so far.
+    /// CNPs sent.
     pub fn cnps_sent(&self) -> u64 {
-        self.cnps_sent
+        self.counters.cnp_sent
     }
 
-    /// ECN-CE marked packets received so far.
+    /// ECN-CE marked packets received.
     pub fn ecn_marked(&self) -> u64 {
-        self.ecn_marked
+        self.counters.ecn_marked
+    }
+
+    /// Every counter, summed over the engine, its live QPs and the QPs
+    /// destroyed before (computed on request; the packet path only bumps
+    /// plain integers).
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters;
+        for q in self.qps.iter().flatten() {
+            c.add(&q.all_counters());
+        }
+        c
+    }
+
+    /// One live QP's counters.
+    pub fn qp_counters(&self, qpn: u32) -> Option<Counters> {
+        self.qp(qpn).map(Qp::all_counters)
+    }
+
+    /// Transport bytes per opcode, each way.
+    pub fn opcode_bytes(&self) -> &OpcodeBytes {
+        &self.bytes
     }
 
     fn qp_mut(&mut self, qpn: u32) -> Result<&mut Qp, VerbsError> {
@@ -836,7 +856,8 @@ impl<M: Memory> Engine<M> {
 
     /// Destroys a QP.
     pub fn destroy_qp(&mut self, qpn: u32) -> Result<(), VerbsError> {
-        self.qp_mut(qpn)?;
+        let gone = self.qp_mut(qpn)?.all_counters();
+        self.counters.add(&gone);
         self.qps[slot_of(qpn)] = None;
         Ok(())
     }
@@ -893,6 +914,7 @@ impl<M: Memory> Engine<M> {
             }
         }
         self.events.push_back(AsyncEvent::PortError);
+        self.counters.link_downed += 1;
         qpns.len()
     }
 
@@ -1058,7 +1080,8 @@ impl<M: Memory> Engine<M> {
         let repr = PacketRepr::parse(&pkt)?;
         let opcode = repr.bth.opcode;
         if opcode.transport() == Transport::Cnp {
-            self.cnps += 1;
+            self.counters.cnp_rcvd += 1;
+            self.bytes.rx[usize::from(opcode.0)] += ib.len() as u64;
             return Err(DropReason::Cnp);
         }
         let qpn = repr.bth.dest_qp;
@@ -1093,9 +1116,11 @@ impl<M: Memory> Engine<M> {
         }
         if meta.ecn == 3 {
             // Congestion experienced: tell the sender with a CNP.
-            self.ecn_marked += 1;
+            self.counters.ecn_marked += 1;
             qp.cnp_pending = true;
         }
+        qp.counters.rcvd_pkts += 1;
+        self.bytes.rx[usize::from(opcode.0)] += ib.len() as u64;
         let info = pkt.info();
         if info.request {
             qp.on_request(&mut ctx, meta, &pkt, &repr);
@@ -1130,7 +1155,7 @@ impl<M: Memory> Engine<M> {
             };
             let mut tclass = None;
             let (len, dest_qp, ah) = if let Some(len) = qp.poll_cnp(now, ctx.attrs, buf) {
-                self.cnps_sent += 1;
+                self.counters.cnp_sent += 1;
                 // CNPs go out with DSCP 48 and ECT(0), as RoCE NICs send them.
                 tclass = Some(0xc2);
                 (len, qp.attrs.dest_qp, qp.attrs.ah)
@@ -1142,6 +1167,10 @@ impl<M: Memory> Engine<M> {
                 continue;
             };
             self.next_tx = (i + 1) % n;
+            qp.counters.sent_pkts += 1;
+            if let Some(&op) = buf.first() {
+                self.bytes.tx[usize::from(op)] += len as u64;
+            }
             let src_qp = qp.qpn;
             return Some(Transmit {
                 len,

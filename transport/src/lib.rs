@@ -19,6 +19,7 @@
 //!
 //! The README's status table says what is working and what is not yet.
 
+pub mod counters;
 pub mod cq;
 pub mod device;
 pub mod engine;

@@ -107,6 +107,14 @@ pub struct Pair {
     pub stats: LinkStats,
     /// Print every packet and its fate to stderr (for debugging a seed).
     pub trace: bool,
+    /// Packets to lose on purpose: (from A, n) loses the n-th packet
+    /// (counting from 1) that side puts on the link.
+    pub drop_nth: Vec<(bool, u64)>,
+    /// Packets to damage on purpose (one payload bit flipped, so the
+    /// receiver's ICRC check fails): (from A, n) as for `drop_nth`.
+    pub corrupt_nth: Vec<(bool, u64)>,
+    /// Packets each side has put on the link: (A, B).
+    pub launched: (u64, u64),
     rng: SmallRng,
     queue: BinaryHeap<Reverse<InFlight>>,
     pool: Vec<Vec<u8>>,
@@ -211,6 +219,9 @@ impl Pair {
             link,
             stats: LinkStats::default(),
             trace: false,
+            drop_nth: Vec::new(),
+            corrupt_nth: Vec::new(),
+            launched: (0, 0),
             rng: SmallRng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
             pool: Vec::new(),
@@ -293,6 +304,24 @@ impl Pair {
     fn launch(&mut self, idx: usize, len: usize, to_b: bool) {
         self.stats.sent += 1;
         let cfg = self.link;
+        let nth = if to_b {
+            self.launched.0 += 1;
+            self.launched.0
+        } else {
+            self.launched.1 += 1;
+            self.launched.1
+        };
+        if self.drop_nth.contains(&(to_b, nth)) {
+            self.stats.lost += 1;
+            self.free.push(idx);
+            return;
+        }
+        let forced_damage = self.corrupt_nth.contains(&(to_b, nth));
+        if forced_damage {
+            // A bit in the last payload byte before the ICRC.
+            self.stats.corrupted += 1;
+            self.pool[idx][len - 5] ^= 0x10;
+        }
         if self.trace {
             let dir = if to_b { "A->B" } else { "B->A" };
             eprintln!("{:>10} {dir} {}", self.now, self.describe(idx, len));
@@ -315,7 +344,7 @@ impl Pair {
                 b[10..12].copy_from_slice(&sum.to_be_bytes());
             }
         }
-        let mut damaged = false;
+        let mut damaged = forced_damage;
         if cfg.corrupt > 0.0 && self.rng.random_bool(cfg.corrupt) {
             self.stats.corrupted += 1;
             let bit = self.rng.random_range(0..len * 8);

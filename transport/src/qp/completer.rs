@@ -53,11 +53,13 @@ impl Qp {
                 if psn_diff(psn, self.comp.psn) < 0 {
                     return;
                 }
+                self.counters.rcvd_rnr_err += 1;
                 self.ack_before(ctx, now, psn);
                 if self.state != QpState::Rts && self.state != QpState::Sqd {
                     return;
                 }
                 if self.comp.rnr_left == 0 {
+                    self.counters.rnr_nak_retry_err += 1;
                     self.enter_error(ctx, Some(WcStatus::RnrRetryExcErr));
                     return;
                 }
@@ -74,6 +76,10 @@ impl Qp {
             AethSyndrome::Nak(code) => {
                 if psn_diff(psn, self.comp.psn) < 0 {
                     return;
+                }
+                self.counters.rcvd_nak += 1;
+                if code == NakCode::PsnSequenceError {
+                    self.counters.rcvd_seq_err += 1;
                 }
                 self.ack_before(ctx, now, psn);
                 if self.sq.len() == 0 {
@@ -350,12 +356,14 @@ impl Qp {
             return;
         }
         if self.comp.retry_left == 0 {
+            self.counters.retry_exceeded_err += 1;
             self.enter_error(ctx, Some(WcStatus::RetryExcErr));
             return;
         }
         if self.comp.retry_left != 7 {
             self.comp.retry_left -= 1;
         }
+        self.counters.completer_retry_err += 1;
         self.comp.started_retry = true;
         self.rewind_to(psn);
         self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);

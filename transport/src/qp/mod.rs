@@ -273,9 +273,18 @@ pub struct Qp {
     /// An ECN-marked packet arrived: a CNP is owed to the sender.
     pub(crate) cnp_pending: bool,
     pub(crate) last_cnp_at: Option<u64>,
+    /// This QP's event counters.
+    pub(crate) counters: crate::counters::Counters,
 }
 
 impl Qp {
+    /// This QP's counters, the responder's coalesced ACKs included.
+    pub(crate) fn all_counters(&self) -> crate::counters::Counters {
+        let mut c = self.counters;
+        c.ack_deferred += self.resp.coalesced;
+        c
+    }
+
     pub(crate) fn new(
         qpn: u32,
         qp_type: QpType,
@@ -325,6 +334,7 @@ impl Qp {
             resp: responder::RespState::new(1),
             cnp_pending: false,
             last_cnp_at: None,
+            counters: crate::counters::Counters::default(),
         }
     }
 
@@ -671,6 +681,7 @@ impl Qp {
         if let Some(status) = failed
             && self.sq.len() > 0
         {
+            self.counters.completer_err += 1;
             let w = self.sq.at(self.sq.head).clone();
             let wc = self.send_wc(&w, status);
             ctx.complete(self.send_cq, wc, true);

@@ -75,6 +75,8 @@ pub(crate) struct RespState {
     /// duplicate SEND or WRITE is acknowledged with (rxe `ack_psn`).
     pub ack_psn: u32,
     sent_psn_nak: bool,
+    /// ACKs replaced by a later one before they went out.
+    pub(crate) coalesced: u64,
     /// Bytes placed into the receive WQE of the SEND in progress.
     recv_offset: Option<u64>,
     write: Option<WriteCtx>,
@@ -101,6 +103,7 @@ impl RespState {
             msn: 0,
             ack_psn: 0,
             sent_psn_nak: false,
+            coalesced: 0,
             recv_offset: None,
             write: None,
             drop_msg: false,
@@ -133,6 +136,9 @@ impl RespState {
             );
             if fatal {
                 return;
+            }
+            if matches!(back, AethSyndrome::Ack { .. }) {
+                self.coalesced += 1;
             }
             self.out.pop_back();
         }
@@ -214,6 +220,7 @@ impl Qp {
         let psn = repr.bth.psn;
         let d = psn_diff(psn, self.resp.psn);
         if d > 0 {
+            self.counters.out_of_seq_request += 1;
             if !self.resp.sent_psn_nak {
                 self.resp.sent_psn_nak = true;
                 let expected = self.resp.psn;
@@ -223,6 +230,7 @@ impl Qp {
             return;
         }
         if d < 0 {
+            self.counters.duplicate_request += 1;
             self.on_duplicate(repr);
             return;
         }
@@ -664,6 +672,7 @@ impl Qp {
         code: NakCode,
         recv_status: Option<WcStatus>,
     ) {
+        self.counters.responder_err += 1;
         if self.qp_type != QpType::Rc {
             // UC (rxe): drop the rest of the message, keep the receive WQE
             // for the next one, stay up.
@@ -871,6 +880,11 @@ impl Qp {
         let mut payload = None;
         match item {
             RespOut::Ack { psn, syndrome, msn } => {
+                match syndrome {
+                    AethSyndrome::RnrNak { .. } => self.counters.send_rnr_err += 1,
+                    AethSyndrome::Nak(_) => self.counters.send_nak += 1,
+                    _ => {}
+                }
                 bth.psn = psn;
                 ext.aeth = Some(AethRepr { syndrome, msn });
                 self.resp.out.pop_front();
