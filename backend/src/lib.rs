@@ -22,3 +22,4 @@ pub mod decode;
 pub mod oob;
 pub mod peer;
 pub mod perf;
+pub mod stats_table;

@@ -121,6 +121,13 @@ struct DaemonArgs {
     /// Example: vhost-user-rdma --pvrdma --qemu qemu-configs/qemu11
     #[arg(long, conflicts_with = "socket")]
     pvrdma: bool,
+    /// Where to serve the control socket that `vhost-user-rdma stats`
+    /// reads (mode 0600; stream mode only). Default: `<link>-ctl.sock` in
+    /// the default socket directory.
+    ///
+    /// Example: --control /run/vhost-user-rdma/vm1-ctl.sock
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// The QEMU binary whose option syntax to print (its `--version`
     /// decides `reconnect-ms=` or `reconnect=`, and `vectors=0` before
     /// 8.0).
@@ -175,6 +182,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         pvrdma_socket: a.pvrdma_socket,
         stream_socket: a.stream_socket,
         pvrdma: a.pvrdma,
+        control: a.control,
     };
     let mut out = io::stdout();
     match backend::daemon::run(cfg, &mut out) {
@@ -233,6 +241,22 @@ enum Command {
     ///
     /// Example (client): vhost-user-rdma peer --link tap:t0 --ip 10.77.0.2/24 ibv_rc_pingpong -g 1 -n 100 10.77.0.1
     Peer(PeerArgs),
+    /// Show a running daemon's counters and verbs objects (PDs, CQs, MRs,
+    /// QPs with their state and PSNs), read from its control socket.
+    ///
+    /// Example: vhost-user-rdma stats --json /run/vhost-user-rdma/vur0-ctl.sock
+    Stats {
+        /// The daemon's control socket (`--control`; by default
+        /// `<link>-ctl.sock` in the daemon's socket directory, named in its
+        /// log).
+        socket: PathBuf,
+        /// Print the daemon's JSON as is, one object per line.
+        #[arg(long)]
+        json: bool,
+        /// Print again every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
+    },
 }
 
 /// The `peer` options, before the tool's name.
@@ -289,6 +313,11 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Peer(p) => run_peer(p),
+        Command::Stats {
+            socket,
+            json,
+            watch,
+        } => run_stats(&socket, json, watch),
         Command::Decode { file, verbose } => run_decode(&file, verbose),
         Command::Perf {
             link,
@@ -393,6 +422,47 @@ fn run_decode(file: &std::path::Path, verbose: bool) -> ExitCode {
             drop(out);
             eprintln!("error: {}: {}", file.display(), error_chain(&e));
             ExitCode::from(1)
+        }
+    }
+}
+
+fn run_stats(socket: &std::path::Path, json: bool, watch: Option<f64>) -> ExitCode {
+    if let Some(w) = watch
+        && !(w > 0.0 && w.is_finite())
+    {
+        eprintln!("error: --watch needs a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    loop {
+        let line = match backend::daemon::control::ask(socket, backend::daemon::control::STATS) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot read the daemon's control socket {}: {e}",
+                    socket.display()
+                );
+                return ExitCode::from(1);
+            }
+        };
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: the daemon's answer is not JSON ({e}): {line}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+            eprintln!("error: the daemon refused the request: {err}");
+            return ExitCode::from(1);
+        }
+        if json {
+            println!("{v}");
+        } else {
+            print!("{}", backend::stats_table::render(&v));
+        }
+        match watch {
+            Some(w) => std::thread::sleep(std::time::Duration::from_secs_f64(w)),
+            None => return ExitCode::SUCCESS,
         }
     }
 }

@@ -132,6 +132,8 @@ fn start_on(dir: &std::path::Path, tap: &str) -> (Daemon, PathBuf) {
         .arg(dir.join("net.sock"))
         .arg("--pvrdma-socket")
         .arg(&sock)
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(File::create(dir.join("daemon.log")).unwrap())
@@ -859,10 +861,84 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             "{{\"bench\":\"pvrdma RC WRITE 64 KiB, guest over vfio-user to an engine across the TAP\",\"gbit_per_s\":{:.3},\"messages\":{total},\"engine_only_memory_link_gbit_per_s\":{engine_only}}}",
             f64::from(total) * 65536.0 * 8.0 / secs / 1e9
         );
+
+        // `stats`: the daemon's control socket (0600) reports what the
+        // guest created and what went over the wire, and the peer engine
+        // here saw the same packets.
+        let ctl = dir.join("ctl.sock");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&ctl).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Let the last ACKs reach the daemon.
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_millis(200) {
+            let now = clock.elapsed().as_nanos() as u64;
+            while let Ok(Some(r)) = link.recv(&mut buf, now) {
+                let meta = RxMeta {
+                    ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
+                    ecn: r.ecn,
+                };
+                let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
+            }
+            while let Some(t) = e.poll_transmit(now, &mut buf) {
+                let _ = link.send(&t, &mut buf[..t.len], now);
+            }
+        }
+        let out = Command::new(BIN)
+            .args(["stats", "--json"])
+            .arg(&ctl)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+        let r = &v["rdma"];
+        let peer = e.counters();
+        assert_eq!(r["counters"]["sent_pkts"], peer.rcvd_pkts, "{v}");
+        assert_eq!(r["counters"]["rcvd_pkts"], peer.sent_pkts, "{v}");
+        assert_eq!(r["link"]["icrc_err"], 0, "{v}");
+        assert_eq!(r["objects"]["qps"], 1, "{v}");
+        let q = &r["qps"][0];
+        assert_eq!(
+            (&q["handle"], &q["type"], &q["state"], &q["dest_qp"]),
+            (&gqp.into(), &"RC".into(), &"RTS".into(), &eqp.into()),
+            "{v}"
+        );
+        // 400 WRITEs of 64 KiB at MTU 1024: 64 packets each, FIRST (0x06)
+        // with its RETH, 62 MIDDLE (0x07), LAST (0x08).
+        let tx = &r["bytes_per_opcode"]["tx"];
+        assert_eq!(tx["0x07"], 400 * 62 * (12 + 1024 + 4), "{v}");
+        assert_eq!(tx["0x08"], 400 * (12 + 1024 + 4), "{v}");
+        assert_eq!(v["port"]["bad_streams"], 0);
+        let table = Command::new(BIN).arg("stats").arg(&ctl).output().unwrap();
+        let t = String::from_utf8_lossy(&table.stdout);
+        assert!(t.contains("qps: 1\n") && t.contains(" RC   RTS "), "{t}");
+        let bad = backend::daemon::control::ask(&ctl, "GIVE ME EVERYTHING").unwrap();
+        let bad: serde_json::Value = serde_json::from_str(&bad).unwrap();
+        assert_eq!(
+            bad["error"],
+            "unknown request \"GIVE ME EVERYTHING\": this socket understands only \"stats\""
+        );
+        let missing = Command::new(BIN)
+            .arg("stats")
+            .arg(dir.join("nothing.sock"))
+            .output()
+            .unwrap();
+        assert_eq!(missing.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&missing.stderr)
+                .contains("cannot read the daemon's control socket"),
+        );
         drop(c);
         // SAFETY: kill(2) on the PID of the child we started.
         unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
         assert_eq!(d.0.wait().unwrap().code(), Some(0));
+        assert!(!ctl.exists(), "the control socket is removed on SIGTERM");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -447,6 +447,11 @@ impl<M: Memory> Device<M> {
         self.srqs.count()
     }
 
+    /// The guest's handle for the engine QP `eqpn`.
+    pub fn qp_handle(&self, eqpn: u32) -> Option<u32> {
+        self.qp_of.get(&eqpn).copied()
+    }
+
     /// Live objects: (contexts, PDs, CQs, MRs, QPs).
     pub fn counts(&self) -> (usize, usize, usize, usize, usize) {
         (

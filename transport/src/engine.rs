@@ -309,6 +309,11 @@ impl<M: Memory> Engine<M> {
         c
     }
 
+    /// The live QPs, in QPN order.
+    pub fn qps(&self) -> impl Iterator<Item = &Qp> {
+        self.qps.iter().flatten()
+    }
+
     /// One live QP's counters.
     pub fn qp_counters(&self, qpn: u32) -> Option<Counters> {
         self.qp(qpn).map(Qp::all_counters)

@@ -13,6 +13,7 @@
 //! Not built yet: the `-netdev stream` port for vmxnet3 and the PVRDMA
 //! function over vfio-user (so the engine has no verbs consumer yet).
 
+pub mod control;
 pub mod net;
 pub mod rdma;
 pub mod relay;
@@ -75,6 +76,9 @@ pub struct DaemonConfig {
     /// Serve a vmxnet3's stream port and the PVRDMA function, at the
     /// default socket paths unless `stream_socket`/`pvrdma_socket` say.
     pub pvrdma: bool,
+    /// The control socket (`vhost-user-rdma stats`); in the stream mode
+    /// `<link>-ctl.sock` in the default socket directory when `None`.
+    pub control: Option<PathBuf>,
 }
 
 /// Why the daemon stopped or could not start.
@@ -471,7 +475,7 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
 /// The daemon with a `-netdev stream` port as the guest's NIC (for a
 /// vmxnet3, with the PVRDMA function beside it).
 fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), DaemonError> {
-    for p in [&cfg.stream_socket, &cfg.pvrdma_socket]
+    for p in [&cfg.stream_socket, &cfg.pvrdma_socket, &cfg.control]
         .into_iter()
         .flatten()
     {
@@ -493,6 +497,14 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
         check_socket(&p)?;
         cfg.pvrdma_socket = Some(p);
     }
+    let control = match cfg.control.clone() {
+        Some(p) => p,
+        None => {
+            let p = default_socket(&format!("{}-ctl", port.name()));
+            check_socket(&p)?;
+            p
+        }
+    };
     if let Some(mtu) = cfg.mtu {
         netdev::port::set_mtu(port.name(), u32::from(mtu)).map_err(|source| DaemonError::Mtu {
             name: port.name().to_string(),
@@ -509,7 +521,7 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
         path.display(),
         cfg.rdma
     );
-    let (sp, pp) = (path.clone(), cfg.pvrdma_socket.clone());
+    let (sp, pp, cp) = (path.clone(), cfg.pvrdma_socket.clone(), control.clone());
     let published: Arc<stream::PublishedStats> = Arc::default();
     let seen = published.clone();
     handle_signals(move |sig| {
@@ -527,10 +539,12 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
             s.tx_frames, s.rx_frames, s.to_engine, s.rx_dropped, s.bad_streams
         );
         let _ = std::fs::remove_file(&sp);
+        let _ = std::fs::remove_file(&cp);
         if let Some(p) = &pp {
             let _ = std::fs::remove_file(p);
         }
     })?;
+    let ctl = control::serve(&control).map_err(|e| DaemonError::SocketDir(control.clone(), e))?;
     let device = match &cfg.pvrdma_socket {
         Some(p) => Some(serve_pvrdma(p.clone(), cfg.mac)?),
         None => None,
@@ -544,7 +558,8 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
     let _ = writeln!(announce, "{opts}");
     let _ = announce.flush();
     let mut stream =
-        stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device, published);
+        stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device, published)
+            .with_control(ctl);
     stream.run().map_err(DaemonError::Stream)
 }
 
@@ -672,6 +687,7 @@ mod tests {
             pvrdma_socket: None,
             stream_socket: None,
             pvrdma: false,
+            control: None,
         }
     }
 

@@ -47,6 +47,10 @@ struct RdmaSide {
     gids: Vec<IpAddr>,
     clock: Instant,
     buf: Box<[u8]>,
+    /// Frames for the guest's GIDs that failed the ICRC check.
+    icrc_err: u64,
+    /// Frames for the guest's GIDs that did not parse as RoCEv2.
+    bad_frames: u64,
 }
 
 impl RdmaSide {
@@ -95,9 +99,11 @@ impl RdmaSide {
     /// A RoCEv2 frame for one of the guest's GIDs.
     fn packet(&mut self, frame: &[u8]) {
         let Ok(f) = RoceFrame::parse_ethernet(frame) else {
+            self.bad_frames += 1;
             return;
         };
         if f.verify_icrc().is_err() {
+            self.icrc_err += 1;
             return;
         }
         let now = self.now();
@@ -193,6 +199,9 @@ pub struct StreamPort {
     frame: Box<[u8]>,
     stats: StreamStats,
     published: std::sync::Arc<PublishedStats>,
+    control: Option<super::control::ControlEnd>,
+    mac: [u8; 6],
+    started: Instant,
 }
 
 impl StreamPort {
@@ -218,6 +227,8 @@ impl StreamPort {
             gids: Vec::new(),
             clock: Instant::now(),
             buf: vec![0; 16384].into_boxed_slice(),
+            icrc_err: 0,
+            bad_frames: 0,
         });
         StreamPort {
             listener,
@@ -230,6 +241,9 @@ impl StreamPort {
             frame: vec![0; MAX_FRAME].into_boxed_slice(),
             stats: StreamStats::default(),
             published,
+            control: None,
+            mac,
+            started: Instant::now(),
         }
     }
 
@@ -238,10 +252,104 @@ impl StreamPort {
         self.stats
     }
 
+    /// Answers the control socket's snapshot requests from this port's
+    /// thread.
+    pub fn with_control(mut self, control: super::control::ControlEnd) -> StreamPort {
+        self.control = Some(control);
+        self
+    }
+
+    /// Everything `vhost-user-rdma stats` shows, as one JSON object.
+    pub fn snapshot(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let s = self.stats;
+        let mut v = json!({
+            "link": self.port.name(),
+            "mac": super::mac_string(&self.mac),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "guest_connected": self.conn.is_some(),
+            "port": {
+                "tx_frames": s.tx_frames,
+                "rx_frames": s.rx_frames,
+                "to_engine": s.to_engine,
+                "rx_dropped": s.rx_dropped,
+                "bad_streams": s.bad_streams,
+            },
+        });
+        let Some(d) = &self.device else {
+            return v;
+        };
+        let dev = d.host.device();
+        let e = dev.engine();
+        let named = |c: &transport::counters::Counters| -> Map<String, Value> {
+            c.named()
+                .iter()
+                .map(|(k, n)| (k.to_string(), json!(n)))
+                .collect()
+        };
+        let l = d.link.stats();
+        let (uc, pd, cq, mr, qp) = dev.counts();
+        let ds = dev.stats();
+        let bytes = e.opcode_bytes();
+        let per_op = |b: &[u64; 256]| -> Map<String, Value> {
+            b.iter()
+                .enumerate()
+                .filter(|(_, n)| **n != 0)
+                .map(|(op, n)| (format!("{op:#04x}"), json!(n)))
+                .collect()
+        };
+        let qps: Vec<Value> = e
+            .qps()
+            .map(|q| {
+                json!({
+                    "qpn": q.qpn(),
+                    "handle": dev.qp_handle(q.qpn()),
+                    "type": format!("{:?}", q.qp_type()).to_uppercase(),
+                    "state": format!("{:?}", q.state()).to_uppercase(),
+                    "dest_qp": q.dest_qp(),
+                    "sq_psn": q.sq_psn(),
+                    "rq_psn": q.rq_psn(),
+                    "sq_outstanding": q.sq_outstanding(),
+                    "rq_posted": q.rq_posted(),
+                    "counters": named(&q.counters())
+                        .into_iter()
+                        .filter(|(_, n)| n != &json!(0))
+                        .collect::<Map<String, Value>>(),
+                })
+            })
+            .collect();
+        v["rdma"] = json!({
+            "gids": d.gids.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+            "counters": named(&e.counters()),
+            "link": {
+                "sent": l.sent,
+                "received": l.received,
+                "icrc_err": d.icrc_err + l.bad,
+                "bad_frames": d.bad_frames,
+                "unresolved": l.unresolved,
+            },
+            "bytes_per_opcode": { "tx": per_op(&bytes.tx), "rx": per_op(&bytes.rx) },
+            "objects": {
+                "contexts": uc, "pds": pd, "cqs": cq, "mrs": mr, "qps": qp,
+                "srqs": dev.srq_count(),
+            },
+            "guest_errors": {
+                "cmd_errors": ds.cmd_errors,
+                "bad_doorbells": ds.bad_doorbells,
+                "bad_wqes": ds.bad_wqes,
+                "bad_rings": ds.bad_rings,
+                "cq_full": ds.cq_full,
+            },
+            "qps": qps,
+        });
+        v
+    }
+
     /// Serves forever (until the process ends).
     pub fn run(&mut self) -> io::Result<()> {
         loop {
             let wake = self.device.as_ref().map(|d| d.end.wake.as_raw_fd());
+            let ctl = self.control.as_ref().map(|c| c.wake.as_raw_fd());
             let timeout = self.device.as_ref().map_or(-1, |d| d.timeout_ms());
             let mut fds = [
                 libc::pollfd {
@@ -262,10 +370,15 @@ impl StreamPort {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: ctl.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            // SAFETY: `fds` is a valid array of three pollfd for the call
+            // SAFETY: `fds` is a valid array of four pollfd for the call
             // (a negative fd is ignored by poll).
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -290,6 +403,11 @@ impl StreamPort {
                     d.requests();
                 }
                 d.pump();
+            }
+            if fds[3].revents != 0
+                && let Some(c) = &self.control
+            {
+                c.answer(|| self.snapshot().to_string());
             }
             self.published.store(&self.stats);
         }

@@ -382,6 +382,26 @@ impl Qp {
         self.resp.psn
     }
 
+    /// The connected peer's QP number (0 before RTR, and for UD).
+    pub fn dest_qp(&self) -> u32 {
+        self.attrs.dest_qp
+    }
+
+    /// Send work requests posted and not yet completed.
+    pub fn sq_outstanding(&self) -> u64 {
+        self.sq.len()
+    }
+
+    /// Receive work requests posted and not yet consumed (0 on an SRQ).
+    pub fn rq_posted(&self) -> u64 {
+        self.rq.len()
+    }
+
+    /// This QP's counters (see [`crate::counters`]).
+    pub fn counters(&self) -> crate::counters::Counters {
+        self.all_counters()
+    }
+
     /// Applies `modify_qp`, validating the transition and the attributes
     /// it requires (IBTA 11.2.4.2, as rxe checks them).
     pub(crate) fn modify(
