@@ -862,6 +862,83 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             f64::from(total) * 65536.0 * 8.0 / secs / 1e9
         );
 
+        // Placed faults, each with an exact count to find in `stats`:
+        // the peer's ACK of one 4 KiB WRITE (4 packets) is lost, so the
+        // daemon's engine times out (67 ms) and sends the 4 packets again,
+        // which the peer counts as duplicates; then a frame for the guest's
+        // GID arrives with one payload bit flipped (an ICRC error).
+        let before = e.counters();
+        let slot = u64::from(prod % 16);
+        let mut w = [0u8; 80];
+        w[..8].copy_from_slice(&9999u64.to_le_bytes());
+        w[8..12].copy_from_slice(&1u32.to_le_bytes());
+        w[20..24].copy_from_slice(&2u32.to_le_bytes());
+        w[40..44].copy_from_slice(&ekey.to_le_bytes());
+        let mut g = [0u8; 16];
+        g[..8].copy_from_slice(&bva.to_le_bytes());
+        g[8..12].copy_from_slice(&4096u32.to_le_bytes());
+        g[12..16].copy_from_slice(&bkey.to_le_bytes());
+        ram.write(qp_pages[1] + 128 * slot, &w);
+        ram.write(qp_pages[1] + 128 * slot + 80, &g);
+        prod = (prod + 1) % 32;
+        ram.write(qp_pages[0], &prod.to_le_bytes());
+        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
+        let (mut ack_dropped, mut done_fault) = (false, false);
+        let mut last_frame = Vec::new();
+        let t0 = Instant::now();
+        while !done_fault && t0.elapsed() < Duration::from_secs(5) {
+            let now = clock.elapsed().as_nanos() as u64;
+            while let Ok(Some(r)) = link.recv(&mut buf, now) {
+                last_frame = buf[..r.ib_start + r.ib_len + 4].to_vec();
+                let meta = RxMeta {
+                    ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
+                    ecn: r.ecn,
+                };
+                let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
+            }
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+            }
+            while let Some(t) = e.poll_transmit(now, &mut buf) {
+                if !ack_dropped && buf[0] == 0x11 {
+                    ack_dropped = true;
+                    continue;
+                }
+                let _ = link.send(&t, &mut buf[..t.len], now);
+            }
+            let p = u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
+            while cq_cons != p {
+                let cqe = ram.read(cq_pages[1] + 64 * u64::from(cq_cons % 64), 64);
+                assert_eq!(u32_at(&cqe, 20), 0, "WRITE status after the lost ACK");
+                done_fault = true;
+                cq_cons = (cq_cons + 1) % 128;
+            }
+            ram.write(cq_pages[0] + 12, &cq_cons.to_le_bytes());
+        }
+        assert!(
+            ack_dropped && done_fault,
+            "the WRITE completed after its lost ACK"
+        );
+        assert_eq!(e.counters().duplicate_request - before.duplicate_request, 4);
+        // The corrupt frame: the daemon's last frame sent back to it
+        // (Ethernet and IPv4 addresses swapped; the IPv4 checksum holds)
+        // with a payload bit flipped, written straight onto the TAP.
+        let f = &mut last_frame;
+        assert!(f.len() > 60, "a frame from the daemon to reflect");
+        let (dst, src) = (f[0..6].to_vec(), f[6..12].to_vec());
+        f[0..6].copy_from_slice(&src);
+        f[6..12].copy_from_slice(&dst);
+        let (sip, dip) = (f[26..30].to_vec(), f[30..34].to_vec());
+        f[26..30].copy_from_slice(&dip);
+        f[30..34].copy_from_slice(&sip);
+        let n = f.len();
+        f[n - 5] ^= 0x01;
+        netdev::port::FramePort::packet("vupw0")
+            .unwrap()
+            .write(&[f])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+
         // `stats`: the daemon's control socket (0600) reports what the
         // guest created and what went over the wire, and the peer engine
         // here saw the same packets.
@@ -900,8 +977,12 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         let r = &v["rdma"];
         let peer = e.counters();
         assert_eq!(r["counters"]["sent_pkts"], peer.rcvd_pkts, "{v}");
-        assert_eq!(r["counters"]["rcvd_pkts"], peer.sent_pkts, "{v}");
-        assert_eq!(r["link"]["icrc_err"], 0, "{v}");
+        // Everything the peer sent arrived, but the one ACK it lost.
+        assert_eq!(r["counters"]["rcvd_pkts"], peer.sent_pkts - 1, "{v}");
+        assert_eq!(r["counters"]["completer_retry_err"], 1, "{v}");
+        assert_eq!(r["link"]["icrc_err"], 1, "{v}");
+        assert_eq!(r["link"]["received"], peer.sent_pkts - 1, "{v}");
+        assert_eq!(r["link"]["sent"], r["counters"]["sent_pkts"], "{v}");
         assert_eq!(r["objects"]["qps"], 1, "{v}");
         let q = &r["qps"][0];
         assert_eq!(
@@ -910,10 +991,11 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             "{v}"
         );
         // 400 WRITEs of 64 KiB at MTU 1024: 64 packets each, FIRST (0x06)
-        // with its RETH, 62 MIDDLE (0x07), LAST (0x08).
+        // with its RETH, 62 MIDDLE (0x07), LAST (0x08); and the 4 KiB
+        // WRITE twice: FIRST, 2 MIDDLE, LAST.
         let tx = &r["bytes_per_opcode"]["tx"];
-        assert_eq!(tx["0x07"], 400 * 62 * (12 + 1024 + 4), "{v}");
-        assert_eq!(tx["0x08"], 400 * (12 + 1024 + 4), "{v}");
+        assert_eq!(tx["0x07"], (400 * 62 + 2 * 2) * (12 + 1024 + 4), "{v}");
+        assert_eq!(tx["0x08"], (400 + 2) * (12 + 1024 + 4), "{v}");
         assert_eq!(v["port"]["bad_streams"], 0);
         let table = Command::new(BIN).arg("stats").arg(&ctl).output().unwrap();
         let t = String::from_utf8_lossy(&table.stdout);

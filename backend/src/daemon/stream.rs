@@ -51,6 +51,8 @@ struct RdmaSide {
     icrc_err: u64,
     /// Frames for the guest's GIDs that did not parse as RoCEv2.
     bad_frames: u64,
+    /// Frames for the guest's GIDs with a good ICRC, handed to the engine.
+    received: u64,
 }
 
 impl RdmaSide {
@@ -106,6 +108,7 @@ impl RdmaSide {
             self.icrc_err += 1;
             return;
         }
+        self.received += 1;
         let now = self.now();
         let meta = RxMeta {
             ip_header: &f.l3[..f.repr.ip.header_len()],
@@ -229,6 +232,7 @@ impl StreamPort {
             buf: vec![0; 16384].into_boxed_slice(),
             icrc_err: 0,
             bad_frames: 0,
+            received: 0,
         });
         StreamPort {
             listener,
@@ -323,7 +327,7 @@ impl StreamPort {
             "counters": named(&e.counters()),
             "link": {
                 "sent": l.sent,
-                "received": l.received,
+                "received": d.received + l.received,
                 "icrc_err": d.icrc_err + l.bad,
                 "bad_frames": d.bad_frames,
                 "unresolved": l.unresolved,
