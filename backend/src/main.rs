@@ -2,8 +2,8 @@
 //! runs the chosen subcommand.
 //!
 //! With no subcommand it runs the daemon (the virtio-net face over
-//! vhost-user with RoCEv2 steering); `decode`, `perf` and `peer` are the
-//! tools around it.
+//! vhost-user, or with `--pvrdma` a vmxnet3 stream port and the PVRDMA
+//! function); `stats`, `decode`, `perf` and `peer` are the tools around it.
 
 use std::{
     fs::File,
@@ -21,14 +21,17 @@ use clap::{Parser, Subcommand};
 
 /// Paravirtual RDMA for QEMU guests over a soft RoCEv2 engine.
 ///
-/// With no subcommand, runs the daemon for one VM: it serves the guest's
-/// virtio-net NIC on a vhost-user socket, forwards its frames to a TAP (or
-/// a NIC), and hands RoCEv2 for the VM's RDMA addresses (--rdma-ip) to the
-/// engine. With no options at all it creates a TAP, picks a MAC and a
-/// socket, prints the QEMU options that attach a guest, and serves.
-/// SIGINT or SIGTERM stop it, removing the socket (and the TAP it made).
+/// With no subcommand, runs the daemon for one VM. With --pvrdma it gives
+/// the guest RDMA: QEMU's vmxnet3 on a `-netdev stream` socket and, beside
+/// it, the VMware PVRDMA function over vfio-user, which the guest's stock
+/// vmw_pvrdma driver and rdma-core use; its RoCEv2 goes out on a TAP (or a
+/// NIC). Without it, it serves the guest's virtio-net NIC on a vhost-user
+/// socket. Either way, with no other options it creates a TAP, picks a MAC
+/// and socket paths, prints the QEMU options that attach a guest, and
+/// serves. SIGINT or SIGTERM stop it, removing its sockets (and the TAP it
+/// made).
 ///
-/// Example: vhost-user-rdma --tap vur0 --socket /run/vhost-user-rdma/vm1.sock --mac 52:54:00:12:34:56
+/// Example: vhost-user-rdma --pvrdma --tap vur0 --mac 52:54:00:12:34:56
 #[derive(Debug, Parser)]
 #[command(
     name = "vhost-user-rdma",
@@ -257,6 +260,10 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         watch: Option<f64>,
     },
+    /// Print the manual page (roff, built from these clap definitions).
+    ///
+    /// Example: vhost-user-rdma man > vhost-user-rdma.1
+    Man,
 }
 
 /// The `peer` options, before the tool's name.
@@ -313,6 +320,17 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Peer(p) => run_peer(p),
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = io::stdout();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the manual page: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Stats {
             socket,
             json,
