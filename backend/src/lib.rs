@@ -20,6 +20,7 @@ pub mod capture;
 pub mod daemon;
 pub mod decode;
 pub mod oob;
+pub mod pcap_tap;
 pub mod peer;
 pub mod perf;
 pub mod stats_table;

@@ -131,6 +131,8 @@ struct DaemonArgs {
     /// Example: --control /run/vhost-user-rdma/vm1-ctl.sock
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    #[command(flatten)]
+    pcap: PcapArgs,
     /// The QEMU binary whose option syntax to print (its `--version`
     /// decides `reconnect-ms=` or `reconnect=`, and `vectors=0` before
     /// 8.0).
@@ -138,6 +140,39 @@ struct DaemonArgs {
     /// Example: --qemu qemu-configs/qemu11
     #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
     qemu: PathBuf,
+}
+
+/// The `--pcap` options (daemon and `peer`).
+#[derive(Debug, clap::Args)]
+struct PcapArgs {
+    /// Write every RoCEv2 frame sent and received to this pcap file
+    /// (Ethernet; Wireshark shows it as RRoCE; `vhost-user-rdma decode`
+    /// reads it). The daemon captures its PVRDMA function's traffic (RDMA
+    /// mode); `peer` its tap or packet link.
+    ///
+    /// Example: --pcap /var/tmp/vm1.pcap
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Size at which the pcap file rotates: FILE becomes FILE.1, FILE.1
+    /// becomes FILE.2, and so on.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pcap_max_mib: u64,
+    /// Pcap files kept, the one being written included; older ones are
+    /// deleted.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pcap_files: u32,
+}
+
+impl PcapArgs {
+    fn config(&self) -> Option<backend::pcap_tap::PcapConfig> {
+        self.pcap
+            .as_ref()
+            .map(|path| backend::pcap_tap::PcapConfig {
+                path: path.clone(),
+                max_bytes: self.pcap_max_mib << 20,
+                files: self.pcap_files,
+            })
+    }
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -186,6 +221,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         stream_socket: a.stream_socket,
         pvrdma: a.pvrdma,
         control: a.control,
+        pcap: a.pcap.config(),
     };
     let mut out = io::stdout();
     match backend::daemon::run(cfg, &mut out) {
@@ -294,6 +330,8 @@ struct PeerArgs {
     /// Fail when the RDMA traffic makes no progress for this many seconds.
     #[arg(long, default_value_t = 60.0)]
     stall_timeout: f64,
+    #[command(flatten)]
+    pcap: PcapArgs,
     /// The tool to stand in for (ibv_rc_pingpong, ibv_uc_pingpong or
     /// ibv_ud_pingpong), then its own arguments, then the server's address
     /// when we are the client.
@@ -410,6 +448,7 @@ fn run_peer(p: PeerArgs) -> ExitCode {
         mtu: p.mtu.and_then(|m| transport::wire::Mtu::from_bytes(m).ok()),
         connect_timeout,
         stall_timeout,
+        pcap: p.pcap.config(),
     };
     let (tool, args) = p.tool.split_first().expect("clap requires the tool");
     let mut out = io::stdout().lock();

@@ -134,6 +134,8 @@ fn start_on(dir: &std::path::Path, tap: &str) -> (Daemon, PathBuf) {
         .arg(&sock)
         .arg("--control")
         .arg(dir.join("ctl.sock"))
+        .arg("--pcap")
+        .arg(dir.join("cap.pcap"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(File::create(dir.join("daemon.log")).unwrap())
@@ -1005,6 +1007,35 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         assert_eq!(
             bad["error"],
             "unknown request \"GIVE ME EVERYTHING\": this socket understands only \"stats\""
+        );
+        // The --pcap capture holds every frame the function sent and every
+        // one that came for its GIDs, the corrupt one included, and
+        // `decode` finds exactly that one bad.
+        let frames = r["link"]["sent"].as_u64().unwrap()
+            + r["link"]["received"].as_u64().unwrap()
+            + r["link"]["icrc_err"].as_u64().unwrap();
+        let dec = Command::new(BIN)
+            .arg("decode")
+            .arg(dir.join("cap.pcap"))
+            .output()
+            .unwrap();
+        let dec_out = String::from_utf8_lossy(&dec.stdout);
+        let summary = dec_out
+            .lines()
+            .rev()
+            .find(|l| l.contains("frames:"))
+            .unwrap_or("");
+        assert!(
+            summary.contains(&format!(
+                "{frames} frames: {frames} RoCEv2 ({} ok, 1 bad), 0 other, 0 malformed",
+                frames - 1
+            )),
+            "{summary}"
+        );
+        assert_eq!(
+            dec.status.code(),
+            Some(1),
+            "decode exits 1 for the bad frame"
         );
         let missing = Command::new(BIN)
             .arg("stats")

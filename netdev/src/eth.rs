@@ -98,6 +98,15 @@ pub struct EthLinkStats {
     pub unresolved: u64,
 }
 
+/// What sees every RoCEv2 frame a link sends or takes for us (a capture):
+/// the `parts`, concatenated, are the whole Ethernet frame.
+pub trait FrameTap: Send + Sync {
+    /// One frame.
+    fn frame(&mut self, parts: &[&[u8]]);
+    /// Makes what was handed over so far durable (called between bursts).
+    fn flush(&mut self) {}
+}
+
 /// A RoCEv2 link that frames its own Ethernet: on a TAP or on AF_PACKET.
 pub struct EthLink {
     file: Arc<File>,
@@ -109,6 +118,7 @@ pub struct EthLink {
     neigh: Neighbours,
     pending: VecDeque<(Transmit, Vec<u8>)>,
     stats: EthLinkStats,
+    tap: Option<Box<dyn FrameTap>>,
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
@@ -150,6 +160,7 @@ impl EthLink {
             addrs,
             pending: VecDeque::new(),
             stats: EthLinkStats::default(),
+            tap: None,
         }
     }
 
@@ -340,7 +351,31 @@ impl EthLink {
         };
         self.write_frame(&[&hdr[..hlen], ib])?;
         self.stats.sent += 1;
+        if let Some(tap) = &mut self.tap {
+            tap.frame(&[&hdr[..hlen], ib]);
+        }
         Ok(())
+    }
+
+    /// Hands every RoCEv2 frame this link sends, and every good one it
+    /// receives for us, to `tap` too (`None` stops that).
+    pub fn set_tap(&mut self, tap: Option<Box<dyn FrameTap>>) {
+        self.tap = tap;
+    }
+
+    /// Flushes the tap, if there is one.
+    pub fn flush_tap(&mut self) {
+        if let Some(tap) = &mut self.tap {
+            tap.flush();
+        }
+    }
+
+    /// Hands `frame` to the tap, if there is one (for frames that reach
+    /// the engine by another way than [`EthLink::recv`]).
+    pub fn tap_frame(&mut self, frame: &[u8]) {
+        if let Some(tap) = &mut self.tap {
+            tap.frame(&[frame]);
+        }
     }
 
     /// The source GID's address if it is ours and of the destination's
@@ -410,6 +445,9 @@ impl EthLink {
                 continue;
             }
             self.stats.received += 1;
+            if let Some(tap) = &mut self.tap {
+                tap.frame(&[&buf[..n]]);
+            }
             return Ok(Some(Received::locate(buf, &frame)));
         }
     }

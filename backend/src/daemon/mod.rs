@@ -79,6 +79,8 @@ pub struct DaemonConfig {
     /// The control socket (`vhost-user-rdma stats`); in the stream mode
     /// `<link>-ctl.sock` in the default socket directory when `None`.
     pub control: Option<PathBuf>,
+    /// Capture the PVRDMA function's RoCEv2 frames (RDMA mode).
+    pub pcap: Option<crate::pcap_tap::PcapConfig>,
 }
 
 /// Why the daemon stopped or could not start.
@@ -135,6 +137,12 @@ pub enum DaemonError {
         "--pvrdma-socket needs --stream-socket: the PVRDMA function pairs with QEMU's vmxnet3 on the stream port"
     )]
     PvrdmaNeedsStream,
+    /// `--pcap` without the PVRDMA function.
+    #[error("--pcap captures the PVRDMA function's RoCEv2 traffic: use it with --pvrdma")]
+    PcapNeedsPvrdma,
+    /// The pcap file cannot be created.
+    #[error("cannot create the pcap file {0}")]
+    Pcap(PathBuf, #[source] io::Error),
     /// The stream port's loop failed.
     #[error("the stream port failed")]
     Stream(#[source] io::Error),
@@ -415,6 +423,9 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
     if cfg.pvrdma_socket.is_some() {
         return Err(DaemonError::PvrdmaNeedsStream);
     }
+    if cfg.pcap.is_some() {
+        return Err(DaemonError::PcapNeedsPvrdma);
+    }
 
     let stats_backend = backend.clone();
     let sock = socket.clone();
@@ -557,9 +568,21 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
     );
     let _ = writeln!(announce, "{opts}");
     let _ = announce.flush();
+    if cfg.pcap.is_some() && device.is_none() {
+        return Err(DaemonError::PcapNeedsPvrdma);
+    }
     let mut stream =
         stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device, published)
             .with_control(ctl);
+    if let Some(p) = &cfg.pcap {
+        let tap = crate::pcap_tap::PcapTap::create(p.clone())
+            .map_err(|e| DaemonError::Pcap(p.path.clone(), e))?;
+        info!(
+            "capturing the PVRDMA function's RoCEv2 frames to {}",
+            p.path.display()
+        );
+        stream = stream.with_pcap(Box::new(tap));
+    }
     stream.run().map_err(DaemonError::Stream)
 }
 
@@ -688,6 +711,7 @@ mod tests {
             stream_socket: None,
             pvrdma: false,
             control: None,
+            pcap: None,
         }
     }
 

@@ -100,6 +100,7 @@ impl RdmaSide {
 
     /// A RoCEv2 frame for one of the guest's GIDs.
     fn packet(&mut self, frame: &[u8]) {
+        self.link.tap_frame(frame);
         let Ok(f) = RoceFrame::parse_ethernet(frame) else {
             self.bad_frames += 1;
             return;
@@ -263,6 +264,14 @@ impl StreamPort {
         self
     }
 
+    /// Captures the PVRDMA function's RoCEv2 frames, both ways, to `tap`.
+    pub fn with_pcap(mut self, tap: Box<dyn netdev::eth::FrameTap>) -> StreamPort {
+        if let Some(d) = &mut self.device {
+            d.link.set_tap(Some(tap));
+        }
+        self
+    }
+
     /// Everything `vhost-user-rdma stats` shows, as one JSON object.
     pub fn snapshot(&self) -> serde_json::Value {
         use serde_json::{Map, Value, json};
@@ -407,6 +416,7 @@ impl StreamPort {
                     d.requests();
                 }
                 d.pump();
+                d.link.flush_tap();
             }
             if fds[3].revents != 0
                 && let Some(c) = &self.control

@@ -147,6 +147,8 @@ pub struct PeerOptions {
     pub connect_timeout: Duration,
     /// How long the RDMA traffic may make no progress before the run fails.
     pub stall_timeout: Duration,
+    /// Capture every RoCEv2 frame sent and received (tap and packet links).
+    pub pcap: Option<crate::pcap_tap::PcapConfig>,
 }
 
 /// Why a `peer` run failed.
@@ -375,6 +377,12 @@ impl Node {
                     return Err(PeerError::Config("--mac needs a tap link".into()));
                 }
                 gids.push(first.addr);
+                if opts.pcap.is_some() {
+                    return Err(PeerError::Config(
+                        "--pcap needs a tap or packet link (the udp link has no frames to capture)"
+                            .into(),
+                    ));
+                }
                 let l = netdev::udp::UdpLink::bind(first.addr)?;
                 let fd = Link::fd(&l);
                 (Box::new(l), fd, None)
@@ -383,7 +391,7 @@ impl Node {
                 let mac = opts.mac.map_or_else(|| default_mac(first.addr), |m| m.0);
                 gids.push(IpAddr::V6(link_local(mac)));
                 gids.extend(opts.ips.iter().map(|p| p.addr));
-                let l = match &opts.link {
+                let mut l = match &opts.link {
                     LinkSpec::Tap(_) => netdev::eth::EthLink::tap(name, mac, gids.clone())?,
                     _ => {
                         if opts.mac.is_some() {
@@ -394,6 +402,12 @@ impl Node {
                         netdev::eth::EthLink::packet(name, gids.clone())?
                     }
                 };
+                if let Some(p) = &opts.pcap {
+                    let tap = crate::pcap_tap::PcapTap::create(p.clone()).map_err(|e| {
+                        PeerError::Config(format!("cannot create {}: {e}", p.path.display()))
+                    })?;
+                    l.set_tap(Some(Box::new(tap)));
+                }
                 let carried = l.ib_mtu()?;
                 let fd = l.fd();
                 (Box::new(l), fd, Some(carried))
