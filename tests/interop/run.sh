@@ -38,6 +38,12 @@ SUITES=("$@")
 [ "$(id -u)" -eq 0 ] || { echo "interop: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$HERE/build-guest.sh"
+# tshark checks the peer's --pcap captures as a second, independent decoder.
+if ! command -v tshark >/dev/null; then
+  echo "interop: installing tshark"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null
+fi
 case " ${SUITES[*]} " in *" vhostuser"* | *" pvrdma"* | *" stock"*) "$ROOT/qemu-configs/qemu-chroot.sh" ;; esac
 KV=$(cat "$CACHE/kernel-version")
 GUEST=$CACHE/$KV
@@ -295,6 +301,8 @@ run_suite() { # NAME
     port=$((18600 + i))
     local peer=(ns timeout $((tmo + 60)) "$BIN" peer --link tap:vurp0 --ip 10.77.0.2/24 --ip fd77::2/64
                 --connect-timeout 120 --stall-timeout 60)
+    # The peer's own capture (--pcap) in the suites with modest volumes.
+    case "$name" in pingpong | perftest | rping | stock) peer+=(--pcap "$dir/peer-$i.pcap") ;; esac
     set +e
     if [ "$tool" = rping ]; then
       local g=10.77.0.1 ra=${args% -6}
@@ -369,6 +377,27 @@ run_suite() { # NAME
       echo "   PASS  the guest pinged 10.77.0.254 through vmxnet3 and the stream port"
     else
       echo "   FAIL  no ping through the stream port"; FAILED=$((FAILED+1))
+    fi
+  fi
+  if compgen -G "$dir/peer-*.pcap" >/dev/null; then
+    local pf n=0 fr=0 ib=0 bad=0 derr=0
+    # Wireshark's heuristics for storage protocols over RDMA (RPC, NVMe,
+    # iSER, SMB Direct) take any SEND payload for theirs and call a 0-byte
+    # SEND malformed (they do so on Linux rxe's own frames too): off.
+    local ts=(tshark --disable-protocol rpcordma --disable-protocol nvme-rdma
+              --disable-protocol iser --disable-protocol smb_direct)
+    for pf in "$dir"/peer-*.pcap; do
+      n=$((n + 1))
+      "$BIN" decode "$pf" >/dev/null 2>&1 || derr=$((derr + 1))
+      fr=$((fr + $("${ts[@]}" -r "$pf" 2>/dev/null | wc -l)))
+      ib=$((ib + $("${ts[@]}" -r "$pf" -Y infiniband 2>/dev/null | wc -l)))
+      bad=$((bad + $("${ts[@]}" -r "$pf" -Y '_ws.malformed || _ws.expert.severity == "Error"' 2>/dev/null | wc -l)))
+    done
+    if [ "$derr" = 0 ] && [ "$fr" -gt 0 ] && [ "$ib" = "$fr" ] && [ "$bad" = 0 ]; then
+      echo "   PASS  peer --pcap: $n captures, $fr frames; our decode: all good; tshark: $ib RRoCE, 0 malformed"
+    else
+      echo "   FAIL  peer --pcap: $n captures, $fr frames; decode failures $derr; tshark RRoCE $ib, malformed/errors $bad"
+      FAILED=$((FAILED + 1))
     fi
   fi
   local dec
