@@ -24,7 +24,15 @@
 #            verbs object is left behind (guest and daemon)
 #   loss     A on our device, B on kernel rxe with netem loss 2% each way on
 #            its eth0: ib_write_bw and ib_read_bw, A in both roles
-# Default: all five. The figures (ib_write_bw 64 KiB, ib_send_lat 64 B, A
+#   engine   no guests: two `vhost-user-rdma peer` processes on the same
+#            two TAPs run the two figures, engine to engine (what the
+#            engine does without a guest driving it, measured in the same run)
+#   restart  A on our device, B on kernel rxe: A's daemon is killed (-9)
+#            and started again under the running guest. The NIC reconnects
+#            and carries traffic again; QEMU 11.1's vfio-user client does
+#            not reconnect, so the guest must be told: verbs fail at once
+#            with an error (no hang, no oops)
+# Default: all seven. The figures (ib_write_bw 64 KiB, ib_send_lat 64 B, A
 # as client) are printed as "E2E-FIGURE" lines and in JSON at the end.
 # Environment: VUR_KEEP=1 keeps the work directory (logs, captures).
 # Needs root. Stops only what it started (by PID) and removes the namespace.
@@ -33,7 +41,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${VUR_GUEST_CACHE:-/var/tmp/vhost-user-rdma/guest}
 SCEN=("$@")
-[ ${#SCEN[@]} -gt 0 ] || SCEN=(mixed device rxe faults loss restart)
+[ ${#SCEN[@]} -gt 0 ] || SCEN=(mixed device rxe engine faults loss restart)
 [ "$(id -u)" -eq 0 ] || { echo "e2e: needs root (namespaces, TAPs)" >&2; exit 1; }
 
 "$ROOT/tests/interop/build-guest.sh"
@@ -320,7 +328,47 @@ run_scenario() { # NAME
   ip netns del "$NS"
 }
 
-for s in "${SCEN[@]}"; do run_scenario "$s"; done
+# Engine to engine over the same bridge, no guests: the figures' baseline.
+run_engine() {
+  local dir=$WORK/engine; mkdir -p "$dir"
+  setup_net
+  echo "== scenario engine: two peers (our engine, no guest) on the same TAPs"
+  local t
+  for t in "ib_write_bw -x 1 -n 2000 -s 65536" "ib_send_lat -x 1 -n 1000 -s 64"; do
+    local tag=${t%% *}
+    # shellcheck disable=SC2086
+    ip netns exec "$NS" timeout 120 "$BIN" peer --link tap:${TAP[1]} --ip ${IP[1]}/24 --mac ${MAC[1]} \
+      $t -p 18900 >"$dir/$tag-server.log" 2>&1 &
+    local sp=$!; PIDS+=("$sp")
+    local crc=0 src=0
+    # shellcheck disable=SC2086
+    ip netns exec "$NS" timeout 120 "$BIN" peer --link tap:${TAP[0]} --ip ${IP[0]}/24 --mac ${MAC[0]} \
+      --connect-timeout 30 $t -p 18900 ${IP[1]} >"$dir/$tag-client.log" 2>&1 || crc=$?
+    wait "$sp" || src=$?
+    local row; row=$(grep -A1 '^ *#bytes' "$dir/$tag-client.log" | tail -1)
+    if [ "$crc" = 0 ] && [ "$src" = 0 ] && [ -n "$row" ]; then
+      echo "   PASS  client $t: $(echo "$row" | awk '{print $1, $2, $3, $4, $5, $6}')"
+    else
+      fail "engine $t (client rc=$crc, server rc=$src)"; tail -3 "$dir/$tag-client.log" | sed 's/^/      /'
+      continue
+    fi
+    local f
+    if [ "$tag" = ib_write_bw ]; then
+      f=$(echo "$row" | awk '{printf "%.3f", $4 * 8 / 1000}')
+      FIGS+=("{\"scenario\":\"engine\",\"figure\":\"ib_write_bw_64KiB\",\"gbit_s\":${f:-null}}")
+      echo "   E2E-FIGURE engine ib_write_bw 64KiB average: ${f:-?} Gbit/s"
+    else
+      f=$(echo "$row" | awk '{print $5}')
+      FIGS+=("{\"scenario\":\"engine\",\"figure\":\"ib_send_lat_64B_typical_us\",\"usec\":${f:-null}}")
+      echo "   E2E-FIGURE engine ib_send_lat 64B typical: ${f:-?} usec"
+    fi
+  done
+  ip netns del "$NS"
+}
+
+for s in "${SCEN[@]}"; do
+  if [ "$s" = engine ]; then run_engine; else run_scenario "$s"; fi
+done
 if [ ${#FIGS[@]} -gt 0 ]; then
   echo "E2E-FIGURES [$(IFS=,; echo "${FIGS[*]}")]"
 fi
