@@ -144,6 +144,25 @@ impl Effects {
     }
 }
 
+/// How many failed work requests [`Device::take_qp_errors`] holds at most.
+pub const MAX_NOTICES: usize = 64;
+
+/// A work request that completed with an error (not a flush): what the
+/// host logs as a QP error with its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QpError {
+    /// The guest's QP handle (0 if gone).
+    pub handle: u32,
+    /// The engine's QP number.
+    pub qpn: u32,
+    /// Why it failed.
+    pub status: WcStatus,
+    /// What it was.
+    pub opcode: WcOpcode,
+    /// The guest's work request id.
+    pub wr_id: u64,
+}
+
 /// Counters of the guest's mistakes the device absorbed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeviceStats {
@@ -377,6 +396,8 @@ pub struct Device<M: Memory> {
     srq_of: std::collections::HashMap<u32, u32>,
     gids: Vec<Option<GidEntry>>,
     stats: DeviceStats,
+    /// Work requests that failed (not flushed), for the host's log.
+    notices: std::collections::VecDeque<QpError>,
 }
 
 impl<M: Memory> Device<M> {
@@ -417,6 +438,7 @@ impl<M: Memory> Device<M> {
             async_ring: None,
             cq_ring: None,
             stats: DeviceStats::default(),
+            notices: std::collections::VecDeque::with_capacity(MAX_NOTICES),
         }
     }
 
@@ -1679,6 +1701,12 @@ impl<M: Memory> Device<M> {
     /// Moves the engine's completions, CQ notifications and async events
     /// into the guest's rings; returns the interrupts to raise. Call after
     /// feeding the engine packets or time.
+    /// The failed work requests noticed since the last call (at most
+    /// [`MAX_NOTICES`]; older ones beyond that are dropped), oldest first.
+    pub fn take_qp_errors(&mut self) -> impl Iterator<Item = QpError> + '_ {
+        self.notices.drain(..)
+    }
+
     pub fn service(&mut self) -> Effects {
         let mut fx = Effects::default();
         if !self.active {
@@ -1696,6 +1724,19 @@ impl<M: Memory> Device<M> {
                 let mut wc = [blank_wc()];
                 match self.engine.poll_cq(ecq, &mut wc) {
                     Ok(1) => {
+                        let w = &wc[0];
+                        if !matches!(w.status, WcStatus::Success | WcStatus::WrFlushErr) {
+                            if self.notices.len() == MAX_NOTICES {
+                                self.notices.pop_front();
+                            }
+                            self.notices.push_back(QpError {
+                                handle: self.qp_of.get(&w.qp_num).copied().unwrap_or(0),
+                                qpn: w.qp_num,
+                                status: w.status,
+                                opcode: w.opcode,
+                                wr_id: w.wr_id,
+                            });
+                        }
                         let cqe = self.cqe_of(&wc[0]);
                         if !self.push_cqe(h, &cqe) {
                             self.stats.cq_full += 1;
@@ -2481,6 +2522,14 @@ mod tests {
         assert_eq!(ca[0].status.get(), status_code(WcStatus::RemAccessErr));
         let r = a.ok(code::QUERY_QP, &[(16, &qa.handle.to_le_bytes())]);
         assert_eq!(u32_at(&r, 16), 6, "QP in ERR");
+        // The host hears of it once, with the reason (for its log).
+        let errs: Vec<QpError> = a.d.take_qp_errors().collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            (errs[0].handle, errs[0].status, errs[0].wr_id),
+            (qa.handle, WcStatus::RemAccessErr, 9)
+        );
+        assert_eq!(a.d.take_qp_errors().count(), 0);
     }
 
     #[test]

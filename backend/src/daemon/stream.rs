@@ -96,6 +96,12 @@ impl RdmaSide {
         }
         let fx = self.host.device_mut().service();
         self.host.fire(fx);
+        for e in self.host.device_mut().take_qp_errors() {
+            warn!(
+                "QP {} (QPN {}) error: {:?} on a {:?} work request (wr_id {:#x})",
+                e.handle, e.qpn, e.status, e.opcode, e.wr_id
+            );
+        }
     }
 
     /// A RoCEv2 frame for one of the guest's GIDs.
