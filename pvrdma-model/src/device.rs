@@ -1698,15 +1698,15 @@ impl<M: Memory> Device<M> {
             .is_ok()
     }
 
-    /// Moves the engine's completions, CQ notifications and async events
-    /// into the guest's rings; returns the interrupts to raise. Call after
-    /// feeding the engine packets or time.
     /// The failed work requests noticed since the last call (at most
     /// [`MAX_NOTICES`]; older ones beyond that are dropped), oldest first.
     pub fn take_qp_errors(&mut self) -> impl Iterator<Item = QpError> + '_ {
         self.notices.drain(..)
     }
 
+    /// Moves the engine's completions, CQ notifications and async events
+    /// into the guest's rings; returns the interrupts to raise. Call after
+    /// feeding the engine packets or time.
     pub fn service(&mut self) -> Effects {
         let mut fx = Effects::default();
         if !self.active {
