@@ -22,8 +22,10 @@
 #             (try `ibv_devinfo -v`, `rdma link`, `ibv_rc_pingpong -d
 #             vmw_pvrdma0 -g 1`; the peer side is 10.77.0.254; leave with
 #             `poweroff -f`)
-# QEMU: ≥ 10.1 is needed (vfio-user-pci): 11.1 from the trixie-backports
-# chroot that qemu-chroot.sh builds, or VUR_QEMU=/path/to/qemu-system-x86_64.
+# QEMU: ≥ 10.1 is needed (vfio-user-pci): the host's qemu-system-x86_64
+# when it is new enough, else 11.1 from the trixie-backports chroot that
+# qemu-chroot.sh builds and caches; VUR_QEMU=/path/to/qemu-system-x86_64
+# picks one.
 # Needs root.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,6 +35,13 @@ SHELL_MODE=0
 [ "$(id -u)" -eq 0 ] || { echo "pvrdma-guest: needs root (namespace, TAP)" >&2; exit 1; }
 
 "$ROOT/tests/interop/build-guest.sh"
+if [ -z "${VUR_QEMU:-}" ] && command -v qemu-system-x86_64 >/dev/null; then
+  read -r qmaj qmin < <(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  if [ "${qmaj:-0}" -gt 10 ] || { [ "${qmaj:-0}" -eq 10 ] && [ "${qmin:-0}" -ge 1 ]; }; then
+    VUR_QEMU=$(command -v qemu-system-x86_64)
+    echo "pvrdma-guest: using the host's QEMU $qmaj.$qmin ($VUR_QEMU)"
+  fi
+fi
 if [ -z "${VUR_QEMU:-}" ]; then "$HERE/qemu-chroot.sh"; fi
 QEMU=${VUR_QEMU:-$HERE/qemu11}
 (cd "$ROOT" && cargo build --release --locked -q -p backend)
