@@ -125,8 +125,8 @@ struct DaemonArgs {
     #[arg(long, conflicts_with = "socket")]
     pvrdma: bool,
     /// Where to serve the control socket that `vhost-user-rdma stats`
-    /// reads (mode 0600; stream mode only). Default: `<link>-ctl.sock` in
-    /// the default socket directory.
+    /// reads (mode 0600). Default: beside the guest NIC's socket,
+    /// `NAME-ctl.sock` for `NAME.sock` or `NAME-net.sock`.
     ///
     /// Example: --control /run/vhost-user-rdma/vm1-ctl.sock
     #[arg(long, value_name = "PATH")]

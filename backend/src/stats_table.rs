@@ -22,6 +22,7 @@ pub fn render(v: &Value) -> String {
         }
     );
     section(&mut o, "port", &v["port"], false);
+    section(&mut o, "nic", &v["nic"], false);
     let r = &v["rdma"];
     if r.is_null() {
         let _ = writeln!(o, "rdma: no PVRDMA function on this daemon");

@@ -534,7 +534,18 @@ fn frames_flow_both_ways_and_bad_descriptors_are_refused() {
     }
     in_netns(|| {
         let dir = tempdir("flow");
-        let mut d = Daemon::start(&dir, &["--rdma-ip", "10.9.0.1", "--mtu", "1500"]);
+        let ctl = dir.join("ctl.sock");
+        let mut d = Daemon::start(
+            &dir,
+            &[
+                "--rdma-ip",
+                "10.9.0.1",
+                "--mtu",
+                "1500",
+                "--control",
+                ctl.to_str().unwrap(),
+            ],
+        );
         let host = HostSide::open(TAP);
         let features = 1 << 32 | 1 << 15 | 1 << 5 | 1 << 3; // VERSION_1, MRG_RXBUF, MAC, MTU
         let mut g = Guest::connect(&d.socket, features);
@@ -720,9 +731,37 @@ fn frames_flow_both_ways_and_bad_descriptors_are_refused() {
         );
         drop(g);
 
+        // `stats` on the control socket shows the same counts the log
+        // line below gives at exit.
+        let out = Command::new(BIN)
+            .args(["stats", "--json"])
+            .arg(&ctl)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (
+                &v["nic"]["to_engine"],
+                &v["nic"]["tx_bad"],
+                &v["nic"]["rx_bad"]
+            ),
+            (&1.into(), &5.into(), &2.into()),
+            "{v}"
+        );
+        assert_eq!(v["link"], TAP);
+        let table = Command::new(BIN).arg("stats").arg(&ctl).output().unwrap();
+        let t = String::from_utf8_lossy(&table.stdout);
+        assert!(t.contains("nic: ") && t.contains("to_engine=1"), "{t}");
+
         let (code, log) = d.stop();
         assert_eq!(code, 0, "{log}");
         assert!(!dir.join("net.sock").exists(), "socket removed on SIGTERM");
+        assert!(!ctl.exists(), "control socket removed on SIGTERM");
         let counters = log.lines().rev().find(|l| l.contains("counters:")).unwrap();
         assert!(counters.contains("to_engine=1 "), "{counters}");
         assert!(counters.contains("tx_bad=5 "), "{counters}");

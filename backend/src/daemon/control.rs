@@ -44,13 +44,38 @@ impl ControlEnd {
 }
 
 /// Binds the control socket at `path` (mode 0600) and serves it on a
-/// thread of its own.
+/// thread of its own; snapshots come from the thread that polls the
+/// returned end.
 pub fn serve(path: &Path) -> std::io::Result<ControlEnd> {
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let (tx, rx) = sync_channel::<Ask>(4);
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let w = wake.clone();
+    serve_with(path, move || {
+        let (rtx, rrx) = sync_channel(1);
+        if tx.try_send(Ask { reply: rtx }).is_err() {
+            return serde_json::json!({"error": "busy"}).to_string();
+        }
+        if w.write(1).is_err() {
+            return serde_json::json!({"error": "cannot wake the port's thread"}).to_string();
+        }
+        rrx.recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| {
+                serde_json::json!({"error": "the port's thread did not answer within 2 s"})
+                    .to_string()
+            })
+    })?;
+    Ok(ControlEnd { asks: rx, wake })
+}
+
+/// Binds the control socket at `path` (mode 0600) and serves it on a
+/// thread of its own, answering `stats` with `snapshot()` (run on that
+/// thread).
+pub fn serve_with(
+    path: &Path,
+    snapshot: impl Fn() -> String + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     info!(
         "control socket {} (vhost-user-rdma stats {})",
         path.display(),
@@ -62,7 +87,7 @@ pub fn serve(path: &Path) -> std::io::Result<ControlEnd> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(c) => {
-                        if let Err(e) = handle(c, &tx, &w) {
+                        if let Err(e) = handle(c, &snapshot) {
                             warn!("control socket: {e}");
                         }
                     }
@@ -70,10 +95,10 @@ pub fn serve(path: &Path) -> std::io::Result<ControlEnd> {
                 }
             }
         })?;
-    Ok(ControlEnd { asks: rx, wake })
+    Ok(())
 }
 
-fn handle(c: UnixStream, tx: &SyncSender<Ask>, wake: &EventFd) -> std::io::Result<()> {
+fn handle(c: UnixStream, snapshot: &dyn Fn() -> String) -> std::io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(2)))?;
     c.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
@@ -87,19 +112,7 @@ fn handle(c: UnixStream, tx: &SyncSender<Ask>, wake: &EventFd) -> std::io::Resul
         });
         return writeln!(out, "{msg}");
     }
-    let (rtx, rrx) = sync_channel(1);
-    if tx.try_send(Ask { reply: rtx }).is_err() {
-        return writeln!(out, "{}", serde_json::json!({"error": "busy"}));
-    }
-    wake.write(1)?;
-    match rrx.recv_timeout(Duration::from_secs(2)) {
-        Ok(s) => writeln!(out, "{s}"),
-        Err(_) => writeln!(
-            out,
-            "{}",
-            serde_json::json!({"error": "the port's thread did not answer within 2 s"})
-        ),
-    }
+    writeln!(out, "{}", snapshot())
 }
 
 /// Sends `request` to the control socket at `path` and returns the reply

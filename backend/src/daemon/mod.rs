@@ -189,6 +189,18 @@ pub fn default_socket(ifname: &str) -> PathBuf {
     dir.join("vhost-user-rdma").join(format!("{ifname}.sock"))
 }
 
+/// The control socket's default path: beside the guest NIC's socket,
+/// `NAME-ctl.sock` for `NAME.sock` or `NAME-net.sock`.
+pub fn control_beside(nic: &Path) -> PathBuf {
+    let name = nic
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".sock").unwrap_or(&name);
+    let stem = stem.strip_suffix("-net").unwrap_or(stem);
+    nic.with_file_name(format!("{stem}-ctl.sock"))
+}
+
 /// Opens the link's port, turning permission errors into advice.
 pub fn open_port(spec: &PortSpec) -> Result<FramePort, DaemonError> {
     let denied = |e: &LinkError| {
@@ -419,6 +431,7 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         cfg.rdma
     );
     let port_fd = port.fd();
+    let port_name = port.name().to_string();
     let backend = Arc::new(RwLock::new(NetBackend::new(net_cfg, port)));
     if cfg.pvrdma_socket.is_some() {
         return Err(DaemonError::PvrdmaNeedsStream);
@@ -427,8 +440,16 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         return Err(DaemonError::PcapNeedsPvrdma);
     }
 
+    // The control socket: `stats` reads the NIC's counters straight
+    // from the backend (a read lock, on the control thread).
+    let control = cfg
+        .control
+        .clone()
+        .unwrap_or_else(|| control_beside(&socket));
+    check_socket(&control)?;
     let stats_backend = backend.clone();
     let sock = socket.clone();
+    let ctl_path = control.clone();
     let pvrdma_path = cfg.pvrdma_socket.clone();
     handle_signals(move |sig| {
         info!(
@@ -441,10 +462,40 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         );
         log_stats(&stats_backend);
         let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_file(&ctl_path);
         if let Some(p) = &pvrdma_path {
             let _ = std::fs::remove_file(p);
         }
     })?;
+    // After the signal thread: threads started from here on inherit the
+    // blocked SIGINT/SIGTERM.
+    let (snap_backend, snap_link, snap_mac, started) = (
+        backend.clone(),
+        port_name.clone(),
+        mac_string(&cfg.mac),
+        std::time::Instant::now(),
+    );
+    control::serve_with(&control, move || {
+        let Ok(b) = snap_backend.read() else {
+            return serde_json::json!({"error": "the NIC backend is not readable"}).to_string();
+        };
+        let s = b.stats();
+        serde_json::json!({
+            "link": snap_link,
+            "mac": snap_mac,
+            "uptime_s": started.elapsed().as_secs(),
+            "nic": {
+                "tx_frames": s.tx_frames, "tx_bytes": s.tx_bytes,
+                "rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes,
+                "to_engine": s.to_engine, "engine_bad": s.engine_bad,
+                "tx_bad": s.tx_bad, "rx_bad": s.rx_bad,
+                "rx_no_buffer": s.rx_no_buffer, "link_errors": s.link_errors,
+                "broken": s.broken,
+            },
+        })
+        .to_string()
+    })
+    .map_err(|e| DaemonError::SocketDir(control.clone(), e))?;
 
     let listener =
         UnixListener::bind(&socket).map_err(|e| DaemonError::SocketDir(socket.clone(), e))?;
@@ -508,14 +559,8 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
         check_socket(&p)?;
         cfg.pvrdma_socket = Some(p);
     }
-    let control = match cfg.control.clone() {
-        Some(p) => p,
-        None => {
-            let p = default_socket(&format!("{}-ctl", port.name()));
-            check_socket(&p)?;
-            p
-        }
-    };
+    let control = cfg.control.clone().unwrap_or_else(|| control_beside(&path));
+    check_socket(&control)?;
     if let Some(mtu) = cfg.mtu {
         netdev::port::set_mtu(port.name(), u32::from(mtu)).map_err(|source| DaemonError::Mtu {
             name: port.name().to_string(),
@@ -760,6 +805,15 @@ mod tests {
                 ),
             "{stream}"
         );
+        assert_eq!(
+            control_beside(Path::new("/run/v/vur0-net.sock")),
+            Path::new("/run/v/vur0-ctl.sock")
+        );
+        assert_eq!(
+            control_beside(Path::new("/run/v/vm1.sock")),
+            Path::new("/run/v/vm1-ctl.sock")
+        );
+        assert_eq!(control_beside(Path::new("x")), Path::new("x-ctl.sock"));
         let unknown = qemu_options(&cfg(), s, 1500, None);
         assert!(unknown.contains("reconnect-ms"), "{unknown}");
     }
