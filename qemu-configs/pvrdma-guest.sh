@@ -36,7 +36,7 @@ SHELL_MODE=0
 
 "$ROOT/tests/interop/build-guest.sh"
 if [ -z "${VUR_QEMU:-}" ] && command -v qemu-system-x86_64 >/dev/null; then
-  read -r qmaj qmin < <(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  read -r qmaj qmin < <(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p') || true
   if [ "${qmaj:-0}" -gt 10 ] || { [ "${qmaj:-0}" -eq 10 ] && [ "${qmin:-0}" -ge 1 ]; }; then
     VUR_QEMU=$(command -v qemu-system-x86_64)
     echo "pvrdma-guest: using the host's QEMU $qmaj.$qmin ($VUR_QEMU)"
@@ -52,8 +52,11 @@ GUEST=$CACHE/$(cat "$CACHE/kernel-version")
 NS=vur-pvdemo-$$
 WORK=$(mktemp -d /tmp/vur-pvdemo.XXXXXX)
 PIDS=()
+# Only our own children still running (a PID reaped earlier may have
+# been reused by some other process).
+mine() { [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]; }
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do mine "$p" && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$WORK"
@@ -93,7 +96,8 @@ step 3 client 150 ib_send_lat -d $DEV -x 1 -n 1000 -s 64 -p 18603 10.77.0.254
 STEPS
 (cd "$WORK/initrd" && echo suite.sh | cpio -o -H newc --quiet | gzip -1) >"$WORK/suite.cpio.gz"
 cat "$GUEST/initramfs.cpio.gz" "$WORK/suite.cpio.gz" >"$WORK/initrd.img"
-ip netns exec "$NS" "$QEMU" -accel tcg -smp 1 -display none -monitor none -no-reboot \
+# The guest's whole life is bounded: a hung guest ends the run, not hangs it.
+ip netns exec "$NS" timeout 600 "$QEMU" -accel tcg -smp 1 -display none -monitor none -no-reboot \
   -serial file:"$WORK/guest.log" -kernel "$GUEST/vmlinuz" -initrd "$WORK/initrd.img" \
   -append "console=ttyS0 panic=-1 loglevel=4 vur.ip=10.77.0.1/24 vur.peer=10.77.0.254 vur.dev=pvrdma" "${QOPTS[@]}" \
   >"$WORK/qemu.out" 2>&1 &

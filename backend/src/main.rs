@@ -155,7 +155,7 @@ struct PcapArgs {
     pcap: Option<PathBuf>,
     /// Size at which the pcap file rotates: FILE becomes FILE.1, FILE.1
     /// becomes FILE.2, and so on.
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pcap_max_mib: u64,
     /// Pcap files kept, the one being written included; older ones are
     /// deleted.

@@ -69,9 +69,14 @@ const HEADER_LEN: u64 = 24;
 const RECORD_LEN: u64 = 16;
 
 impl PcapTap {
-    /// Creates (truncates) `cfg.path` and writes the pcap header.
+    /// Creates (truncates) `cfg.path` and writes the pcap header. Rotated
+    /// files of an earlier capture to the same path are removed, so the
+    /// set never mixes two runs.
     pub fn create(cfg: PcapConfig) -> std::io::Result<PcapTap> {
         let file = File::create(&cfg.path)?;
+        for i in 1..cfg.files.max(2) {
+            let _ = std::fs::remove_file(rotated(&cfg.path, i));
+        }
         let buffer = Buffer::default();
         let writer = PcapWriter::new(buffer.clone()).map_err(std::io::Error::other)?;
         let mut tap = PcapTap {
@@ -105,11 +110,7 @@ impl PcapTap {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.drain()?;
         let p = &self.cfg.path;
-        let name = |i: u32| {
-            let mut s = p.clone().into_os_string();
-            s.push(format!(".{i}"));
-            PathBuf::from(s)
-        };
+        let name = |i: u32| rotated(p, i);
         if self.cfg.files <= 1 {
             let _ = std::fs::remove_file(p);
         } else {
@@ -161,6 +162,13 @@ impl PcapTap {
             self.failed = true;
         }
     }
+}
+
+/// `path` with `.i` appended.
+fn rotated(path: &Path, i: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
 }
 
 impl FrameTap for PcapTap {

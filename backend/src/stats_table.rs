@@ -9,17 +9,17 @@ use std::fmt::Write;
 pub fn render(v: &Value) -> String {
     let mut o = String::new();
     let s = |k: &str| v.get(k).map(plain).unwrap_or_default();
+    let guest = match v["guest_connected"].as_bool() {
+        Some(true) => "  guest connected",
+        Some(false) => "  guest not connected",
+        None => "",
+    };
     let _ = writeln!(
         o,
-        "link {}  mac {}  up {} s  guest {}",
+        "link {}  mac {}  up {} s{guest}",
         s("link"),
         s("mac"),
         s("uptime_s"),
-        if v["guest_connected"].as_bool() == Some(true) {
-            "connected"
-        } else {
-            "not connected"
-        }
     );
     section(&mut o, "port", &v["port"], false);
     section(&mut o, "nic", &v["nic"], false);

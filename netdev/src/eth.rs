@@ -469,6 +469,9 @@ impl Link for EthLink {
     fn handle_timeout(&mut self, now: u64) -> Result<(), LinkError> {
         EthLink::handle_timeout(self, now)
     }
+    fn flush_tap(&mut self) {
+        EthLink::flush_tap(self)
+    }
 }
 
 #[cfg(test)]

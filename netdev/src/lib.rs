@@ -114,6 +114,8 @@ pub trait Link {
     fn handle_timeout(&mut self, _now: u64) -> Result<(), LinkError> {
         Ok(())
     }
+    /// Makes what the link's capture tap holds durable (no-op without one).
+    fn flush_tap(&mut self) {}
 }
 
 /// Why a link failed.

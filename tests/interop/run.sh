@@ -53,8 +53,11 @@ BIN=$ROOT/target/release/vhost-user-rdma
 NS=vur-interop-$$
 WORK=$(mktemp -d /tmp/vur-interop.XXXXXX)
 PIDS=()
+# Only our own children still running (a PID reaped earlier may have
+# been reused by some other process).
+mine() { [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]; }
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do mine "$p" && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
   if [ "${VUR_KEEP:-0}" = 1 ]; then echo "interop: kept $WORK"; else rm -rf "$WORK"; fi
@@ -351,10 +354,13 @@ run_suite() { # NAME
   if [ -n "$DPID" ]; then
     kill -TERM "$DPID"; local drc=0; wait "$DPID" || drc=$?
     local ctr; ctr=$(grep -o 'counters: .*' "$dir/daemon.log" | tail -1 || true)
-    if [ "$drc" = 0 ] && [ ! -e "$dir/vu.sock" ] && grep -q "SIGTERM received" "$dir/daemon.log"; then
-      echo "   PASS  daemon stopped on SIGTERM, socket removed; $ctr"
+    local socks=("$dir/vu.sock" "$dir/vu-ctl.sock") left=""
+    [ "$STREAM" = 1 ] && socks=("$dir/net.sock" "$dir/rdma.sock" "$dir/net-ctl.sock")
+    for s in "${socks[@]}"; do [ -e "$s" ] && left="$left ${s##*/}"; done
+    if [ "$drc" = 0 ] && [ -z "$left" ] && grep -q "SIGTERM received" "$dir/daemon.log"; then
+      echo "   PASS  daemon stopped on SIGTERM, its sockets removed; $ctr"
     else
-      echo "   FAIL  daemon exit rc=$drc; socket left: $([ -e "$dir/vu.sock" ] && echo yes || echo no)"; FAILED=$((FAILED+1))
+      echo "   FAIL  daemon exit rc=$drc; sockets left:${left:- none}"; FAILED=$((FAILED+1))
       tail -5 "$dir/daemon.log" | sed 's/^/      daemon: /'
     fi
     if [ "$STREAM" = 0 ] && [ "$(grep -c 'QEMU disconnected\|connection ended' "$dir/daemon.log")" -lt 2 ]; then
@@ -386,13 +392,19 @@ run_suite() { # NAME
     # SEND malformed (they do so on Linux rxe's own frames too): off.
     local ts=(tshark --disable-protocol rpcordma --disable-protocol nvme-rdma
               --disable-protocol iser --disable-protocol smb_direct)
+    local terr=0 out
     for pf in "$dir"/peer-*.pcap; do
       n=$((n + 1))
       "$BIN" decode "$pf" >/dev/null 2>&1 || derr=$((derr + 1))
-      fr=$((fr + $("${ts[@]}" -r "$pf" 2>/dev/null | wc -l)))
-      ib=$((ib + $("${ts[@]}" -r "$pf" -Y infiniband 2>/dev/null | wc -l)))
-      bad=$((bad + $("${ts[@]}" -r "$pf" -Y '_ws.malformed || _ws.expert.severity == "Error"' 2>/dev/null | wc -l)))
+      # A tshark that fails (a rejected filter or option) counts as an error.
+      out=$("${ts[@]}" -r "$pf" 2>/dev/null) || terr=$((terr + 1))
+      fr=$((fr + $(printf '%s' "$out" | grep -c .)))
+      out=$("${ts[@]}" -r "$pf" -Y infiniband 2>/dev/null) || terr=$((terr + 1))
+      ib=$((ib + $(printf '%s' "$out" | grep -c .)))
+      out=$("${ts[@]}" -r "$pf" -Y '_ws.malformed || _ws.expert.severity == "Error"' 2>/dev/null) || terr=$((terr + 1))
+      bad=$((bad + $(printf '%s' "$out" | grep -c .)))
     done
+    bad=$((bad + terr))
     if [ "$derr" = 0 ] && [ "$fr" -gt 0 ] && [ "$ib" = "$fr" ] && [ "$bad" = 0 ]; then
       echo "   PASS  peer --pcap: $n captures, $fr frames; our decode: all good; tshark: $ib RRoCE, 0 malformed"
     else

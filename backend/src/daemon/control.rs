@@ -74,7 +74,14 @@ pub fn serve_with(
     path: &Path,
     snapshot: impl Fn() -> String + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = UnixListener::bind(path)?;
+    // Made 0600 from the start (umask), and set again in case the umask
+    // did not apply.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     info!(
         "control socket {} (vhost-user-rdma stats {})",

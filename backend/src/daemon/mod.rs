@@ -519,6 +519,7 @@ pub fn run(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Daemon
         match serve_one(&backend, port_fd, qemu) {
             Err(e @ DaemonError::MemoryNotShared) => {
                 let _ = std::fs::remove_file(&socket);
+                let _ = std::fs::remove_file(&control);
                 return Err(e);
             }
             Err(e) => error!(
@@ -561,6 +562,18 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
     }
     let control = cfg.control.clone().unwrap_or_else(|| control_beside(&path));
     check_socket(&control)?;
+    if cfg.pcap.is_some() && cfg.pvrdma_socket.is_none() {
+        return Err(DaemonError::PcapNeedsPvrdma);
+    }
+    // The capture file before any socket exists, so a bad path fails
+    // cleanly.
+    let pcap = match &cfg.pcap {
+        Some(p) => Some(
+            crate::pcap_tap::PcapTap::create(p.clone())
+                .map_err(|e| DaemonError::Pcap(p.path.clone(), e))?,
+        ),
+        None => None,
+    };
     if let Some(mtu) = cfg.mtu {
         netdev::port::set_mtu(port.name(), u32::from(mtu)).map_err(|source| DaemonError::Mtu {
             name: port.name().to_string(),
@@ -568,6 +581,10 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
             source,
         })?;
     }
+    // From here on the sockets exist; they go on any error return (and on
+    // SIGINT/SIGTERM, from the signal thread).
+    let mut made = SocketFiles(vec![path.clone(), control.clone()]);
+    made.0.extend(cfg.pvrdma_socket.clone());
     let listener =
         UnixListener::bind(&path).map_err(|e| DaemonError::SocketDir(path.clone(), e))?;
     info!(
@@ -611,24 +628,34 @@ fn run_stream(mut cfg: DaemonConfig, announce: &mut dyn Write) -> Result<(), Dae
         cfg.pvrdma_socket.as_deref(),
         QemuVersion::of(&cfg.qemu),
     );
-    let _ = writeln!(announce, "{opts}");
-    let _ = announce.flush();
-    if cfg.pcap.is_some() && device.is_none() {
-        return Err(DaemonError::PcapNeedsPvrdma);
-    }
     let mut stream =
         stream::StreamPort::new(listener, port, cfg.mac, cfg.rdma.clone(), device, published)
             .with_control(ctl);
-    if let Some(p) = &cfg.pcap {
-        let tap = crate::pcap_tap::PcapTap::create(p.clone())
-            .map_err(|e| DaemonError::Pcap(p.path.clone(), e))?;
+    if let Some(tap) = pcap {
         info!(
             "capturing the PVRDMA function's RoCEv2 frames to {}",
-            p.path.display()
+            tap.path().display()
         );
         stream = stream.with_pcap(Box::new(tap));
     }
-    stream.run().map_err(DaemonError::Stream)
+    let _ = writeln!(announce, "{opts}");
+    let _ = announce.flush();
+    let r = stream.run().map_err(DaemonError::Stream);
+    drop(made);
+    r
+}
+
+/// Socket files this daemon made, removed when dropped (on an error
+/// return; SIGINT/SIGTERM end the process from the signal thread, which
+/// removes them itself).
+struct SocketFiles(Vec<PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Serves the PVRDMA function on `path` over vfio-user, on its own

@@ -53,7 +53,16 @@ struct RdmaSide {
     bad_frames: u64,
     /// Frames for the guest's GIDs with a good ICRC, handed to the engine.
     received: u64,
+    /// QP error lines logged in the current second, when it began, and
+    /// those left out of the log since the last summary.
+    errs_logged: u32,
+    errs_window: Instant,
+    errs_suppressed: u64,
 }
+
+/// QP error lines logged per second at most; the rest are counted and
+/// summed up in one line, so a guest cannot flood the host's log.
+const QP_ERR_LINES_PER_SEC: u32 = 10;
 
 impl RdmaSide {
     fn now(&self) -> u64 {
@@ -96,11 +105,31 @@ impl RdmaSide {
         }
         let fx = self.host.device_mut().service();
         self.host.fire(fx);
-        for e in self.host.device_mut().take_qp_errors() {
-            warn!(
-                "QP {} (QPN {}) error: {:?} on a {:?} work request (wr_id {:#x})",
-                e.handle, e.qpn, e.status, e.opcode, e.wr_id
-            );
+        let errs: Vec<_> = self.host.device_mut().take_qp_errors().collect();
+        if errs.is_empty() {
+            return;
+        }
+        if self.errs_window.elapsed() >= std::time::Duration::from_secs(1) {
+            if self.errs_suppressed > 0 {
+                warn!(
+                    "{} more QP errors in the last second were not logged one by one",
+                    self.errs_suppressed
+                );
+            }
+            self.errs_window = Instant::now();
+            self.errs_logged = 0;
+            self.errs_suppressed = 0;
+        }
+        for e in errs {
+            if self.errs_logged < QP_ERR_LINES_PER_SEC {
+                self.errs_logged += 1;
+                warn!(
+                    "QP {} (QPN {}) error: {:?} on a {:?} work request (wr_id {:#x})",
+                    e.handle, e.qpn, e.status, e.opcode, e.wr_id
+                );
+            } else {
+                self.errs_suppressed += 1;
+            }
         }
     }
 
@@ -240,6 +269,9 @@ impl StreamPort {
             icrc_err: 0,
             bad_frames: 0,
             received: 0,
+            errs_logged: 0,
+            errs_window: Instant::now(),
+            errs_suppressed: 0,
         });
         StreamPort {
             listener,

@@ -537,6 +537,8 @@ impl Node {
         if self.last_rx.elapsed() < Duration::from_micros(200) {
             return Ok(());
         }
+        // About to sleep: the capture (if any) reaches its file first.
+        self.link.flush_tap();
         let now = self.now();
         let mut wait = max.as_nanos() as u64;
         for t in [self.engine.poll_timeout(), self.link.poll_timeout()]

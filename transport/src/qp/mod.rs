@@ -572,6 +572,8 @@ impl Qp {
             rnr_left: self.attrs.rnr_retry,
             ..CompState::default()
         };
+        // Keep the coalesced-ACK count the old responder state held.
+        self.counters.ack_deferred += self.resp.coalesced;
         self.resp = responder::RespState::new(usize::from(self.attrs.max_dest_rd_atomic.max(1)));
     }
 
