@@ -8,9 +8,11 @@
 /// Event counters (per QP, or summed over an engine).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Packets handed out by `poll_transmit` (rxe `sent_pkts`).
+    /// Packets handed out by `poll_transmit`, CNPs included (rxe
+    /// `sent_pkts`). Engine-wide only: 0 in a QP's own counters.
     pub sent_pkts: u64,
-    /// Packets taken for a QP by `handle_packet` (rxe `rcvd_pkts`).
+    /// Packets taken by `handle_packet` for a QP, and CNPs (rxe
+    /// `rcvd_pkts`). Engine-wide only: 0 in a QP's own counters.
     pub rcvd_pkts: u64,
     /// Requests whose PSN was already executed (rxe `duplicate_request`).
     pub duplicate_request: u64,
@@ -104,6 +106,58 @@ impl Counters {
             ("ecn_marked", self.ecn_marked),
             ("link_downed", self.link_downed),
         ]
+    }
+}
+
+/// Packets and transport bytes per BTH opcode, each way, as the engine
+/// keeps them: `[packets, bytes]` side by side, so counting a packet
+/// touches one cache line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpcodeCounts {
+    /// Sent, indexed by opcode.
+    pub tx: [[u64; 2]; 256],
+    /// Received and taken, indexed by opcode.
+    pub rx: [[u64; 2]; 256],
+}
+
+impl Default for OpcodeCounts {
+    fn default() -> OpcodeCounts {
+        OpcodeCounts {
+            tx: [[0; 2]; 256],
+            rx: [[0; 2]; 256],
+        }
+    }
+}
+
+impl OpcodeCounts {
+    /// Counts one packet of `len` bytes with `opcode`, sent or received.
+    #[inline]
+    pub fn count(&mut self, sent: bool, opcode: u8, len: usize) {
+        let e = if sent {
+            &mut self.tx[usize::from(opcode)]
+        } else {
+            &mut self.rx[usize::from(opcode)]
+        };
+        e[0] += 1;
+        e[1] += len as u64;
+    }
+
+    /// Packets (sent, received), summed over the opcodes.
+    pub fn packets(&self) -> (u64, u64) {
+        (
+            self.tx.iter().map(|e| e[0]).sum(),
+            self.rx.iter().map(|e| e[0]).sum(),
+        )
+    }
+
+    /// The bytes alone.
+    pub fn bytes(&self) -> OpcodeBytes {
+        let mut b = OpcodeBytes::default();
+        for i in 0..256 {
+            b.tx[i] = self.tx[i][1];
+            b.rx[i] = self.rx[i][1];
+        }
+        b
     }
 }
 

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 use crate::{
-    counters::{Counters, OpcodeBytes},
+    counters::{Counters, OpcodeBytes, OpcodeCounts},
     cq::Cq,
     device::{DeviceAttrs, Gid, GidTable},
     memory::Memory,
@@ -213,7 +213,7 @@ pub struct Engine<M: Memory> {
     /// destroyed QPs; live QPs keep their own.
     counters: Counters,
     /// Transport bytes per opcode, each way.
-    bytes: Box<OpcodeBytes>,
+    per_op: OpcodeCounts,
 }
 
 macro_rules! ctx {
@@ -247,7 +247,7 @@ impl<M: Memory> Engine<M> {
             notifications: VecDeque::new(),
             next_tx: 0,
             counters: Counters::default(),
-            bytes: Box::default(),
+            per_op: OpcodeCounts::default(),
         }
     }
 
@@ -303,6 +303,7 @@ impl<M: Memory> Engine<M> {
     /// plain integers).
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
+        (c.sent_pkts, c.rcvd_pkts) = self.per_op.packets();
         for q in self.qps.iter().flatten() {
             c.add(&q.all_counters());
         }
@@ -320,8 +321,8 @@ impl<M: Memory> Engine<M> {
     }
 
     /// Transport bytes per opcode, each way.
-    pub fn opcode_bytes(&self) -> &OpcodeBytes {
-        &self.bytes
+    pub fn opcode_bytes(&self) -> OpcodeBytes {
+        self.per_op.bytes()
     }
 
     fn qp_mut(&mut self, qpn: u32) -> Result<&mut Qp, VerbsError> {
@@ -1086,7 +1087,7 @@ impl<M: Memory> Engine<M> {
         let opcode = repr.bth.opcode;
         if opcode.transport() == Transport::Cnp {
             self.counters.cnp_rcvd += 1;
-            self.bytes.rx[usize::from(opcode.0)] += ib.len() as u64;
+            self.per_op.count(false, opcode.0, ib.len());
             return Err(DropReason::Cnp);
         }
         let qpn = repr.bth.dest_qp;
@@ -1124,8 +1125,7 @@ impl<M: Memory> Engine<M> {
             self.counters.ecn_marked += 1;
             qp.cnp_pending = true;
         }
-        qp.counters.rcvd_pkts += 1;
-        self.bytes.rx[usize::from(opcode.0)] += ib.len() as u64;
+        self.per_op.count(false, opcode.0, ib.len());
         let info = pkt.info();
         if info.request {
             qp.on_request(&mut ctx, meta, &pkt, &repr);
@@ -1172,9 +1172,8 @@ impl<M: Memory> Engine<M> {
                 continue;
             };
             self.next_tx = (i + 1) % n;
-            qp.counters.sent_pkts += 1;
             if let Some(&op) = buf.first() {
-                self.bytes.tx[usize::from(op)] += len as u64;
+                self.per_op.count(true, op, len);
             }
             let src_qp = qp.qpn;
             return Some(Transmit {
