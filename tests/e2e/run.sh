@@ -345,6 +345,8 @@ run_engine() {
   local t
   for t in "ib_write_bw -x 1 -n 2000 -s 65536" "ib_send_lat -x 1 -n 1000 -s 64"; do
     local tag=${t%% *}
+    # Both peers share the namespace: the TCP handshake goes over its
+    # loopback, the RDMA traffic over the TAPs and the bridge.
     # shellcheck disable=SC2086
     ip netns exec "$NS" timeout 120 "$BIN" peer --link tap:${TAP[1]} --ip ${IP[1]}/24 --mac ${MAC[1]} \
       $t -p 18900 >"$dir/$tag-server.log" 2>&1 &
@@ -352,9 +354,9 @@ run_engine() {
     local crc=0 src=0
     # shellcheck disable=SC2086
     ip netns exec "$NS" timeout 120 "$BIN" peer --link tap:${TAP[0]} --ip ${IP[0]}/24 --mac ${MAC[0]} \
-      --connect-timeout 30 $t -p 18900 ${IP[1]} >"$dir/$tag-client.log" 2>&1 || crc=$?
+      --connect-timeout 30 $t -p 18900 127.0.0.1 >"$dir/$tag-client.log" 2>&1 || crc=$?
     wait "$sp" || src=$?
-    local row; row=$(grep -A1 '^ *#bytes' "$dir/$tag-client.log" | tail -1)
+    local row; row=$(grep -A1 '^ *#bytes' "$dir/$tag-client.log" | tail -1 || true)
     if [ "$crc" = 0 ] && [ "$src" = 0 ] && [ -n "$row" ]; then
       echo "   PASS  client $t: $(echo "$row" | awk '{print $1, $2, $3, $4, $5, $6}')"
     else
