@@ -983,6 +983,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         assert_eq!(r["counters"]["rcvd_pkts"], peer.sent_pkts - 1, "{v}");
         assert_eq!(r["counters"]["completer_retry_err"], 1, "{v}");
         assert_eq!(r["link"]["icrc_err"], 1, "{v}");
+        assert_eq!(r["link"]["send_err"], 0, "{v}");
         assert_eq!(r["link"]["received"], peer.sent_pkts - 1, "{v}");
         assert_eq!(r["link"]["sent"], r["counters"]["sent_pkts"], "{v}");
         assert_eq!(r["objects"]["qps"], 1, "{v}");

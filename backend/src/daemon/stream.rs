@@ -53,6 +53,9 @@ struct RdmaSide {
     bad_frames: u64,
     /// Frames for the guest's GIDs with a good ICRC, handed to the engine.
     received: u64,
+    /// Packets the link could not send (the engine's retransmission
+    /// recovers them; rxe `send_err`).
+    send_err: u64,
     /// QP error lines logged in the current second, when it began, and
     /// those left out of the log since the last summary.
     errs_logged: u32,
@@ -101,7 +104,9 @@ impl RdmaSide {
             .engine_mut()
             .poll_transmit(now, &mut self.buf)
         {
-            let _ = self.link.send(&t, &mut self.buf[..t.len], now);
+            if self.link.send(&t, &mut self.buf[..t.len], now).is_err() {
+                self.send_err += 1;
+            }
         }
         let fx = self.host.device_mut().service();
         self.host.fire(fx);
@@ -269,6 +274,7 @@ impl StreamPort {
             icrc_err: 0,
             bad_frames: 0,
             received: 0,
+            send_err: 0,
             errs_logged: 0,
             errs_window: Instant::now(),
             errs_suppressed: 0,
@@ -378,6 +384,7 @@ impl StreamPort {
                 "icrc_err": d.icrc_err + l.bad,
                 "bad_frames": d.bad_frames,
                 "unresolved": l.unresolved,
+                "send_err": d.send_err,
             },
             "bytes_per_opcode": { "tx": per_op(&bytes.tx), "rx": per_op(&bytes.rx) },
             "objects": {
