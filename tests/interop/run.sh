@@ -396,6 +396,12 @@ run_suite() { # NAME
     # may be on them. Kernel rxe's IPv6 frames carry UDP checksum 0, which
     # tshark flags as an error; they are rxe's, not ours.
     local me='eth.src == 02:76:72:4d:00:02'
+    # Only the headers count: tshark also guesses at RDMA payloads (a
+    # 2-byte WRITE becomes an "ethertype" and then a malformed CRTP
+    # header, on rxe's frames as on ours), so frames whose payload it
+    # dissected further ("infiniband:" in frame.protocols) are left out of
+    # the malformed and error counts.
+    local hdr='!(frame.protocols contains "infiniband:")'
     cnt() { # FILE [FILTER]: frames; a failing tshark is noted in tshark.failed
       local o
       if [ -n "${2:-}" ]; then o=$("${ts[@]}" -r "$1" -Y "$2" 2>/dev/null) || { echo "$1 $2" >>"$dir/tshark.failed"; echo 0; return; }
@@ -408,9 +414,9 @@ run_suite() { # NAME
       "$BIN" decode "$pf" >/dev/null 2>&1 || derr=$((derr + 1))
       fr=$((fr + $(cnt "$pf")))
       ib=$((ib + $(cnt "$pf" infiniband)))
-      mal=$((mal + $(cnt "$pf" _ws.malformed)))
+      mal=$((mal + $(cnt "$pf" "_ws.malformed && $hdr")))
       ours=$((ours + $(cnt "$pf" "$me")))
-      ourerr=$((ourerr + $(cnt "$pf" "$me && _ws.expert.severity == \"Error\"")))
+      ourerr=$((ourerr + $(cnt "$pf" "$me && _ws.expert.severity == \"Error\" && $hdr")))
     done
     [ -f "$dir/tshark.failed" ] && terr=$(wc -l <"$dir/tshark.failed")
     if [ "$derr" = 0 ] && [ "$terr" = 0 ] && [ "$fr" -gt 0 ] && [ "$ib" = "$fr" ] && [ "$mal" = 0 ] &&
