@@ -373,6 +373,51 @@ fn ok(c: &mut Client, ram: &Ram, irq0: &EventFd, cmd: u32, body: &[(usize, &[u8]
     r
 }
 
+/// Writes a signaled RDMA WRITE WQE (one SGE `sge` = (addr, len, lkey),
+/// to `remote` = (addr, rkey)) into the send ring at `qp_pages` and
+/// publishes the producer index; the caller rings the doorbell.
+fn post_write(
+    ram: &Ram,
+    qp_pages: &[u64],
+    prod: &mut u32,
+    wr_id: u64,
+    remote: (u64, u32),
+    sge: (u64, u32, u32),
+) {
+    let slot = u64::from(*prod % 16);
+    let mut w = [0u8; 80];
+    w[..8].copy_from_slice(&wr_id.to_le_bytes());
+    w[8..12].copy_from_slice(&1u32.to_le_bytes());
+    w[16..20].copy_from_slice(&0u32.to_le_bytes()); // RDMA_WRITE
+    w[20..24].copy_from_slice(&2u32.to_le_bytes());
+    w[32..40].copy_from_slice(&remote.0.to_le_bytes());
+    w[40..44].copy_from_slice(&remote.1.to_le_bytes());
+    let mut g = [0u8; 16];
+    g[..8].copy_from_slice(&sge.0.to_le_bytes());
+    g[8..12].copy_from_slice(&sge.1.to_le_bytes());
+    g[12..16].copy_from_slice(&sge.2.to_le_bytes());
+    ram.write(qp_pages[1] + 128 * slot, &w);
+    ram.write(qp_pages[1] + 128 * slot + 80, &g);
+    *prod = (*prod + 1) % 32;
+    ram.write(qp_pages[0], &prod.to_le_bytes());
+}
+
+/// Hands every RoCEv2 packet waiting on `link` to the peer engine `e`.
+fn deliver(
+    link: &mut netdev::eth::EthLink,
+    e: &mut transport::engine::Engine<transport::memory::VecMemory>,
+    buf: &mut [u8],
+    now: u64,
+) {
+    while let Ok(Some(r)) = link.recv(buf, now) {
+        let meta = transport::engine::RxMeta {
+            ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
+            ecn: r.ecn,
+        };
+        let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
+    }
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
@@ -618,13 +663,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             |ram: &Ram| u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
         while clock.elapsed() < Duration::from_secs(10) {
             let now = clock.elapsed().as_nanos() as u64;
-            while let Ok(Some(r)) = link.recv(&mut buf, now) {
-                let meta = RxMeta {
-                    ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
-                    ecn: r.ecn,
-                };
-                let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
-            }
+            deliver(&mut link, &mut e, &mut buf, now);
             if e.poll_timeout().is_some_and(|t| t <= now) {
                 e.handle_timeout(now);
             }
@@ -794,33 +833,19 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         let t0 = Instant::now();
         while done < total && t0.elapsed() < Duration::from_secs(30) {
             while posted < total && posted - done < 8 {
-                let slot = u64::from(prod % 16);
-                let mut w = [0u8; 80];
-                w[..8].copy_from_slice(&(5000 + u64::from(posted)).to_le_bytes());
-                w[8..12].copy_from_slice(&1u32.to_le_bytes());
-                w[16..20].copy_from_slice(&0u32.to_le_bytes()); // RDMA_WRITE
-                w[20..24].copy_from_slice(&2u32.to_le_bytes());
-                w[32..40].copy_from_slice(&0u64.to_le_bytes());
-                w[40..44].copy_from_slice(&ekey.to_le_bytes());
-                let mut g = [0u8; 16];
-                g[..8].copy_from_slice(&bva.to_le_bytes());
-                g[8..12].copy_from_slice(&65536u32.to_le_bytes());
-                g[12..16].copy_from_slice(&bkey.to_le_bytes());
-                ram.write(qp_pages[1] + 128 * slot, &w);
-                ram.write(qp_pages[1] + 128 * slot + 80, &g);
-                prod = (prod + 1) % 32;
+                post_write(
+                    &ram,
+                    &qp_pages,
+                    &mut prod,
+                    5000 + u64::from(posted),
+                    (0, ekey),
+                    (bva, 65536, bkey),
+                );
                 posted += 1;
-                ram.write(qp_pages[0], &prod.to_le_bytes());
                 wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
             }
             let now = clock.elapsed().as_nanos() as u64;
-            while let Ok(Some(r)) = link.recv(&mut buf, now) {
-                let meta = RxMeta {
-                    ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
-                    ecn: r.ecn,
-                };
-                let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
-            }
+            deliver(&mut link, &mut e, &mut buf, now);
             if e.poll_timeout().is_some_and(|t| t <= now) {
                 e.handle_timeout(now);
             }
@@ -870,20 +895,14 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         // which the peer counts as duplicates; then a frame for the guest's
         // GID arrives with one payload bit flipped (an ICRC error).
         let before = e.counters();
-        let slot = u64::from(prod % 16);
-        let mut w = [0u8; 80];
-        w[..8].copy_from_slice(&9999u64.to_le_bytes());
-        w[8..12].copy_from_slice(&1u32.to_le_bytes());
-        w[20..24].copy_from_slice(&2u32.to_le_bytes());
-        w[40..44].copy_from_slice(&ekey.to_le_bytes());
-        let mut g = [0u8; 16];
-        g[..8].copy_from_slice(&bva.to_le_bytes());
-        g[8..12].copy_from_slice(&4096u32.to_le_bytes());
-        g[12..16].copy_from_slice(&bkey.to_le_bytes());
-        ram.write(qp_pages[1] + 128 * slot, &w);
-        ram.write(qp_pages[1] + 128 * slot + 80, &g);
-        prod = (prod + 1) % 32;
-        ram.write(qp_pages[0], &prod.to_le_bytes());
+        post_write(
+            &ram,
+            &qp_pages,
+            &mut prod,
+            9999,
+            (0, ekey),
+            (bva, 4096, bkey),
+        );
         wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
         let (mut ack_dropped, mut done_fault) = (false, false);
         let mut last_frame = Vec::new();
@@ -954,13 +973,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         let settle = Instant::now();
         while settle.elapsed() < Duration::from_millis(200) {
             let now = clock.elapsed().as_nanos() as u64;
-            while let Ok(Some(r)) = link.recv(&mut buf, now) {
-                let meta = RxMeta {
-                    ip_header: &buf[r.ip_start..r.ip_start + r.ip_len],
-                    ecn: r.ecn,
-                };
-                let _ = e.handle_packet(now, &meta, &buf[r.ib_start..r.ib_start + r.ib_len]);
-            }
+            deliver(&mut link, &mut e, &mut buf, now);
             while let Some(t) = e.poll_transmit(now, &mut buf) {
                 let _ = link.send(&t, &mut buf[..t.len], now);
             }
