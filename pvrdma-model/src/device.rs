@@ -2266,6 +2266,16 @@ mod tests {
 
         /// RESET → INIT → RTR → RTS towards `peer` (QPN, IPv4).
         fn connect_rc(&mut self, qp: u32, dest_qpn: u32, peer_ip: [u8; 4]) {
+            self.connect(qp, dest_qpn, peer_ip, true);
+        }
+
+        /// The same for a UC QP, with only the attributes the IBTA allows
+        /// UC in each transition.
+        fn connect_uc(&mut self, qp: u32, dest_qpn: u32, peer_ip: [u8; 4]) {
+            self.connect(qp, dest_qpn, peer_ip, false);
+        }
+
+        fn connect(&mut self, qp: u32, dest_qpn: u32, peer_ip: [u8; 4], rc: bool) {
             let mut a = QpAttr {
                 qp_state: 1.into(),
                 qp_access_flags: 0xf.into(),
@@ -2278,54 +2288,33 @@ mod tests {
             a.path_mtu = 3.into();
             a.dest_qp_num = dest_qpn.into();
             a.rq_psn = 100.into();
-            a.max_dest_rd_atomic = 4;
-            a.min_rnr_timer = 1;
-            a.ah_attr.dgid[10] = 0xff;
-            a.ah_attr.dgid[11] = 0xff;
-            a.ah_attr.dgid[12..].copy_from_slice(&peer_ip);
-            a.ah_attr.hop_limit = 64;
-            a.ah_attr.ah_flags = 1;
-            // STATE | AV | PATH_MTU | DEST_QPN | RQ_PSN | MAX_DEST_RD_ATOMIC | MIN_RNR_TIMER
-            self.modify(
-                qp,
-                1 | 1 << 7 | 1 << 8 | 1 << 20 | 1 << 12 | 1 << 17 | 1 << 15,
-                &a,
-            );
-            a.qp_state = 3.into();
-            a.sq_psn = 100.into();
-            a.timeout = 14;
-            a.retry_cnt = 7;
-            a.rnr_retry = 7;
-            a.max_rd_atomic = 4;
-            // STATE | TIMEOUT | RETRY | RNR_RETRY | SQ_PSN | MAX_QP_RD_ATOMIC
-            self.modify(qp, 1 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 16 | 1 << 13, &a);
-        }
-
-        /// RESET → INIT → RTR → RTS for a UC QP, with only the attributes
-        /// the IBTA allows UC in each transition.
-        fn connect_uc(&mut self, qp: u32, dest_qpn: u32, peer_ip: [u8; 4]) {
-            let mut a = QpAttr {
-                qp_state: 1.into(),
-                qp_access_flags: 0xf.into(),
-                port_num: 1,
-                ..QpAttr::default()
-            };
-            self.modify(qp, 1 | 1 << 3 | 1 << 4 | 1 << 5, &a);
-            a.qp_state = 2.into();
-            a.path_mtu = 3.into();
-            a.dest_qp_num = dest_qpn.into();
-            a.rq_psn = 100.into();
             a.ah_attr.dgid[10] = 0xff;
             a.ah_attr.dgid[11] = 0xff;
             a.ah_attr.dgid[12..].copy_from_slice(&peer_ip);
             a.ah_attr.hop_limit = 64;
             a.ah_attr.ah_flags = 1;
             // STATE | AV | PATH_MTU | DEST_QPN | RQ_PSN
-            self.modify(qp, 1 | 1 << 7 | 1 << 8 | 1 << 20 | 1 << 12, &a);
+            let mut rtr = 1 | 1 << 7 | 1 << 8 | 1 << 20 | 1 << 12;
+            if rc {
+                a.max_dest_rd_atomic = 4;
+                a.min_rnr_timer = 1;
+                // | MAX_DEST_RD_ATOMIC | MIN_RNR_TIMER
+                rtr |= 1 << 17 | 1 << 15;
+            }
+            self.modify(qp, rtr, &a);
             a.qp_state = 3.into();
             a.sq_psn = 100.into();
             // STATE | SQ_PSN
-            self.modify(qp, 1 | 1 << 16, &a);
+            let mut rts = 1 | 1 << 16;
+            if rc {
+                a.timeout = 14;
+                a.retry_cnt = 7;
+                a.rnr_retry = 7;
+                a.max_rd_atomic = 4;
+                // | TIMEOUT | RETRY | RNR_RETRY | MAX_QP_RD_ATOMIC
+                rts |= 1 << 9 | 1 << 10 | 1 << 11 | 1 << 13;
+            }
+            self.modify(qp, rts, &a);
         }
 
         /// Writes a send WQE with one SGE into the SQ and rings the bell.
