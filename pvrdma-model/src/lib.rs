@@ -17,14 +17,18 @@
 //! - [`cmd`]: the command channel: a request slot parsed into a typed
 //!   command, and typed responses written back;
 //! - [`device`]: the device itself: the DSR handshake, activation and
-//!   reset, and the command set executed synchronously in the REQUEST
-//!   write, with checked handle tables (contexts, PDs, CQs, MRs, GIDs).
-//!
-//! Not built yet: QPs and SRQs, doorbells, and the translation onto the
-//! engine in `transport` over guest memory.
+//!   reset, the command set executed synchronously in the REQUEST write
+//!   with checked handle tables (contexts, PDs, CQs, MRs, QPs, SRQs,
+//!   GIDs), and the translation onto the engine in `transport`: WQEs read
+//!   from guest rings on doorbells, CQEs, async events and CQ
+//!   notifications written back, MRs as page lists over guest memory;
+//! - `driver` (tests, or the `driver-model` feature): the guest driver's
+//!   side of all of the above, over any bus.
 
 pub mod abi;
 pub mod cmd;
 pub mod device;
+#[cfg(any(test, feature = "driver-model"))]
+pub mod driver;
 pub mod regs;
 pub mod ring;
