@@ -8,102 +8,27 @@
 //! Needs root (the daemon makes a TAP; everything runs in a private
 //! network namespace).
 
+mod common;
+
 use std::{
-    fs::File,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use common::{BIN, Daemon, GPA, Ram, VfioBus, is_root, rd32, wr32};
+use pvrdma_model::{
+    abi::{Cqe, wc_opcode, wr_opcode},
+    cmd::code,
+    driver::{Bus, Driver, Mr, Qp, QpSpec, gid_v4, send_wqe, sge, with_rdma},
+    regs::reg,
+};
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_BAR1_REGION_INDEX,
-    VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
 };
 use vfio_user::Client;
-use vmm_sys_util::eventfd::EventFd;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-rdma");
 const MEM: u64 = 16 << 20;
-const GPA: u64 = 0x1_0000_0000;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Guest memory: a memfd mapped here too.
-struct Ram {
-    fd: OwnedFd,
-    base: *mut u8,
-}
-
-impl Ram {
-    fn new() -> Ram {
-        // SAFETY: memfd_create with a valid C string; checked.
-        let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our memfd.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), MEM as i64) }, 0);
-        // SAFETY: a fresh shared mapping of the whole memfd, checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MEM as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        Ram {
-            fd,
-            base: base.cast(),
-        }
-    }
-
-    fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
-        let off = gpa - GPA;
-        assert!(off + len as u64 <= MEM);
-        // SAFETY: inside the mapping (checked above).
-        unsafe { self.base.add(off as usize) }
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) {
-        // SAFETY: the destination is inside our mapping and does not
-        // overlap `data`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr(gpa, data.len()), data.len())
-        }
-    }
-
-    fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        // SAFETY: the source is inside our mapping; the daemon writes it
-        // only while handling the request we are waiting on.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr(gpa, len), v.as_mut_ptr(), len) };
-        v
-    }
-}
-
-impl Drop for Ram {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in `new`.
-        unsafe { libc::munmap(self.base.cast(), MEM as usize) };
-    }
-}
 
 fn in_netns(f: impl FnOnce() + Send + 'static) {
     std::thread::spawn(|| {
@@ -115,10 +40,7 @@ fn in_netns(f: impl FnOnce() + Send + 'static) {
     .unwrap();
 }
 
-fn start(dir: &std::path::Path) -> (Daemon, PathBuf) {
-    start_on(dir, "vupv0")
-}
-
+/// The daemon on TAP `tap` (it makes it) with its sockets in `dir`.
 fn start_on(dir: &std::path::Path, tap: &str) -> (Daemon, PathBuf) {
     let sock = dir.join("rdma.sock");
     let child = Command::new(BIN)
@@ -138,50 +60,19 @@ fn start_on(dir: &std::path::Path, tap: &str) -> (Daemon, PathBuf) {
         .arg(dir.join("cap.pcap"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(File::create(dir.join("daemon.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no vfio-user socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Daemon(child), sock)
+    let d = Daemon(child);
+    common::wait_for(&sock);
+    (d, sock)
 }
 
-fn rd32(c: &mut Client, region: u32, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    c.region_read(region, off, &mut b).unwrap();
-    u32::from_le_bytes(b)
-}
-
-fn wr32(c: &mut Client, region: u32, off: u64, v: u32) {
-    c.region_write(region, off, &v.to_le_bytes()).unwrap();
-}
-
-const DSR: u64 = GPA + 0x1000;
-const CMD: u64 = GPA + 0x2000;
-const RESP: u64 = GPA + 0x3000;
-
-/// Posts a command; returns ERR, the response and whether vector 0 fired.
-fn command(
-    c: &mut Client,
-    ram: &Ram,
-    irq0: &EventFd,
-    cmd: u32,
-    body: &[(usize, &[u8])],
-) -> (u32, Vec<u8>, bool) {
-    let mut slot = [0u8; 184];
-    slot[0..8].copy_from_slice(&0x1234u64.to_le_bytes());
-    slot[8..12].copy_from_slice(&cmd.to_le_bytes());
-    for (at, b) in body {
-        slot[*at..*at + b.len()].copy_from_slice(b);
-    }
-    ram.write(CMD, &slot);
-    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x10, 0);
-    let err = rd32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x14);
-    let fired = irq0.read().is_ok();
-    (err, ram.read(RESP, 176), fired)
+/// A guest: its memory attached over vfio-user and the driver probed.
+fn guest(sock: &std::path::Path) -> Driver<VfioBus> {
+    let mut drv = Driver::new(VfioBus::attach(sock, Ram::new(MEM)), GPA, MEM);
+    drv.probe(0xfe000).expect("ACTIVATE ok");
+    drv
 }
 
 #[test]
@@ -194,212 +85,93 @@ fn the_driver_probe_and_commands_over_vfio_user() {
         let dir = std::env::temp_dir().join(format!("vur-pvrdma-probe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (mut d, sock) = start(&dir);
-        let mut c = Client::new(&sock).expect("vfio-user handshake");
+        let (mut d, sock) = start_on(&dir, "vupv0");
+        let mut drv = Driver::new(VfioBus::attach(&sock, Ram::new(MEM)), GPA, MEM);
 
         // Config space: the PVRDMA IDs, and an MSI-X capability.
-        let id = rd32(&mut c, VFIO_PCI_CONFIG_REGION_INDEX, 0);
+        let c = &mut drv.bus.client;
+        let id = rd32(c, VFIO_PCI_CONFIG_REGION_INDEX, 0);
         assert_eq!(id, 0x0820_15ad);
-        let cap = rd32(&mut c, VFIO_PCI_CONFIG_REGION_INDEX, 0x34) & 0xff;
+        let cap = rd32(c, VFIO_PCI_CONFIG_REGION_INDEX, 0x34) & 0xff;
         assert_eq!(
-            rd32(&mut c, VFIO_PCI_CONFIG_REGION_INDEX, u64::from(cap)) & 0xff,
+            rd32(c, VFIO_PCI_CONFIG_REGION_INDEX, u64::from(cap)) & 0xff,
             0x11
         );
         assert!(c.region(VFIO_PCI_BAR2_REGION_INDEX).unwrap().size >= 4096);
 
-        // Guest memory and the three MSI-X vectors.
-        let ram = Ram::new();
-        c.dma_map(0, GPA, MEM, ram.fd.as_raw_fd()).unwrap();
-        let irqs: Vec<EventFd> = (0..3)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-            .collect();
-        let fds: Vec<i32> = irqs.iter().map(|e| e.as_raw_fd()).collect();
-        c.set_irqs(
-            VFIO_PCI_MSIX_IRQ_INDEX,
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            0,
-            3,
-            &fds,
-        )
-        .unwrap();
-
         // The probe: VERSION, DSR (caps appear on DSRHIGH), IMR, ACTIVATE.
-        assert_eq!(rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0), 20);
-        let mut dsr = [0u8; 280];
-        dsr[0..4].copy_from_slice(&20u32.to_le_bytes());
-        dsr[16..24].copy_from_slice(&CMD.to_le_bytes());
-        dsr[24..32].copy_from_slice(&RESP.to_le_bytes());
-        dsr[64..72].copy_from_slice(&0xfe000u64.to_le_bytes());
-        ram.write(DSR, &dsr);
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x04, DSR as u32);
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x08, (DSR >> 32) as u32);
-        let caps = ram.read(DSR + 72, 208);
-        assert_eq!(caps[200], 0, "mode RoCE");
-        assert_eq!(caps[203], 2, "gid_types RoCE v2");
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x1c, 0);
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x0c, 0);
-        assert_eq!(
-            rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x14),
-            0,
-            "ACTIVATE ok"
-        );
+        let (version, caps) = drv.probe(0xfe000).expect("ACTIVATE ok");
+        assert_eq!(version, 20);
+        assert_eq!(caps.mode, 0, "mode RoCE");
+        assert_eq!(caps.gid_types, 2, "gid_types RoCE v2");
 
         // QUERY_PORT and CREATE_PD answer, with the command interrupt.
-        let (err, r, fired) = command(&mut c, &ram, &irqs[0], 0, &[(16, &[1])]);
-        assert_eq!(err, 0);
-        assert!(fired, "vector 0 after a command");
-        assert_eq!(
-            u32::from_le_bytes(r[8..12].try_into().unwrap()),
-            0x8000_0000
-        );
-        assert_eq!(
-            u32::from_le_bytes(r[16..20].try_into().unwrap()),
-            4,
-            "port ACTIVE"
-        );
-        let (err, r, _) = command(&mut c, &ram, &irqs[0], 2, &[]);
-        assert_eq!(err, 0);
-        assert_ne!(
-            u32::from_le_bytes(r[16..20].try_into().unwrap()),
-            0,
-            "PD handle"
-        );
+        let r = drv
+            .command_at(code::QUERY_PORT, &[(16, &[1])])
+            .expect("QUERY_PORT");
+        assert!(drv.bus.irqs[0].read().is_ok(), "vector 0 after a command");
+        assert_eq!(u32_at(&r, 8), 0x8000_0000);
+        assert_eq!(u32_at(&r, 16), 4, "port ACTIVE");
+        assert_ne!(drv.create_pd(0).unwrap(), 0, "PD handle");
         // A command naming an object that does not exist: ERR, still
         // answered and interrupted.
-        let (err, r, fired) = command(&mut c, &ram, &irqs[0], 8, &[(16, &77u32.to_le_bytes())]);
-        assert_ne!(err, 0);
-        assert!(fired);
-        assert_ne!(r[12], 0, "hdr.err");
+        let e = drv.destroy(code::DESTROY_CQ, 77).unwrap_err();
+        assert_ne!(e.err_reg, 0);
+        assert_ne!(e.resp_err, 0, "hdr.err");
+        assert!(drv.bus.irqs[0].read().is_ok());
 
         // A hostile guest: the command slot moved outside guest memory
         // (a new DSR pointing there) gets ERR, not a crash.
-        let mut bad = dsr;
-        bad[16..24].copy_from_slice(&0xdead_0000_0000u64.to_le_bytes());
-        ram.write(DSR, &bad);
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x04, DSR as u32);
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x08, (DSR >> 32) as u32);
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x10, 0);
-        assert_ne!(rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x14), 0);
+        let (dsr, _, _) = drv.slots();
+        drv.bus
+            .mem_write(dsr + 16, &0xdead_0000_0000u64.to_le_bytes());
+        drv.bus.reg_write(reg::DSRLOW, dsr as u32);
+        drv.bus.reg_write(reg::DSRHIGH, (dsr >> 32) as u32);
+        drv.bus.reg_write(reg::REQUEST, 0);
+        assert_ne!(drv.bus.reg_read(reg::ERR), 0);
         // Doorbells for nothing, and reads and writes past the BARs.
-        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, 5 | 1 << 30);
-        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 4096 * 300 + 4, 1 << 31);
-        assert_eq!(rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0xf0), 0);
+        drv.bus.uar_write(0, 5 | 1 << 30);
+        drv.bus.uar_write(4096 * 300 + 4, 1 << 31);
+        assert_eq!(drv.bus.reg_read(0xf0), 0);
 
         // Reset, then a reconnect: the device serves the new client.
-        c.reset().unwrap();
-        drop(c);
+        drv.bus.client.reset().unwrap();
+        drop(drv);
         std::thread::sleep(Duration::from_millis(200));
         let mut c = Client::new(&sock).expect("reconnect");
         assert_eq!(rd32(&mut c, VFIO_PCI_CONFIG_REGION_INDEX, 0), 0x0820_15ad);
         assert_eq!(rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0), 20);
         // Not active: a command fails until the next probe.
-        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x10, 0);
+        wr32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, reg::REQUEST, 0);
         assert_ne!(
-            rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0x14),
+            rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, reg::ERR),
             0,
             "not active after reset"
         );
         drop(c);
         // SIGTERM: a clean exit that removes the socket.
-        // SAFETY: kill(2) on the PID of the child we started.
-        unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
-        assert_eq!(d.0.wait().unwrap().code(), Some(0));
+        assert_eq!(d.stop(), Some(0));
         assert!(!sock.exists(), "vfio-user socket removed");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
-/// The driver's probe over vfio-user: DMA map, MSI-X eventfds, DSR,
-/// ACTIVATE. Returns the three eventfds.
-fn probe(c: &mut Client, ram: &Ram) -> Vec<EventFd> {
-    c.dma_map(0, GPA, MEM, ram.fd.as_raw_fd()).unwrap();
-    let irqs: Vec<EventFd> = (0..3)
-        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-        .collect();
-    let fds: Vec<i32> = irqs.iter().map(|e| e.as_raw_fd()).collect();
-    c.set_irqs(
-        VFIO_PCI_MSIX_IRQ_INDEX,
-        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-        0,
-        3,
-        &fds,
-    )
-    .unwrap();
-    let mut dsr = [0u8; 280];
-    dsr[0..4].copy_from_slice(&20u32.to_le_bytes());
-    dsr[16..24].copy_from_slice(&CMD.to_le_bytes());
-    dsr[24..32].copy_from_slice(&RESP.to_le_bytes());
-    dsr[64..72].copy_from_slice(&0xfe000u64.to_le_bytes());
-    ram.write(DSR, &dsr);
-    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x04, DSR as u32);
-    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x08, (DSR >> 32) as u32);
-    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x1c, 0);
-    wr32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x0c, 0);
-    assert_eq!(rd32(c, VFIO_PCI_BAR1_REGION_INDEX, 0x14), 0, "ACTIVATE ok");
-    irqs
-}
-
-/// Guest pages from 1 MiB up, and directories over them.
-struct Pages(u64);
-
-impl Pages {
-    fn page(&mut self) -> u64 {
-        self.0 += 4096;
-        self.0
-    }
-
-    /// `n` pages with a gap after each, and a directory: (dir, pages).
-    fn dir(&mut self, ram: &Ram, n: usize) -> (u64, Vec<u64>) {
-        let dir = self.page();
-        let table = self.page();
-        ram.write(dir, &table.to_le_bytes());
-        let pages: Vec<u64> = (0..n)
-            .map(|_| {
-                let p = self.page();
-                self.page();
-                p
-            })
-            .collect();
-        for (i, p) in pages.iter().enumerate() {
-            ram.write(table + 8 * i as u64, &p.to_le_bytes());
-        }
-        (dir, pages)
-    }
-}
-
-fn ok(c: &mut Client, ram: &Ram, irq0: &EventFd, cmd: u32, body: &[(usize, &[u8])]) -> Vec<u8> {
-    let (err, r, _) = command(c, ram, irq0, cmd, body);
-    assert_eq!(err, 0, "command {cmd}: hdr.err {}", r[12]);
-    r
-}
-
-/// Writes a signaled RDMA WRITE WQE (one SGE `sge` = (addr, len, lkey),
-/// to `remote` = (addr, rkey)) into the send ring at `qp_pages` and
-/// publishes the producer index; the caller rings the doorbell.
+/// Posts a signaled RDMA WRITE of `sge` = (addr, len, lkey) to
+/// `remote` = (addr, rkey) and rings the send doorbell.
 fn post_write(
-    ram: &Ram,
-    qp_pages: &[u64],
-    prod: &mut u32,
+    drv: &mut Driver<VfioBus>,
+    qp: &mut Qp,
     wr_id: u64,
     remote: (u64, u32),
-    sge: (u64, u32, u32),
+    sge_: (u64, u32, u32),
 ) {
-    let slot = u64::from(*prod % 16);
-    let mut w = [0u8; 80];
-    w[..8].copy_from_slice(&wr_id.to_le_bytes());
-    w[8..12].copy_from_slice(&1u32.to_le_bytes());
-    w[16..20].copy_from_slice(&0u32.to_le_bytes()); // RDMA_WRITE
-    w[20..24].copy_from_slice(&2u32.to_le_bytes());
-    w[32..40].copy_from_slice(&remote.0.to_le_bytes());
-    w[40..44].copy_from_slice(&remote.1.to_le_bytes());
-    let mut g = [0u8; 16];
-    g[..8].copy_from_slice(&sge.0.to_le_bytes());
-    g[8..12].copy_from_slice(&sge.1.to_le_bytes());
-    g[12..16].copy_from_slice(&sge.2.to_le_bytes());
-    ram.write(qp_pages[1] + 128 * slot, &w);
-    ram.write(qp_pages[1] + 128 * slot + 80, &g);
-    *prod = (*prod + 1) % 32;
-    ram.write(qp_pages[0], &prod.to_le_bytes());
+    let h = with_rdma(
+        send_wqe(wr_id, wr_opcode::RDMA_WRITE, true),
+        remote.0,
+        remote.1,
+    );
+    drv.post_send(qp, &h, &[sge(sge_.0, sge_.1, sge_.2)]);
+    drv.ring_sq(qp);
 }
 
 /// Hands every RoCEv2 packet waiting on `link` to the peer engine `e`.
@@ -444,11 +216,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
         let (mut d, sock) = start_on(&dir, "vupw0");
-        let mut c = Client::new(&sock).expect("vfio-user handshake");
-        let ram = Ram::new();
-        let irqs = probe(&mut c, &ram);
-        let irq0 = &irqs[0];
-        let mut pg = Pages(GPA + 0x10_0000);
+        let mut drv = guest(&sock);
 
         // The peer: our engine on the TAP's host side (AF_PACKET), 10.66.0.2.
         let peer_ip: std::net::IpAddr = "10.66.0.2".parse().unwrap();
@@ -485,121 +253,34 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             })
             .unwrap();
 
-        // The guest: GID 0 = ::ffff:10.66.0.1, PD, CQ, MR, RC QP.
-        let mut gid = [0u8; 16];
-        gid[10] = 0xff;
-        gid[11] = 0xff;
-        gid[12..].copy_from_slice(&[10, 66, 0, 1]);
-        ok(
-            &mut c,
-            &ram,
-            irq0,
-            15,
-            &[(24, &0u32.to_le_bytes()), (28, &gid), (44, &[2])],
-        );
-        let pd = u32_at(&ok(&mut c, &ram, irq0, 2, &[]), 16);
-        let (cq_dir, cq_pages) = pg.dir(&ram, 2);
-        let r = ok(
-            &mut c,
-            &ram,
-            irq0,
-            6,
-            &[
-                (16, &cq_dir.to_le_bytes()),
-                (28, &64u32.to_le_bytes()),
-                (32, &2u32.to_le_bytes()),
-            ],
-        );
-        let cq = u32_at(&r, 16);
-        let (mr_dir, mr_pages) = pg.dir(&ram, 2);
-        let va = 0x7f00_0000_0000u64;
-        let r = ok(
-            &mut c,
-            &ram,
-            irq0,
-            4,
-            &[
-                (16, &va.to_le_bytes()),
-                (24, &8192u64.to_le_bytes()),
-                (32, &mr_dir.to_le_bytes()),
-                (40, &pd.to_le_bytes()),
-                (44, &1u32.to_le_bytes()),
-                (52, &2u32.to_le_bytes()),
-            ],
-        );
-        let lkey = u32_at(&r, 20);
-        let (qp_dir, qp_pages) = pg.dir(&ram, 3);
-        let r = ok(
-            &mut c,
-            &ram,
-            irq0,
-            9,
-            &[
-                (16, &qp_dir.to_le_bytes()),
-                (24, &pd.to_le_bytes()),
-                (28, &cq.to_le_bytes()),
-                (32, &cq.to_le_bytes()),
-                (40, &16u32.to_le_bytes()),
-                (44, &16u32.to_le_bytes()),
-                (48, &1u32.to_le_bytes()),
-                (52, &1u32.to_le_bytes()),
-                (68, &3u16.to_le_bytes()),
-                (70, &1u16.to_le_bytes()),
-                (75, &[2]),
-            ],
-        );
-        let (gqpn, gqp) = (u32_at(&r, 16), u32_at(&r, 20));
-        // INIT, RTR (to the peer), RTS.
-        let mut attr = [0u8; 160];
-        let modify = |c: &mut Client, attr: &[u8; 160], mask: u32| {
-            ok(
-                c,
-                &ram,
-                irq0,
-                10,
-                &[
-                    (16, &gqp.to_le_bytes()),
-                    (20, &mask.to_le_bytes()),
-                    (24, attr),
-                ],
-            );
-        };
-        attr[0..4].copy_from_slice(&1u32.to_le_bytes());
-        attr[32..36].copy_from_slice(&0xfu32.to_le_bytes());
-        attr[45] = 1;
-        modify(&mut c, &attr, 1 | 1 << 3 | 1 << 4 | 1 << 5);
-        attr[0..4].copy_from_slice(&2u32.to_le_bytes());
-        attr[8..12].copy_from_slice(&3u32.to_le_bytes());
-        attr[20..24].copy_from_slice(&500u32.to_le_bytes());
-        attr[28..32].copy_from_slice(&eqp.to_le_bytes());
-        attr[43] = 4;
-        attr[44] = 1;
-        attr[80 + 10] = 0xff;
-        attr[80 + 11] = 0xff;
-        attr[80 + 12..80 + 16].copy_from_slice(&[10, 66, 0, 2]);
-        attr[80 + 21] = 64;
-        attr[80 + 31] = 1;
-        modify(
-            &mut c,
-            &attr,
-            1 | 1 << 7 | 1 << 8 | 1 << 12 | 1 << 15 | 1 << 17 | 1 << 20,
-        );
-        attr[0..4].copy_from_slice(&3u32.to_le_bytes());
-        attr[24..28].copy_from_slice(&700u32.to_le_bytes());
-        attr[42] = 4;
-        attr[46] = 14;
-        attr[47] = 7;
-        attr[48] = 7;
-        modify(
-            &mut c,
-            &attr,
-            1 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 13 | 1 << 16,
-        );
+        // The guest: GID 0 = ::ffff:10.66.0.1, PD, CQ, MR, RC QP, then
+        // INIT, RTR (to the peer, PSN 500), RTS (PSN 700).
+        drv.bind_gid(0, gid_v4([10, 66, 0, 1])).unwrap();
+        let pd = drv.create_pd(0).unwrap();
+        let cq = drv.create_cq(64).unwrap();
+        let mr: Mr = drv.create_mr(pd, 0x7f00_0000_0000, 2, 1).unwrap();
+        let (va, lkey) = (mr.va, mr.lkey);
+        let mut qp = drv
+            .create_qp(&QpSpec {
+                qp_type: 2,
+                pd,
+                send_cq: cq.handle,
+                recv_cq: cq.handle,
+                max_send_wr: 16,
+                max_recv_wr: 16,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                sq_sig_all: false,
+            })
+            .unwrap();
+        let gqp = qp.handle;
+        drv.connect(gqp, true, eqp, gid_v4([10, 66, 0, 2]), 3, 700, 500)
+            .unwrap();
         connect(
             &mut e,
             eqp,
             Conn {
-                dest: gqpn,
+                dest: qp.qpn,
                 dgid: Gid::from_ip(guest_ip),
                 mtu: Mtu::Mtu1024,
                 sq_psn: 500,
@@ -613,29 +294,10 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
 
         // Guest: a receive, then a SEND of 5000 bytes from its MR.
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 17 + 1) as u8).collect();
-        ram.write(mr_pages[0], &data[..4096]);
-        ram.write(mr_pages[1], &data[4096..]);
-        let sge = |addr: u64, len: u32| {
-            let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&addr.to_le_bytes());
-            b[8..12].copy_from_slice(&len.to_le_bytes());
-            b[12..16].copy_from_slice(&lkey.to_le_bytes());
-            b
-        };
-        let mut rq = [0u8; 16];
-        rq[..8].copy_from_slice(&77u64.to_le_bytes());
-        rq[8..12].copy_from_slice(&1u32.to_le_bytes());
-        ram.write(qp_pages[2], &rq);
-        ram.write(qp_pages[2] + 16, &sge(va + 6000, 2000));
-        ram.write(qp_pages[0] + 8, &1u32.to_le_bytes());
-        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 31);
-        let mut wqe = [0u8; 80];
-        wqe[..8].copy_from_slice(&55u64.to_le_bytes());
-        wqe[8..12].copy_from_slice(&1u32.to_le_bytes());
-        wqe[16..20].copy_from_slice(&2u32.to_le_bytes()); // SEND
-        wqe[20..24].copy_from_slice(&2u32.to_le_bytes()); // SIGNALED
-        ram.write(qp_pages[1], &wqe);
-        ram.write(qp_pages[1] + 80, &sge(va, 5000));
+        drv.bus.mem_write(mr.pages[0], &data[..4096]);
+        drv.bus.mem_write(mr.pages[1], &data[4096..]);
+        drv.post_recv(&mut qp, 77, &[sge(va + 6000, 2000, lkey)]);
+        drv.ring_rq(&qp);
         // The peer's receive first.
         let rsge = [ESge {
             addr: 0,
@@ -650,8 +312,12 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             },
         )
         .unwrap();
-        ram.write(qp_pages[0], &1u32.to_le_bytes());
-        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
+        drv.post_send(
+            &mut qp,
+            &send_wqe(55, wr_opcode::SEND, true),
+            &[sge(va, 5000, lkey)],
+        );
+        drv.ring_sq(&qp);
 
         // Pump the peer until it has the message, then answer with 300
         // bytes; the guest's ring gets both completions.
@@ -659,8 +325,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         let mut buf = vec![0u8; 16384];
         let mut wcs = Vec::new();
         let mut answered = false;
-        let cq_prod =
-            |ram: &Ram| u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
+        let mut cqes: Vec<Cqe> = Vec::new();
         while clock.elapsed() < Duration::from_secs(10) {
             let now = clock.elapsed().as_nanos() as u64;
             deliver(&mut link, &mut e, &mut buf, now);
@@ -698,7 +363,8 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
                 e.post_send(eqp, &SendWr::new(10, SendOp::Send, &s))
                     .unwrap();
             }
-            if cq_prod(&ram) >= 2 && wcs.len() >= 2 {
+            drv.poll_cq(&cq, 64, &mut cqes);
+            if cqes.len() >= 2 && wcs.len() >= 2 {
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -710,29 +376,22 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         assert_eq!((w9.status, w9.byte_len), (WcStatus::Success, 5000));
         assert_eq!(&e.memory().as_slice()[..5000], &data[..]);
         // The guest's CQ ring: its SEND and its receive (300 bytes).
-        assert_eq!(cq_prod(&ram), 2, "two CQEs in the guest's ring");
-        let cqes: Vec<Vec<u8>> = (0..2).map(|i| ram.read(cq_pages[1] + 64 * i, 64)).collect();
-        let find = |id: u64| {
-            cqes.iter()
-                .find(|c| u64::from_le_bytes(c[..8].try_into().unwrap()) == id)
-                .unwrap()
-        };
+        assert_eq!(cqes.len(), 2, "two CQEs in the guest's ring");
+        let find = |id: u64| cqes.iter().find(|c| c.wr_id.get() == id).unwrap();
         let (send, recv) = (find(55), find(77));
-        assert_eq!(u32_at(send, 20), 0, "SEND status");
-        assert_eq!(u32_at(recv, 20), 0, "RECV status");
-        assert_eq!(u32_at(recv, 16), 128, "RECV opcode");
-        assert_eq!(u32_at(recv, 24), 300);
-        assert_eq!(
-            u64::from_le_bytes(recv[8..16].try_into().unwrap()),
-            u64::from(gqp)
-        );
-        assert_eq!(ram.read(mr_pages[1] + (6000 - 4096), 300), vec![0xab; 300]);
+        assert_eq!(send.status.get(), 0, "SEND status");
+        assert_eq!(recv.status.get(), 0, "RECV status");
+        assert_eq!(recv.opcode.get(), wc_opcode::RECV, "RECV opcode");
+        assert_eq!(recv.byte_len.get(), 300);
+        assert_eq!(recv.qp.get(), u64::from(gqp));
+        let mut got = vec![0u8; 300];
+        drv.bus.mem_read(mr.gpa(6000), &mut got);
+        assert_eq!(got, vec![0xab; 300]);
 
         // Doorbell to wire: 64-byte unsignaled SENDs, each timed from the
         // doorbell write until its packet reaches the peer's socket, next
         // to a plain BAR1 read's vfio-user round trip.
         let mut lat = Vec::new();
-        let mut prod = 1u32;
         for i in 0..200u64 {
             e.post_recv(
                 eqp,
@@ -742,17 +401,13 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
                 },
             )
             .unwrap();
-            let slot = u64::from(prod % 16);
-            let mut w = [0u8; 80];
-            w[..8].copy_from_slice(&(2000 + i).to_le_bytes());
-            w[8..12].copy_from_slice(&1u32.to_le_bytes());
-            w[16..20].copy_from_slice(&2u32.to_le_bytes());
-            ram.write(qp_pages[1] + 128 * slot, &w);
-            ram.write(qp_pages[1] + 128 * slot + 80, &sge(va, 64));
-            prod = (prod + 1) % 32;
-            ram.write(qp_pages[0], &prod.to_le_bytes());
+            drv.post_send(
+                &mut qp,
+                &send_wqe(2000 + i, wr_opcode::SEND, false),
+                &[sge(va, 64, lkey)],
+            );
             let t0 = Instant::now();
-            wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
+            drv.ring_sq(&qp);
             let got = loop {
                 let now = clock.elapsed().as_nanos() as u64;
                 if let Ok(Some(r)) = link.recv(&mut buf, now) {
@@ -792,7 +447,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         let mut bar = Vec::new();
         for _ in 0..200 {
             let t0 = Instant::now();
-            let _ = rd32(&mut c, VFIO_PCI_BAR1_REGION_INDEX, 0);
+            let _ = drv.bus.reg_read(reg::VERSION);
             bar.push(t0.elapsed().as_secs_f64() * 1e6);
         }
         lat.sort_by(f64::total_cmp);
@@ -805,44 +460,24 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         // RC WRITE bandwidth, 64 KiB messages from a 16-page guest MR into
         // the peer's memory, 8 in flight, every one signaled; the test
         // consumes the guest's CQ ring as a driver would.
-        let (big_dir, big_pages) = pg.dir(&ram, 16);
-        let bva = 0x7e00_0000_0000u64;
-        let r = ok(
-            &mut c,
-            &ram,
-            irq0,
-            4,
-            &[
-                (16, &bva.to_le_bytes()),
-                (24, &65536u64.to_le_bytes()),
-                (32, &big_dir.to_le_bytes()),
-                (40, &pd.to_le_bytes()),
-                (44, &1u32.to_le_bytes()),
-                (52, &16u32.to_le_bytes()),
-            ],
-        );
-        let bkey = u32_at(&r, 20);
-        for (i, p) in big_pages.iter().enumerate() {
-            ram.write(*p, &vec![i as u8; 4096]);
+        let big = drv.create_mr(pd, 0x7e00_0000_0000, 16, 1).unwrap();
+        let (bva, bkey) = (big.va, big.lkey);
+        for (i, p) in big.pages.iter().enumerate() {
+            drv.bus.mem_write(*p, &vec![i as u8; 4096]);
         }
-        // Consume what the ring holds from before.
-        let mut cq_cons = u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
-        ram.write(cq_pages[0] + 12, &cq_cons.to_le_bytes());
         let total = 400u32;
         let (mut posted, mut done) = (0u32, 0u32);
         let t0 = Instant::now();
         while done < total && t0.elapsed() < Duration::from_secs(30) {
             while posted < total && posted - done < 8 {
                 post_write(
-                    &ram,
-                    &qp_pages,
-                    &mut prod,
+                    &mut drv,
+                    &mut qp,
                     5000 + u64::from(posted),
                     (0, ekey),
                     (bva, 65536, bkey),
                 );
                 posted += 1;
-                wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
             }
             let now = clock.elapsed().as_nanos() as u64;
             deliver(&mut link, &mut e, &mut buf, now);
@@ -852,14 +487,12 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             while let Some(t) = e.poll_transmit(now, &mut buf) {
                 let _ = link.send(&t, &mut buf[..t.len], now);
             }
-            let p = u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
-            while cq_cons != p {
-                let cqe = ram.read(cq_pages[1] + 64 * u64::from(cq_cons % 64), 64);
-                assert_eq!(u32_at(&cqe, 20), 0, "WRITE status");
+            cqes.clear();
+            drv.poll_cq(&cq, 64, &mut cqes);
+            for c in &cqes {
+                assert_eq!(c.status.get(), 0, "WRITE status");
                 done += 1;
-                cq_cons = (cq_cons + 1) % 128;
             }
-            ram.write(cq_pages[0] + 12, &cq_cons.to_le_bytes());
         }
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!(done, total, "every WRITE completed");
@@ -895,15 +528,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
         // which the peer counts as duplicates; then a frame for the guest's
         // GID arrives with one payload bit flipped (an ICRC error).
         let before = e.counters();
-        post_write(
-            &ram,
-            &qp_pages,
-            &mut prod,
-            9999,
-            (0, ekey),
-            (bva, 4096, bkey),
-        );
-        wr32(&mut c, VFIO_PCI_BAR2_REGION_INDEX, 0, gqp | 1 << 30);
+        post_write(&mut drv, &mut qp, 9999, (0, ekey), (bva, 4096, bkey));
         let (mut ack_dropped, mut done_fault) = (false, false);
         let mut last_frame = Vec::new();
         let t0 = Instant::now();
@@ -927,14 +552,12 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
                 }
                 let _ = link.send(&t, &mut buf[..t.len], now);
             }
-            let p = u32::from_le_bytes(ram.read(cq_pages[0] + 8, 4).try_into().unwrap());
-            while cq_cons != p {
-                let cqe = ram.read(cq_pages[1] + 64 * u64::from(cq_cons % 64), 64);
-                assert_eq!(u32_at(&cqe, 20), 0, "WRITE status after the lost ACK");
+            cqes.clear();
+            drv.poll_cq(&cq, 64, &mut cqes);
+            for c in &cqes {
+                assert_eq!(c.status.get(), 0, "WRITE status after the lost ACK");
                 done_fault = true;
-                cq_cons = (cq_cons + 1) % 128;
             }
-            ram.write(cq_pages[0] + 12, &cq_cons.to_le_bytes());
         }
         assert!(
             ack_dropped && done_fault,
@@ -1061,10 +684,8 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
             String::from_utf8_lossy(&missing.stderr)
                 .contains("cannot read the daemon's control socket"),
         );
-        drop(c);
-        // SAFETY: kill(2) on the PID of the child we started.
-        unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
-        assert_eq!(d.0.wait().unwrap().code(), Some(0));
+        drop(drv);
+        assert_eq!(d.stop(), Some(0));
         assert!(!ctl.exists(), "the control socket is removed on SIGTERM");
         let _ = std::fs::remove_dir_all(&dir);
     });

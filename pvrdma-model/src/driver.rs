@@ -183,6 +183,11 @@ impl<B: Bus> Driver<B> {
         }
     }
 
+    /// Where the DSR, the command slot and the response slot are.
+    pub fn slots(&self) -> (u64, u64, u64) {
+        (self.dsr, self.cmd, self.resp)
+    }
+
     /// `n` contiguous zeroed guest pages.
     pub fn alloc(&mut self, n: u64) -> u64 {
         let p = self.next_page;
