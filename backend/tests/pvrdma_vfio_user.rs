@@ -271,6 +271,7 @@ fn a_guest_qp_talks_rc_to_an_engine_across_the_tap() {
                 max_send_sge: 1,
                 max_recv_sge: 1,
                 sq_sig_all: false,
+                srq: None,
             })
             .unwrap();
         let gqp = qp.handle;

@@ -87,6 +87,7 @@ impl Vm {
                     max_send_sge: 4,
                     max_recv_sge: 4,
                     sq_sig_all: false,
+                    srq: None,
                 })
                 .unwrap()
             })

@@ -105,6 +105,8 @@ pub struct QpSpec {
     pub max_recv_sge: u32,
     /// Signal every send.
     pub sq_sig_all: bool,
+    /// Receive from this SRQ (then the QP has no receive ring).
+    pub srq: Option<u32>,
 }
 
 /// A QP with the driver's ring indices.
@@ -123,6 +125,18 @@ pub struct Qp {
     rq_stride: u64,
     sq_prod: u32,
     rq_prod: u32,
+}
+
+/// An SRQ with the driver's producer index.
+#[derive(Debug, Clone)]
+pub struct Srq {
+    /// The device's handle.
+    pub handle: u32,
+    /// Ring pages: the ring-state page, then the WQEs.
+    pub pages: Vec<u64>,
+    ring: RingIdx,
+    stride: u64,
+    prod: u32,
 }
 
 // Ring-state page: the send ring's producer and consumer, then the
@@ -410,7 +424,11 @@ impl<B: Bus> Driver<B> {
         let sq_stride = u64::from(80 + 16 * s.max_send_sge).next_power_of_two();
         let rq_stride = u64::from(16 + 16 * s.max_recv_sge).next_power_of_two();
         let sq_pages = (u64::from(s.max_send_wr) * sq_stride).div_ceil(PAGE_SIZE);
-        let rq_pages = (u64::from(s.max_recv_wr) * rq_stride).div_ceil(PAGE_SIZE);
+        let rq_pages = if s.srq.is_some() {
+            0
+        } else {
+            (u64::from(s.max_recv_wr) * rq_stride).div_ceil(PAGE_SIZE)
+        };
         let total = 1 + sq_pages + rq_pages;
         let pages = self.scattered(total as u32);
         let dir = self.page_dir(&pages);
@@ -421,6 +439,7 @@ impl<B: Bus> Driver<B> {
                 (24, &s.pd.to_le_bytes()),
                 (28, &s.send_cq.to_le_bytes()),
                 (32, &s.recv_cq.to_le_bytes()),
+                (36, &s.srq.unwrap_or(0).to_le_bytes()),
                 (40, &s.max_send_wr.to_le_bytes()),
                 (44, &s.max_recv_wr.to_le_bytes()),
                 (48, &s.max_send_sge.to_le_bytes()),
@@ -429,6 +448,7 @@ impl<B: Bus> Driver<B> {
                 (70, &(sq_pages as u16).to_le_bytes()),
                 (74, &[u8::from(s.sq_sig_all)]),
                 (75, &[s.qp_type]),
+                (76, &[u8::from(s.srq.is_some())]),
             ],
         )?;
         Ok(Qp {
@@ -561,10 +581,16 @@ impl<B: Bus> Driver<B> {
     /// publishes it; the caller rings [`Driver::ring_sq`] (once for many).
     /// Panics if the queue is full or there are too many SGEs.
     pub fn post_send(&mut self, q: &mut Qp, hdr: &SqWqeHdr, sges: &[Sge]) {
-        assert!(80 + 16 * sges.len() as u64 <= q.sq_stride, "too many SGEs");
-        assert!(self.sq_room(q) > 0, "send queue full");
         let mut h = *hdr;
         h.num_sge = (sges.len() as u32).into();
+        self.post_send_verbatim(q, &h, sges);
+    }
+
+    /// [`Driver::post_send`] with the header written as given, even a
+    /// `num_sge` that does not match `sges` (a hostile guest's WQE).
+    pub fn post_send_verbatim(&mut self, q: &mut Qp, h: &SqWqeHdr, sges: &[Sge]) {
+        assert!(80 + 16 * sges.len() as u64 <= q.sq_stride, "too many SGEs");
+        assert!(self.sq_room(q) > 0, "send queue full");
         let off = u64::from(q.sq.slot(q.sq_prod)) * q.sq_stride;
         let gpa = q.pages[1 + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
         let mut raw = Vec::with_capacity(q.sq_stride as usize);
@@ -612,6 +638,69 @@ impl<B: Bus> Driver<B> {
         q.rq_prod = q.rq.next(q.rq_prod);
         self.bus
             .mem_write(q.pages[0] + RX_PROD, &q.rq_prod.to_le_bytes());
+    }
+
+    /// CREATE_SRQ of `max_wr` WRs with `max_sge` SGEs each and limit
+    /// `limit` (0: unarmed).
+    pub fn create_srq(
+        &mut self,
+        pd: u32,
+        max_wr: u32,
+        max_sge: u32,
+        limit: u32,
+    ) -> Result<Srq, Refused> {
+        let stride = u64::from(16 + 16 * max_sge).next_power_of_two();
+        let n = 1 + (u64::from(max_wr) * stride).div_ceil(PAGE_SIZE) as u32;
+        let pages = self.scattered(n);
+        let dir = self.page_dir(&pages);
+        let r = self.command_at(
+            code::CREATE_SRQ,
+            &[
+                (16, &dir.to_le_bytes()),
+                (24, &pd.to_le_bytes()),
+                (28, &n.to_le_bytes()),
+                (32, &max_wr.to_le_bytes()),
+                (36, &max_sge.to_le_bytes()),
+                (40, &limit.to_le_bytes()),
+            ],
+        )?;
+        Ok(Srq {
+            handle: u32_at(&r, 16),
+            pages,
+            ring: RingIdx::new(max_wr),
+            stride,
+            prod: 0,
+        })
+    }
+
+    /// Writes a receive WQE into the SRQ and publishes it; the caller
+    /// rings [`Driver::ring_srq`].
+    pub fn post_srq_recv(&mut self, s: &mut Srq, wr_id: u64, sges: &[Sge]) {
+        assert!(16 + 16 * sges.len() as u64 <= s.stride, "too many SGEs");
+        let hdr = RqWqeHdr {
+            wr_id: wr_id.into(),
+            num_sge: (sges.len() as u32).into(),
+            total_len: 0.into(),
+        };
+        let off = u64::from(s.ring.slot(s.prod)) * s.stride;
+        let gpa = s.pages[1 + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
+        let mut raw = Vec::with_capacity(s.stride as usize);
+        raw.extend_from_slice(hdr.as_bytes());
+        for g in sges {
+            raw.extend_from_slice(g.as_bytes());
+        }
+        self.bus.mem_write(gpa, &raw);
+        s.prod = s.ring.next(s.prod);
+        self.bus
+            .mem_write(s.pages[0] + RX_PROD, &s.prod.to_le_bytes());
+    }
+
+    /// Rings the SRQ's doorbell.
+    pub fn ring_srq(&mut self, s: &Srq) {
+        self.bus.uar_write(
+            self.uar * crate::regs::UAR_PAGE + doorbell::SRQ,
+            s.handle | 1 << 30,
+        );
     }
 
     /// Rings the QP's receive doorbell.
