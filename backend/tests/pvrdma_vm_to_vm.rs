@@ -4,14 +4,18 @@
 //! run in two network namespaces joined by a veth pair (`--packet` on
 //! each end). A seeded soak then posts random work through the guests'
 //! rings and doorbells: RC with every opcode the device takes (SEND,
-//! SEND_WITH_IMM, RDMA WRITE, WRITE_WITH_IMM, READ, CMP_SWAP, FETCH_ADD),
+//! SEND_WITH_IMM, RDMA WRITE, WRITE_WITH_IMM, READ, CMP_SWAP, FETCH_ADD,
+//! and the kernel's FAST_REG_MR, SEND_WITH_INV and LOCAL_INV around
+//! WRITEs and READs through a fast-registered key over shuffled pages),
 //! UC (SEND, WRITE, with and without immediate) and UD (SEND with the
 //! GRH), sizes from 0 B to 64 KiB gathered from and scattered to up to
 //! four SGEs over scattered guest pages, a random path MTU and PSNs near
 //! the 24-bit wrap. Every completion is checked field by field and, after
 //! every batch, every byte of both guests' MRs against a model. Then the
 //! figures: RC WRITE bandwidth (64 KiB) and SEND ping-pong latency (64 B)
-//! VM to VM, beside the engine alone in the same run.
+//! VM to VM, beside the engine alone in the same run; and last a WRITE
+//! through a retired key, which must fail with a remote access error and
+//! leave both RC QPs in ERR.
 //!
 //! Needs root (namespaces, veth). `VUR_SOAK_SEED`, `VUR_SOAK_OPS` and
 //! `VUR_SOAK_SECS` steer it; a failure prints the seed.
@@ -28,9 +32,12 @@ use std::{
 use common::{BIN, Daemon, GPA, Netns, Ram, VfioBus, is_root, pvrdma_daemon, sh};
 use pvrdma_model::{
     abi::{Cqe, Sge, SqWqeHdr, wc_opcode, wr_opcode},
-    driver::{Cq, Driver, Mr, Qp, QpSpec, gid_v4, send_wqe, sge, with_atomic, with_rdma, with_ud},
+    driver::{
+        Cq, Driver, Mr, Qp, QpSpec, gid_v4, send_wqe, sge, with_atomic, with_fast_reg,
+        with_invalidate, with_rdma, with_ud,
+    },
 };
-use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rand::{Rng, SeedableRng, rngs::SmallRng, seq::SliceRandom};
 
 const MEM: u64 = 64 << 20;
 const MR_PAGES: u32 = 256;
@@ -53,6 +60,8 @@ struct Vm {
     cq: Cq,
     mr: Mr,
     qps: Vec<Qp>,
+    /// A fast-registration MR of up to 16 pages: (handle, current key).
+    frmr: (u32, u32),
     /// What the MR must hold.
     shadow: Vec<u8>,
 }
@@ -74,6 +83,7 @@ impl Vm {
         // LOCAL_WRITE | REMOTE_WRITE | REMOTE_READ | REMOTE_ATOMIC.
         let va = 0x7f00_0000_0000 + u64::from(ip[3]) * 0x1000_0000;
         let mr = drv.create_mr(pd, va, MR_PAGES, 0xf).unwrap();
+        let frmr = drv.create_frmr(pd, 16).unwrap();
         let qps = [2u8, 3, 4]
             .iter()
             .map(|&t| {
@@ -101,6 +111,7 @@ impl Vm {
             cq,
             mr,
             qps,
+            frmr,
             shadow: vec![0; (u64::from(MR_PAGES) * 4096) as usize],
         }
     }
@@ -154,6 +165,8 @@ struct Want {
     imm: Option<u32>,
     qp: u32,
     src_qp: Option<u32>,
+    /// The rkey a SEND_WITH_INV invalidated.
+    inv: Option<u32>,
 }
 
 /// A send WQE to post: on which VM and QP type, and what.
@@ -357,6 +370,7 @@ impl Soak {
                             imm: has_imm.then_some(imm),
                             qp: qr_handle,
                             src_qp: (t == UD).then_some(qi_qpn),
+                            inv: None,
                         },
                     );
                     sends.push(Post {
@@ -392,6 +406,7 @@ impl Soak {
                                 imm: Some(imm),
                                 qp: qr_handle,
                                 src_qp: None,
+                                inv: None,
                             },
                         );
                     }
@@ -463,6 +478,7 @@ impl Soak {
                         imm: None,
                         qp: qi_handle,
                         src_qp: None,
+                        inv: None,
                     },
                 );
             }
@@ -483,6 +499,7 @@ impl Soak {
                             imm: None,
                             qp: vms[v].qps[t].handle,
                             src_qp: None,
+                            inv: None,
                         },
                     );
                 }
@@ -550,6 +567,177 @@ impl Soak {
         n as usize
     }
 
+    fn count(&mut self, name: &'static str) {
+        *self.ops.entry(name).or_default() += 1;
+    }
+
+    /// Posts one signaled send WQE on `vm`'s RC QP, rings, and returns
+    /// its wr_id.
+    fn post_rc(&mut self, vm: &mut Vm, hdr: SqWqeHdr, sges: &[Sge]) {
+        vm.drv.post_send(&mut vm.qps[RC], &hdr, sges);
+        vm.drv.ring_sq(&vm.qps[RC]);
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The kernel verbs on RC, in order (each waits for the last): R maps
+    /// its FRMR with FAST_REG_MR over up to 16 pages of its destination
+    /// half in a random order under a new key; I WRITEs through that key
+    /// and READs back through it; then either I's SEND_WITH_INV or R's
+    /// LOCAL_INV retires the key. Returns (I, R, the retired key, iova).
+    fn frmr_round(&mut self, vms: &mut [Vm; 2]) -> (usize, usize, u32, u64) {
+        let i = self.rng.random_range(0..2usize);
+        let r = 1 - i;
+        let m = self.rng.random_range(1..=16u64);
+        let mut idx: Vec<u64> = (0..16).collect();
+        idx.shuffle(&mut self.rng);
+        idx.truncate(m as usize);
+        let list: Vec<u64> = idx.iter().map(|j| vms[r].mr.gpa(DST + j * 4096)).collect();
+        let pl_dir = vms[r].drv.page_dir(&list);
+        let (_, old) = vms[r].frmr;
+        let key = (old & !0xff) | (old.wrapping_add(1) & 0xff);
+        vms[r].frmr.1 = key;
+        let iova = 0x4000_0000_0000 + self.rng.random_range(0..1u64 << 20) * 4096;
+        // MR byte offset of iova offset `o`.
+        let at = |o: u64| DST + idx[(o / 4096) as usize] * 4096 + o % 4096;
+        let span = |o: u64, len: u64, data: &[u8], out: &mut Vec<Landing>, vm: usize| {
+            let mut done = 0u64;
+            while done < len {
+                let n = (4096 - (o + done) % 4096).min(len - done);
+                out.push(Landing {
+                    vm,
+                    off: at(o + done),
+                    data: data[done as usize..(done + n) as usize].to_vec(),
+                });
+                done += n;
+            }
+        };
+        let mut want: [HashMap<u64, Want>; 2] = [HashMap::new(), HashMap::new()];
+        let plain = |opcode: u32, qp: u32| Want {
+            opcode,
+            byte_len: None,
+            imm: None,
+            qp,
+            src_qp: None,
+            inv: None,
+        };
+
+        // FAST_REG_MR on R: LOCAL_WRITE | REMOTE_WRITE | REMOTE_READ.
+        let id = self.id();
+        let h = with_fast_reg(
+            send_wqe(id, wr_opcode::FAST_REG_MR, true),
+            iova,
+            pl_dir,
+            12,
+            m as u32,
+            (m * 4096) as u32,
+            7,
+            key,
+        );
+        self.post_rc(&mut vms[r], h, &[]);
+        want[r].insert(id, plain(wc_opcode::FAST_REG_MR, vms[r].qps[RC].handle));
+        self.reap(vms, &mut want);
+        self.count("rc_fastreg");
+
+        // WRITE through the new key.
+        let len = self.rng.random_range(1..=m * 4096);
+        let off = self.rng.random_range(0..=m * 4096 - len);
+        let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+        let sp = pieces(&mut self.rng, 0, len);
+        let mut k = 0usize;
+        for &(o, l) in &sp {
+            vms[i].fill(o, &data[k..k + l as usize]);
+            k += l as usize;
+        }
+        let mut land = Vec::new();
+        span(off, len, &data, &mut land, r);
+        let id = self.id();
+        let h = with_rdma(send_wqe(id, wr_opcode::RDMA_WRITE, true), iova + off, key);
+        let g = sges(&vms[i], &sp);
+        self.post_rc(&mut vms[i], h, &g);
+        want[i].insert(id, plain(wc_opcode::RDMA_WRITE, vms[i].qps[RC].handle));
+        self.reap(vms, &mut want);
+        self.apply(vms, land);
+        self.count("rc_write_frmr");
+        self.bytes += len;
+
+        // READ back a random span of the mapped pages into I.
+        let len = self.rng.random_range(1..=m * 4096);
+        let off = self.rng.random_range(0..=m * 4096 - len);
+        let expect: Vec<u8> = (off..off + len)
+            .map(|o| vms[r].shadow[at(o) as usize])
+            .collect();
+        let lp = pieces(&mut self.rng, DST + SLOT, len);
+        let mut land = Vec::new();
+        scatter(i, &lp, 0, &expect, &mut land);
+        let id = self.id();
+        let h = with_rdma(send_wqe(id, wr_opcode::RDMA_READ, true), iova + off, key);
+        let g = sges(&vms[i], &lp);
+        self.post_rc(&mut vms[i], h, &g);
+        want[i].insert(
+            id,
+            Want {
+                byte_len: Some(len as u32),
+                ..plain(wc_opcode::RDMA_READ, vms[i].qps[RC].handle)
+            },
+        );
+        self.reap(vms, &mut want);
+        self.apply(vms, land);
+        self.count("rc_read_frmr");
+        self.bytes += len;
+
+        // Retire the key: remotely (SEND_WITH_INV) or locally.
+        let id = self.id();
+        let mut land = Vec::new();
+        if self.rng.random_bool(0.5) {
+            let len = self.rng.random_range(0..=256u64);
+            let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+            vms[i].fill(2 * SLOT, &data);
+            let rp = pieces(&mut self.rng, DST + 2 * SLOT, len + 16);
+            scatter(r, &rp, 0, &data, &mut land);
+            let g = sges(&vms[r], &rp);
+            let vm = &mut vms[r];
+            vm.drv.post_recv(&mut vm.qps[RC], id, &g);
+            vm.drv.ring_rq(&vm.qps[RC]);
+            want[r].insert(
+                id,
+                Want {
+                    byte_len: Some(len as u32),
+                    inv: Some(key),
+                    ..plain(wc_opcode::RECV, vms[r].qps[RC].handle)
+                },
+            );
+            let h = with_invalidate(send_wqe(id, wr_opcode::SEND_WITH_INV, true), key);
+            let g = if len == 0 {
+                Vec::new()
+            } else {
+                vec![sge(vms[i].va(2 * SLOT), len as u32, vms[i].mr.lkey)]
+            };
+            self.post_rc(&mut vms[i], h, &g);
+            want[i].insert(id, plain(wc_opcode::SEND, vms[i].qps[RC].handle));
+            self.count("rc_sendinv");
+        } else {
+            let h = with_invalidate(send_wqe(id, wr_opcode::LOCAL_INV, true), key);
+            self.post_rc(&mut vms[r], h, &[]);
+            want[r].insert(id, plain(wc_opcode::LOCAL_INV, vms[r].qps[RC].handle));
+            self.count("rc_localinv");
+        }
+        self.reap(vms, &mut want);
+        self.apply(vms, land);
+        self.check_memory(vms);
+        (i, r, key, iova)
+    }
+
+    fn apply(&self, vms: &mut [Vm; 2], land: Vec<Landing>) {
+        for l in land {
+            vms[l.vm].shadow[l.off as usize..l.off as usize + l.data.len()]
+                .copy_from_slice(&l.data);
+        }
+    }
+
     /// Polls both CQs (sleeping on the CQ vector, armed) until every
     /// wanted completion arrived; any other completion fails.
     fn reap(&mut self, vms: &mut [Vm; 2], want: &mut [HashMap<u64, Want>; 2]) {
@@ -604,8 +792,17 @@ impl Soak {
         if let Some(imm) = w.imm {
             assert_eq!(c.imm_data, imm.to_be_bytes(), "{ctx}");
         }
+        // IB_WC_WITH_INVALIDATE is bit 2; the key rides in imm_data.
+        assert_eq!(c.wc_flags.get() & 4 != 0, w.inv.is_some(), "{ctx}");
+        if let Some(key) = w.inv {
+            assert_eq!(c.imm_data, key.to_be_bytes(), "{ctx}");
+        }
         if let Some(q) = w.src_qp {
+            // A UD receive: the source QP, IB_WC_GRH (bit 0) and the
+            // network header type (IPv4) the guest reads the GRH by.
             assert_eq!(c.src_qp.get(), q, "{ctx}");
+            assert_eq!(c.wc_flags.get() & 1, 1, "{ctx}");
+            assert_eq!(c.network_hdr_type, 1, "{ctx}");
         }
     }
 
@@ -710,8 +907,15 @@ fn two_guests_soak_rc_uc_ud_through_two_daemons_over_veth() {
     let max_secs = env_u64("VUR_SOAK_SECS").unwrap_or(30);
     let t0 = Instant::now();
     let mut done = 0usize;
+    let mut batches = 0u64;
+    let mut retired = None;
     while (done as u64) < max_ops && t0.elapsed() < Duration::from_secs(max_secs) {
         done += soak.batch(&mut vms);
+        batches += 1;
+        if batches.is_multiple_of(10) {
+            retired = Some(soak.frmr_round(&mut vms));
+            done += 4;
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     let mut ops: Vec<_> = soak.ops.iter().collect();
@@ -740,6 +944,9 @@ fn two_guests_soak_rc_uc_ud_through_two_daemons_over_veth() {
         "uc_send",
         "uc_write",
         "ud_send",
+        "rc_fastreg",
+        "rc_write_frmr",
+        "rc_read_frmr",
     ] {
         assert!(
             soak.ops.get(k).copied().unwrap_or(0) > 0,
@@ -749,6 +956,36 @@ fn two_guests_soak_rc_uc_ud_through_two_daemons_over_veth() {
     assert!(soak.irqs > 0, "the CQ vector never fired");
 
     figures(&mut vms, 128u32 << mtu);
+
+    // Last, a WRITE through a retired FRMR key: the initiator completes
+    // with a remote access error, and both RC QPs end in ERR, as on rxe
+    // (which, like us, raises no QP_ACCESS_ERR event for it).
+    let (i, _r, key, iova) = retired.expect("at least one FRMR round");
+    let id = soak.id();
+    let h = with_rdma(send_wqe(id, wr_opcode::RDMA_WRITE, true), iova, key);
+    let g = [sge(vms[i].va(0), 64, vms[i].mr.lkey)];
+    soak.post_rc(&mut vms[i], h, &g);
+    let t = Instant::now();
+    let mut c = Vec::new();
+    while c.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "no completion");
+        let vm = &mut vms[i];
+        vm.drv.poll_cq(&vm.cq, 1, &mut c);
+    }
+    assert_eq!(
+        (c[0].wr_id.get(), c[0].status.get()),
+        (id, 10),
+        "{:?}",
+        c[0]
+    );
+    for vm in &mut vms {
+        let h = vm.qps[RC].handle;
+        assert_eq!(
+            vm.drv.query_qp(h).unwrap().qp_state.get(),
+            6,
+            "RC QP in ERR"
+        );
+    }
 
     // The daemons agree on what went over the wire and saw nothing bad.
     for vm in &vms {

@@ -417,6 +417,21 @@ impl<B: Bus> Driver<B> {
         })
     }
 
+    /// CREATE_MR of a fast-registration MR (kernel) for up to
+    /// `max_pages` pages: (handle, key). A FAST_REG_MR WQE
+    /// ([`with_fast_reg`]) maps it later.
+    pub fn create_frmr(&mut self, pd: u32, max_pages: u32) -> Result<(u32, u32), Refused> {
+        let r = self.command_at(
+            code::CREATE_MR,
+            &[
+                (40, &pd.to_le_bytes()),
+                (48, &2u32.to_le_bytes()),
+                (52, &max_pages.to_le_bytes()),
+            ],
+        )?;
+        Ok((u32_at(&r, 16), u32_at(&r, 20)))
+    }
+
     /// CREATE_QP with rings sized as the provider sizes them: WQE strides
     /// rounded up to a power of two, whole pages per ring, the ring-state
     /// page first.
@@ -793,6 +808,36 @@ pub fn with_atomic(
     h.wr[8..16].copy_from_slice(&cmp_add.to_le_bytes());
     h.wr[16..24].copy_from_slice(&swap.to_le_bytes());
     h.wr[24..28].copy_from_slice(&rkey.to_le_bytes());
+    h
+}
+
+/// A FAST_REG_MR WQE: map `key`'s MR at `iova` over the pages listed in
+/// the page directory `pl_dir` (`npages` pages of `1 << page_shift`
+/// bytes), `len` bytes with IB `access`.
+#[allow(clippy::too_many_arguments)]
+pub fn with_fast_reg(
+    mut h: SqWqeHdr,
+    iova: u64,
+    pl_dir: u64,
+    page_shift: u32,
+    npages: u32,
+    len: u32,
+    access: u32,
+    key: u32,
+) -> SqWqeHdr {
+    h.wr[0..8].copy_from_slice(&iova.to_le_bytes());
+    h.wr[8..16].copy_from_slice(&pl_dir.to_le_bytes());
+    h.wr[16..20].copy_from_slice(&page_shift.to_le_bytes());
+    h.wr[20..24].copy_from_slice(&npages.to_le_bytes());
+    h.wr[24..28].copy_from_slice(&len.to_le_bytes());
+    h.wr[28..32].copy_from_slice(&access.to_le_bytes());
+    h.wr[32..36].copy_from_slice(&key.to_le_bytes());
+    h
+}
+
+/// Names the key a SEND_WITH_INV or LOCAL_INV invalidates.
+pub fn with_invalidate(mut h: SqWqeHdr, key: u32) -> SqWqeHdr {
+    h.ex = key.to_le_bytes();
     h
 }
 
