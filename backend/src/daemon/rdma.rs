@@ -28,7 +28,7 @@ use log::{debug, info, warn};
 use pvrdma_model::{
     abi::{DEVICE_ID, VENDOR_ID},
     device::{Device, Effects, Limits},
-    regs::{BAR1_SIZE, UAR_PAGE, vector},
+    regs::{BAR1_SIZE, Doorbell, UAR_PAGE, vector},
 };
 use transport::memory::{Memory, OutOfRange};
 use vfio_bindings::bindings::vfio::{
@@ -276,6 +276,21 @@ pub enum DevReq {
     Disconnected,
 }
 
+impl DevReq {
+    /// Whether the guest's access completes without waiting for the
+    /// device: the QP and SRQ doorbells, which PCI posts. The device
+    /// thread takes requests in order, so any later access (a command, a
+    /// BAR read, a reset) still sees the doorbell done, and it takes them
+    /// before each frame from the link, so a peer's answer to a posted
+    /// receive finds it. CQ doorbells (arming) stay synchronous: a driver
+    /// arms, then looks at the ring once more for a completion that beat
+    /// the arm, and that look is only sound if the arm has taken effect.
+    pub fn posted(&self) -> bool {
+        matches!(self, DevReq::Bar2Write(off, v)
+            if !matches!(Doorbell::decode(*off, *v), Doorbell::Cq { .. }))
+    }
+}
+
 /// The device and its interrupts, owned by the thread that also owns the
 /// network port, so that packets, timers and guest accesses meet without
 /// locks.
@@ -391,7 +406,7 @@ impl DeviceHost {
 pub struct DeviceEnd {
     /// Requests.
     pub req: std::sync::mpsc::Receiver<DevReq>,
-    /// Replies, one per request, in order.
+    /// Replies, one per request that is not [`DevReq::posted`], in order.
     pub reply: std::sync::mpsc::SyncSender<std::io::Result<u32>>,
     /// Readable when requests are waiting.
     pub wake: Arc<vmm_sys_util::eventfd::EventFd>,
@@ -399,7 +414,8 @@ pub struct DeviceEnd {
 
 /// The vfio-user backend of the PVRDMA function: config space is answered
 /// here; every other access is forwarded to the thread that owns the
-/// device, which answers before the guest's access completes.
+/// device, which answers before the guest's access completes (doorbells
+/// only queue: see [`DevReq::posted`]).
 pub struct PvrdmaBackend {
     cfg: PciConfig,
     req: std::sync::mpsc::SyncSender<DevReq>,
@@ -436,11 +452,16 @@ impl PvrdmaBackend {
         &self.cfg
     }
 
-    /// Forwards `req` and waits for its answer.
+    /// Forwards `req` and waits for its answer, or only queues it if it
+    /// is [`DevReq::posted`] (the answer is then 0).
     pub fn call(&mut self, req: DevReq) -> std::io::Result<u32> {
         let gone = || std::io::Error::other("the device thread is gone");
+        let posted = req.posted();
         self.req.send(req).map_err(|_| gone())?;
         self.wake.write(1)?;
+        if posted {
+            return Ok(0);
+        }
         self.reply.recv().map_err(|_| gone())?
     }
 }
@@ -548,6 +569,18 @@ impl ServerBackend for PvrdmaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qp_and_srq_doorbells_are_posted_cq_arming_and_registers_are_not() {
+        for (off, v) in [(0, 1 << 30 | 3), (4096, 1 << 31 | 9), (8, 1 << 30 | 2)] {
+            assert!(DevReq::Bar2Write(off, v).posted(), "{off:#x}");
+        }
+        for (off, v) in [(4, 1 << 30 | 1), (4096 + 4, 1 << 29 | 1)] {
+            assert!(!DevReq::Bar2Write(off, v).posted(), "{off:#x}");
+        }
+        assert!(!DevReq::Bar1Write(0x10, 0).posted());
+        assert!(!DevReq::Bar1Read(0x14).posted());
+    }
 
     #[test]
     fn config_space_names_the_device_and_sizes_its_bars() {

@@ -24,7 +24,7 @@ use std::{
 
 use std::time::Instant;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use netdev::{
     eth::EthLink,
     port::{FramePort, VNET_HDR_LEN},
@@ -75,15 +75,36 @@ impl RdmaSide {
     /// Answers the vfio-user thread's waiting requests.
     fn requests(&mut self) {
         let _ = self.end.wake.read();
+        self.drain();
+    }
+
+    /// Executes the guest's queued accesses, in order. Doorbells are
+    /// posted (the guest goes on before they run), so this also runs
+    /// before every frame from the link is taken: a frame that arrives
+    /// because of a doorbell (a peer's SEND after this guest posted the
+    /// receive and told it so) must find that doorbell done. No syscall
+    /// when nothing is queued.
+    fn drain(&mut self) {
+        let mut commands = false;
         while let Ok(req) = self.end.req.try_recv() {
+            let posted = req.posted();
             let r = self.host.handle(req);
-            let _ = self.end.reply.send(r);
+            if !posted {
+                commands = true;
+                let _ = self.end.reply.send(r);
+            } else if let Err(e) = r {
+                debug!("doorbell: {e}");
+            }
         }
-        let gids = self.host.gid_ips();
-        if gids != self.gids {
-            info!("PVRDMA GIDs now {gids:?}");
-            self.link.set_addrs(gids.clone());
-            self.gids = gids;
+        // A command may have bound or removed a GID: steer by the new
+        // table from the next frame on.
+        if commands {
+            let gids = self.host.gid_ips();
+            if gids != self.gids {
+                info!("PVRDMA GIDs now {gids:?}");
+                self.link.set_addrs(gids.clone());
+                self.gids = gids;
+            }
         }
     }
 
@@ -453,13 +474,16 @@ impl StreamPort {
                     self.conn = Some(c);
                 }
             }
+            // The guest's accesses before the link's frames (see `drain`).
+            if let Some(d) = self.device.as_mut()
+                && fds[2].revents != 0
+            {
+                d.requests();
+            }
             if fds[1].revents != 0 {
                 self.pump_link();
             }
             if let Some(d) = self.device.as_mut() {
-                if fds[2].revents != 0 {
-                    d.requests();
-                }
                 d.pump();
                 d.link.flush_tap();
             }
@@ -523,6 +547,9 @@ impl StreamPort {
     fn pump_link(&mut self) {
         let mut hdr = [0u8; VNET_HDR_LEN];
         loop {
+            if let Some(d) = self.device.as_mut() {
+                d.drain();
+            }
             let n = match self.port.read_vnet(&mut hdr, &mut self.frame) {
                 Ok(Some(n)) => n,
                 Ok(None) => return,

@@ -26,6 +26,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// The daemon binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-rdma");
+/// The daemon to start: `VUR_BIN` if set (to compare two builds), else
+/// this build's.
+pub fn daemon_bin() -> String {
+    std::env::var("VUR_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// Where guest memory starts (above 4 GiB, as QEMU puts high RAM).
 pub const GPA: u64 = 0x1_0000_0000;
 
@@ -272,7 +278,7 @@ pub fn sh(args: &[&str]) {
 pub fn pvrdma_daemon(ns: &Netns, ifname: &str, mac: &str, dir: &Path) -> (Daemon, PathBuf) {
     let sock = dir.join("rdma.sock");
     let child = ns
-        .command(BIN)
+        .command(&daemon_bin())
         .args(["--packet", ifname, "--mac", mac, "--stream-socket"])
         .arg(dir.join("net.sock"))
         .arg("--pvrdma-socket")
