@@ -2823,13 +2823,22 @@ mod tests {
         };
         a.post_send(&mut qa, w, sge);
         a.post_send(&mut qa, send_wqe(6, 99, true), sge);
+        // The opcodes the device does not advertise (max_mw 0, atomic_ops
+        // without the masked bits), so no stock driver posts them: masked
+        // compare-and-swap, masked fetch-and-add, BIND_MW.
+        for op in [12, 13, 14] {
+            a.post_send(&mut qa, send_wqe(op.into(), op, true), sge);
+        }
         let c = a.poll(&cqa_pages, 64);
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.len(), 5);
         assert!(
             c.iter()
                 .all(|e| e.status.get() == status_code(WcStatus::LocQpOpErr))
         );
-        assert_eq!(a.d().stats().bad_wqes, 2);
+        assert_eq!(a.d().stats().bad_wqes, 5);
+        let caps = a.d().caps();
+        assert_eq!(caps.max_mw.get(), 0, "no memory windows");
+        assert_eq!(caps.atomic_ops, 0b11, "CMP_SWAP and FETCH_ADD only");
         // A producer index outside the ring: counted, nothing posted.
         a.wr(qa.pages[0] + TX_PROD, &1000u32.to_le_bytes());
         a.d().bar2_write(0, qa.handle | 1 << 30);
