@@ -39,8 +39,11 @@ GUEST=$CACHE/$(cat "$CACHE/kernel-version")
 NS=vur-demo-$$
 WORK=$(mktemp -d /tmp/vur-demo.XXXXXX)
 PIDS=()
+# Only our own children still running (a PID reaped earlier may have
+# been reused by some other process).
+mine() { [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]; }
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do mine "$p" && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$WORK"

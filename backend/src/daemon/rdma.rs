@@ -456,6 +456,10 @@ impl PvrdmaBackend {
     /// is [`DevReq::posted`] (the answer is then 0).
     pub fn call(&mut self, req: DevReq) -> std::io::Result<u32> {
         let gone = || std::io::Error::other("the device thread is gone");
+        if matches!(req, DevReq::Disconnected) {
+            // The next client shares its memory afresh.
+            self.ram_seen = false;
+        }
         let posted = req.posted();
         self.req.send(req).map_err(|_| gone())?;
         self.wake.write(1)?;
