@@ -341,13 +341,7 @@ impl Soak {
             let has_imm = matches!(kind, Kind::SendImm | Kind::WriteImm);
             match kind {
                 Kind::Send | Kind::SendImm => {
-                    let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
-                    let sp = pieces(&mut self.rng, src, len);
-                    let mut at = 0usize;
-                    for &(o, l) in &sp {
-                        vms[i].fill(o, &data[at..at + l as usize]);
-                        at += l as usize;
-                    }
+                    let (data, sp) = self.source(&mut vms[i], src, len);
                     let grh = if t == UD { 40 } else { 0 };
                     let room = (len + grh + self.rng.random_range(0..=64)).min(SLOT);
                     let rp = pieces(&mut self.rng, dst, room);
@@ -382,13 +376,7 @@ impl Soak {
                     });
                 }
                 Kind::Write | Kind::WriteImm => {
-                    let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
-                    let sp = pieces(&mut self.rng, src, len);
-                    let mut at = 0usize;
-                    for &(o, l) in &sp {
-                        vms[i].fill(o, &data[at..at + l as usize]);
-                        at += l as usize;
-                    }
+                    let (data, sp) = self.source(&mut vms[i], src, len);
                     let roff = dst + self.rng.random_range(0..=SLOT - len);
                     land.push(Landing {
                         vm: r,
@@ -567,6 +555,19 @@ impl Soak {
         n as usize
     }
 
+    /// `len` fresh random bytes written into `vm`'s MR as up to four
+    /// pieces inside the slot at `base`: (the bytes, the pieces).
+    fn source(&mut self, vm: &mut Vm, base: u64, len: u64) -> (Vec<u8>, Vec<(u64, u64)>) {
+        let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+        let sp = pieces(&mut self.rng, base, len);
+        let mut at = 0usize;
+        for &(o, l) in &sp {
+            vm.fill(o, &data[at..at + l as usize]);
+            at += l as usize;
+        }
+        (data, sp)
+    }
+
     fn count(&mut self, name: &'static str) {
         *self.ops.entry(name).or_default() += 1;
     }
@@ -645,13 +646,7 @@ impl Soak {
         // WRITE through the new key.
         let len = self.rng.random_range(1..=m * 4096);
         let off = self.rng.random_range(0..=m * 4096 - len);
-        let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
-        let sp = pieces(&mut self.rng, 0, len);
-        let mut k = 0usize;
-        for &(o, l) in &sp {
-            vms[i].fill(o, &data[k..k + l as usize]);
-            k += l as usize;
-        }
+        let (data, sp) = self.source(&mut vms[i], 0, len);
         let mut land = Vec::new();
         span(off, len, &data, &mut land, r);
         let id = self.id();

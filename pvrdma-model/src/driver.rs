@@ -118,13 +118,8 @@ pub struct Qp {
     pub qpn: u32,
     /// Ring pages: the ring-state page, the SQ pages, the RQ pages.
     pub pages: Vec<u64>,
-    sq: RingIdx,
-    sq_stride: u64,
-    sq_pages: u64,
-    rq: RingIdx,
-    rq_stride: u64,
-    sq_prod: u32,
-    rq_prod: u32,
+    sq: WqeRing,
+    rq: WqeRing,
 }
 
 /// An SRQ with the driver's producer index.
@@ -134,9 +129,38 @@ pub struct Srq {
     pub handle: u32,
     /// Ring pages: the ring-state page, then the WQEs.
     pub pages: Vec<u64>,
-    ring: RingIdx,
+    ring: WqeRing,
+}
+
+/// A ring of WQEs in a queue's pages, with the driver's producer index.
+#[derive(Debug, Clone)]
+struct WqeRing {
+    /// Index of the ring's first page in the queue's page list.
+    first: usize,
+    idx: RingIdx,
     stride: u64,
     prod: u32,
+    /// Offsets of the producer and consumer in the ring-state page.
+    prod_at: u64,
+    cons_at: u64,
+}
+
+impl WqeRing {
+    fn new(first: usize, wrs: u32, stride: u64, send: bool) -> WqeRing {
+        let (prod_at, cons_at) = if send {
+            (TX_PROD, TX_CONS)
+        } else {
+            (RX_PROD, RX_CONS)
+        };
+        WqeRing {
+            first,
+            idx: RingIdx::new(wrs),
+            stride,
+            prod: 0,
+            prod_at,
+            cons_at,
+        }
+    }
 }
 
 // Ring-state page: the send ring's producer and consumer, then the
@@ -470,13 +494,8 @@ impl<B: Bus> Driver<B> {
             qpn: u32_at(&r, 16),
             handle: u32_at(&r, 20),
             pages,
-            sq: RingIdx::new(s.max_send_wr),
-            sq_stride,
-            sq_pages,
-            rq: RingIdx::new(s.max_recv_wr),
-            rq_stride,
-            sq_prod: 0,
-            rq_prod: 0,
+            sq: WqeRing::new(1, s.max_send_wr, sq_stride, true),
+            rq: WqeRing::new(1 + sq_pages as usize, s.max_recv_wr, rq_stride, false),
         })
     }
 
@@ -582,12 +601,10 @@ impl<B: Bus> Driver<B> {
 
     /// Room in the send queue (the consumer index the device publishes).
     pub fn sq_room(&mut self, q: &Qp) -> u32 {
-        let cons = self.read_u32(q.pages[0] + TX_CONS);
-        match q.sq.has_space(q.sq_prod, cons) {
-            Ok(Some(_)) => {
-                let used = (q.sq_prod + 2 * q.sq.len() - cons) % (2 * q.sq.len());
-                q.sq.len() - used
-            }
+        let (r, n) = (&q.sq, q.sq.idx.len());
+        let cons = self.read_u32(q.pages[0] + r.cons_at);
+        match r.idx.has_space(r.prod, cons) {
+            Ok(Some(_)) => n - (r.prod + 2 * n - cons) % (2 * n),
             _ => 0,
         }
     }
@@ -604,19 +621,37 @@ impl<B: Bus> Driver<B> {
     /// [`Driver::post_send`] with the header written as given, even a
     /// `num_sge` that does not match `sges` (a hostile guest's WQE).
     pub fn post_send_verbatim(&mut self, q: &mut Qp, h: &SqWqeHdr, sges: &[Sge]) {
-        assert!(80 + 16 * sges.len() as u64 <= q.sq_stride, "too many SGEs");
         assert!(self.sq_room(q) > 0, "send queue full");
-        let off = u64::from(q.sq.slot(q.sq_prod)) * q.sq_stride;
-        let gpa = q.pages[1 + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
-        let mut raw = Vec::with_capacity(q.sq_stride as usize);
-        raw.extend_from_slice(h.as_bytes());
-        for s in sges {
-            raw.extend_from_slice(s.as_bytes());
+        self.put_wqe(&q.pages, &mut q.sq, h.as_bytes(), sges);
+    }
+
+    /// Writes a WQE (`head`, then `sges`) at the ring's producer index,
+    /// then advances and publishes the index.
+    fn put_wqe(&mut self, pages: &[u64], r: &mut WqeRing, head: &[u8], sges: &[Sge]) {
+        assert!(
+            (head.len() + 16 * sges.len()) as u64 <= r.stride,
+            "too many SGEs"
+        );
+        let off = u64::from(r.idx.slot(r.prod)) * r.stride;
+        let gpa = pages[r.first + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
+        let mut raw = Vec::with_capacity(r.stride as usize);
+        raw.extend_from_slice(head);
+        for g in sges {
+            raw.extend_from_slice(g.as_bytes());
         }
         self.bus.mem_write(gpa, &raw);
-        q.sq_prod = q.sq.next(q.sq_prod);
+        r.prod = r.idx.next(r.prod);
         self.bus
-            .mem_write(q.pages[0] + TX_PROD, &q.sq_prod.to_le_bytes());
+            .mem_write(pages[0] + r.prod_at, &r.prod.to_le_bytes());
+    }
+
+    /// A receive WQE's header.
+    fn recv_head(wr_id: u64, sges: &[Sge]) -> RqWqeHdr {
+        RqWqeHdr {
+            wr_id: wr_id.into(),
+            num_sge: (sges.len() as u32).into(),
+            total_len: 0.into(),
+        }
     }
 
     /// Rings the QP's send doorbell.
@@ -630,29 +665,13 @@ impl<B: Bus> Driver<B> {
     /// Writes a receive WQE and publishes it; the caller rings
     /// [`Driver::ring_rq`].
     pub fn post_recv(&mut self, q: &mut Qp, wr_id: u64, sges: &[Sge]) {
-        assert!(16 + 16 * sges.len() as u64 <= q.rq_stride, "too many SGEs");
-        let cons = self.read_u32(q.pages[0] + RX_CONS);
+        let cons = self.read_u32(q.pages[0] + q.rq.cons_at);
         assert!(
-            matches!(q.rq.has_space(q.rq_prod, cons), Ok(Some(_))),
+            matches!(q.rq.idx.has_space(q.rq.prod, cons), Ok(Some(_))),
             "receive queue full"
         );
-        let hdr = RqWqeHdr {
-            wr_id: wr_id.into(),
-            num_sge: (sges.len() as u32).into(),
-            total_len: 0.into(),
-        };
-        let off = u64::from(q.rq.slot(q.rq_prod)) * q.rq_stride;
-        let base = 1 + q.sq_pages as usize;
-        let gpa = q.pages[base + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
-        let mut raw = Vec::with_capacity(q.rq_stride as usize);
-        raw.extend_from_slice(hdr.as_bytes());
-        for s in sges {
-            raw.extend_from_slice(s.as_bytes());
-        }
-        self.bus.mem_write(gpa, &raw);
-        q.rq_prod = q.rq.next(q.rq_prod);
-        self.bus
-            .mem_write(q.pages[0] + RX_PROD, &q.rq_prod.to_le_bytes());
+        let head = Self::recv_head(wr_id, sges);
+        self.put_wqe(&q.pages, &mut q.rq, head.as_bytes(), sges);
     }
 
     /// CREATE_SRQ of `max_wr` WRs with `max_sge` SGEs each and limit
@@ -682,32 +701,15 @@ impl<B: Bus> Driver<B> {
         Ok(Srq {
             handle: u32_at(&r, 16),
             pages,
-            ring: RingIdx::new(max_wr),
-            stride,
-            prod: 0,
+            ring: WqeRing::new(1, max_wr, stride, false),
         })
     }
 
     /// Writes a receive WQE into the SRQ and publishes it; the caller
     /// rings [`Driver::ring_srq`].
     pub fn post_srq_recv(&mut self, s: &mut Srq, wr_id: u64, sges: &[Sge]) {
-        assert!(16 + 16 * sges.len() as u64 <= s.stride, "too many SGEs");
-        let hdr = RqWqeHdr {
-            wr_id: wr_id.into(),
-            num_sge: (sges.len() as u32).into(),
-            total_len: 0.into(),
-        };
-        let off = u64::from(s.ring.slot(s.prod)) * s.stride;
-        let gpa = s.pages[1 + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
-        let mut raw = Vec::with_capacity(s.stride as usize);
-        raw.extend_from_slice(hdr.as_bytes());
-        for g in sges {
-            raw.extend_from_slice(g.as_bytes());
-        }
-        self.bus.mem_write(gpa, &raw);
-        s.prod = s.ring.next(s.prod);
-        self.bus
-            .mem_write(s.pages[0] + RX_PROD, &s.prod.to_le_bytes());
+        let head = Self::recv_head(wr_id, sges);
+        self.put_wqe(&s.pages, &mut s.ring, head.as_bytes(), sges);
     }
 
     /// Rings the SRQ's doorbell.
