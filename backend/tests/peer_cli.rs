@@ -232,6 +232,66 @@ fn rping_against_ourselves() {
     assert!(server.wait_with_output().unwrap().status.success());
 }
 
+/// The result rows under the header: (size, iterations).
+fn rows(t: &str) -> Vec<(u64, u64)> {
+    t.lines()
+        .skip_while(|l| !l.starts_with(" #bytes"))
+        .skip(1)
+        .map_while(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn perftest_all_sizes_against_ourselves() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let all: Vec<u64> = (1..24).map(|i| 1u64 << i).collect();
+    // (tool, its arguments, rows the server prints, rows the client prints)
+    let runs: &[(&[&str], Option<usize>, usize)] = &[
+        // The passive server prints the client's last row only.
+        (&["ib_write_bw", "-a", "-n", "5"], Some(1), 23),
+        (&["ib_read_bw", "-a", "-n", "5"], Some(1), 23),
+        (&["ib_send_bw", "-a", "-n", "5"], Some(23), 23),
+        (&["ib_write_lat", "-a", "-n", "5"], Some(23), 23),
+        (&["ib_read_lat", "-a", "-n", "5"], None, 23),
+        (&["ib_send_lat", "-a", "-n", "5"], Some(23), 23),
+    ];
+    for (i, (args, server_rows, client_rows)) in runs.iter().enumerate() {
+        let (s, c) = pair(4, 19300 + i as u16, args);
+        let tool = args[0];
+        for (o, who, want) in [
+            (&s, "server", *server_rows),
+            (&c, "client", Some(*client_rows)),
+        ] {
+            let t = text(o);
+            assert!(o.status.success(), "{tool} {who}: {t}");
+            let r = rows(&t);
+            let Some(n) = want else {
+                assert!(r.is_empty(), "{tool} {who}: {t}");
+                continue;
+            };
+            assert_eq!(r.len(), n, "{tool} {who}: {t}");
+            let sizes: Vec<u64> = r.iter().map(|x| x.0).collect();
+            assert_eq!(sizes, all[23 - n..].to_vec(), "{tool} {who}");
+            assert!(r.iter().all(|x| x.1 == 5), "{tool} {who}: {t}");
+        }
+    }
+    // UD sends stop at the MTU.
+    let (s, c) = pair(4, 19320, &["ib_send_lat", "-a", "-n", "5", "-c", "UD"]);
+    for o in [&s, &c] {
+        let t = text(o);
+        assert!(o.status.success(), "{t}");
+        let r = rows(&t);
+        assert!(!r.is_empty() && r.len() < 23, "{t}");
+        assert_eq!(r[0].0, 2);
+    }
+}
+
 #[test]
 fn bad_options_are_named() {
     for (args, want) in [

@@ -772,6 +772,92 @@ fn frames_flow_both_ways_and_bad_descriptors_are_refused() {
 
 /// A UDP/IPv4 frame from the guest (10.9.0.1) to 10.9.0.254:`port`
 /// with the UDP checksum field set to `csum`.
+/// A jumbo frame that needs more mergeable buffers than the guest has
+/// given yet must not stop the device: the frames before it are handed
+/// over with an interrupt (the guest refills only after taking them), TX
+/// keeps flowing, and with EVENT_IDX the kick threshold is set where the
+/// guest's next buffer crosses it, so the frame lands once it fits. (The
+/// daemon once spun in its RX loop here, holding the interrupt back and
+/// starving TX: the guest's network died under jumbo frames.)
+#[test]
+fn a_frame_waiting_for_more_mergeable_buffers_stalls_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    in_netns(|| {
+        let dir = tempdir("jumbo");
+        let d = Daemon::start(&dir, &["--mtu", "9000"]);
+        let host = HostSide::open(TAP);
+        // VERSION_1, EVENT_IDX, MRG_RXBUF, MAC, MTU.
+        let features = 1 << 32 | 1 << 29 | 1 << 15 | 1 << 5 | 1 << 3;
+        let mut g = Guest::connect(&d.socket, features);
+        // used_event 0: interrupt on the first used buffer.
+        g.mem.set_u16(g.rx.avail + 4 + 2 * u64::from(QSIZE), 0);
+
+        // Three 2 KiB buffers: a small frame takes one, the 9000-byte
+        // frame behind it needs five.
+        post_rx(&mut g, 3, 2048, 0x200_0000);
+        let small = frame_to_guest(300, 1);
+        let big = frame_to_guest(9000, 2);
+        host.send_to_guest(&small);
+        host.send_to_guest(&big);
+        let (_, len) =
+            g.rx.wait_used(&g.mem, Duration::from_secs(3))
+                .expect("the small frame");
+        assert_eq!(len as usize, HDR + small.len());
+        let t = Instant::now();
+        while g.rx.call.read().is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "no interrupt for the small frame"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // TX still flows while the big frame waits.
+        let f = frame_to_host(1000, 3);
+        g.send(&f, &[HDR + 1000]).expect("TX used while RX waits");
+        assert_eq!(
+            host.recv_from_guest(Duration::from_secs(3)).as_deref(),
+            Some(&f[..])
+        );
+        // The driver adds three more buffers and kicks only if the
+        // device's avail_event says so (vring_need_event).
+        std::thread::sleep(Duration::from_millis(100));
+        fence(Ordering::SeqCst);
+        let avail_event = g.mem.u16_at(g.rx.used + 4 + 8 * u64::from(QSIZE));
+        let old = g.rx.avail_idx;
+        for i in 0..3u64 {
+            g.rx.push(&g.mem, &[(0x300_0000 + i * 0x10000, 2048, true)]);
+        }
+        let new = g.rx.avail_idx;
+        assert!(
+            new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old),
+            "avail_event {avail_event} is not crossed by {old}..{new}: the guest would not kick"
+        );
+        g.rx.kick();
+        let mut got = Vec::new();
+        for k in 0..5 {
+            let (id, len) =
+                g.rx.wait_used(&g.mem, Duration::from_secs(3))
+                    .unwrap_or_else(|| panic!("big frame part {k}"));
+            // Descriptors 1 and 2 are the first buffers, then 3, 4, 5.
+            let gpa = if id < 3 {
+                0x200_0000 + u64::from(id) * 0x10000
+            } else {
+                0x300_0000 + u64::from(id - 3) * 0x10000
+            };
+            got.extend_from_slice(g.mem.slice(gpa, len as usize));
+        }
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 5, "num_buffers");
+        assert_eq!(&got[HDR..], &big[..]);
+        drop(g);
+        let (code, log) = d.stop();
+        assert_eq!(code, 0, "{log}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 fn udp_from_guest(port: u16, payload: &[u8], csum: u16) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2(MAC, [0xff; 6])
         .ipv4([10, 9, 0, 1], [10, 9, 0, 254], 64)

@@ -453,11 +453,19 @@ impl NetBackend {
                     delivered = true;
                 }
                 Ok(false) => {
-                    // No buffers (or no queue yet). Ask for a kick, and
-                    // look again in case buffers came meanwhile.
-                    let more = !self.broken[RX_QUEUE as usize]
-                        && self.mem.is_some()
-                        && vring.enable_notification().unwrap_or(false);
+                    // Too few buffers (or no queue yet). First let the
+                    // guest take what it has been given: it refills only
+                    // after it has, so holding the interrupt back until
+                    // the frame fits would wait forever.
+                    if delivered {
+                        if vring.needs_notification().unwrap_or(true) {
+                            let _ = vring.signal_used_queue();
+                        }
+                        delivered = false;
+                    }
+                    // Then ask for a kick, and look again in case buffers
+                    // came meanwhile.
+                    let more = !self.broken[RX_QUEUE as usize] && self.want_rx_kick(vring);
                     if more {
                         continue;
                     }
@@ -479,6 +487,28 @@ impl NetBackend {
         if delivered && vring.needs_notification().unwrap_or(true) {
             let _ = vring.signal_used_queue();
         }
+    }
+
+    /// Asks the guest to kick the RX queue when it adds buffers beyond
+    /// those there now, and says whether some came meanwhile. A frame
+    /// that needs several mergeable buffers may find some but not enough:
+    /// with EVENT_IDX the kick threshold must then be the avail index, not
+    /// our position before those buffers (the guest would never cross it
+    /// again, and the frame would wait forever).
+    fn want_rx_kick(&self, vring: &VringRwLock<GuestMem>) -> bool {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return false;
+        };
+        let mut st = vring.get_mut();
+        let q = st.get_queue_mut();
+        let next = q.next_avail();
+        let Ok(avail) = q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) else {
+            return false;
+        };
+        q.set_next_avail(avail.0);
+        let more = q.enable_notification(&*mem).unwrap_or(false);
+        q.set_next_avail(next);
+        more
     }
 
     /// Writes the pending frame into the RX queue, over as many chains as

@@ -44,6 +44,8 @@ const QKEY: u32 = 0x1111_1111;
 const GRH: u64 = 40;
 /// Where our buffer sits in the address space the other side sees.
 const IOVA: u64 = 0x7f00_0000_0000;
+/// The largest size `-a` runs (and the buffer size it sets up), 2^23.
+const MAX_SIZE: u64 = 1 << 23;
 const PAGE: u32 = 4096;
 const CACHE_LINE: u32 = 64;
 const RESULT_LINE: &str =
@@ -179,6 +181,9 @@ struct Test {
     /// QPs (`-q`).
     qps: u32,
     dev: String,
+    /// `-a`: every size from 2 to 2^23 (UD sends: to the MTU), `size`
+    /// being the buffer's.
+    all: bool,
 }
 
 fn cfg(msg: impl Into<String>) -> PeerError {
@@ -206,8 +211,16 @@ impl Test {
         if a.bidirectional && kind != Kind::Bw {
             return Err(cfg(" Bidirectional is only available in BW test"));
         }
+        if a.all && a.duration.is_some() {
+            return Err(cfg(
+                "Duration mode currently doesn't support running on all sizes.",
+            ));
+        }
+        if a.all && verb == Verb::Atomic {
+            return Err(cfg("Message size cannot be changed for Atomic tests"));
+        }
         for (given, name) in [
-            (a.all, "-a (all sizes)"),
+            (a.all && a.bidirectional, "-a with -b"),
             (a.duration.is_some(), "-D (duration)"),
             (a.rdma_cm, "-R (rdma_cm)"),
             (a.qps > 64, "-q above 64"),
@@ -244,6 +257,9 @@ impl Test {
                 return Err(cfg("Message size cannot be changed for Atomic tests"));
             }
             (Verb::Atomic, _) => 8,
+            // perftest sets the buffers up for the largest size; -s is
+            // ignored.
+            _ if a.all => MAX_SIZE,
             (_, Some(s)) => s,
             (_, None) if kind == Kind::Bw => 65536,
             (_, None) => 2,
@@ -323,7 +339,22 @@ impl Test {
             bidir: a.bidirectional,
             qps: a.qps,
             dev: a.ib_dev.clone().unwrap_or_else(|| "vur0".into()),
+            all: a.all,
         })
+    }
+
+    /// The message sizes to run, in order: `size`, or with `-a` 2 to
+    /// 2^23 doubling (UD sends stop at the MTU).
+    fn sizes(&self, mtu: Mtu) -> Vec<u64> {
+        if !self.all {
+            return vec![self.size];
+        }
+        let top = if self.qp_type == QpType::Ud {
+            mtu.bytes() as u64
+        } else {
+            MAX_SIZE
+        };
+        (1..24).map(|i| 1u64 << i).filter(|&s| s <= top).collect()
     }
 
     fn verb_name(&self) -> &'static str {
@@ -651,6 +682,12 @@ impl Run<'_> {
         }
     }
 
+    /// Receives to post before a size's traffic: rx_depth, but no more
+    /// than the messages that will come.
+    fn first_receives(&self) -> u64 {
+        u64::from(self.t.rx_depth).min(self.t.iters)
+    }
+
     /// The address offset of WR `n` in the bandwidth tests: messages of
     /// at most half a page cycle through the page in cache-line steps.
     fn cycled(&self, n: u64) -> u64 {
@@ -891,7 +928,7 @@ fn prefix(r: &mut Run<'_>) -> Result<(), PeerError> {
     let m = r.xchg(&encode_mtu(r.mtu), 2, "Couldn't exchange the MTU")?;
     let theirs = parse_mtu(&m)?;
     r.mtu = r.mtu.min(theirs);
-    if r.t.qp_type == QpType::Ud && r.t.size > r.mtu.bytes() as u64 {
+    if r.t.qp_type == QpType::Ud && !r.t.all && r.t.size > r.mtu.bytes() as u64 {
         return Err(cfg(" Max message size in UD cannot be greater than MTU "));
     }
     let region = r.t.size.max(r.cycle).next_multiple_of(r.cache_line);
@@ -933,8 +970,16 @@ fn rdma_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
         bw_row(r, &sum_reports(&ours, &theirs))?;
         r.line(RESULT_LINE)?;
     } else if r.role == Role::Client {
-        let rep = bw_client(r, stall, false)?;
-        bw_row(r, &rep)?;
+        // With -a every size runs back to back, with no handshake in
+        // between; the report carries the last.
+        let mut rep = None;
+        for size in r.t.sizes(r.mtu) {
+            r.t.size = size;
+            let x = bw_client(r, stall, false)?;
+            bw_row(r, &x)?;
+            rep = Some(x);
+        }
+        let rep = rep.expect("at least one size");
         r.line(RESULT_LINE)?;
         r.key_xchg()?;
         // The server's values are junk; only ours count.
@@ -965,24 +1010,34 @@ fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     r.key_xchg()?;
     print_addresses(r)?;
     bw_header(r)?;
-    if r.role == Role::Server || r.t.bidir {
-        for i in 0..r.qps.len() {
-            for _ in 0..r.t.rx_depth {
-                r.post_recv(i)?;
+    // Per size: receives posted, a handshake, the traffic, each side's
+    // row; with -a also a handshake after each size.
+    for size in r.t.sizes(r.mtu) {
+        r.t.size = size;
+        if r.role == Role::Server || r.t.bidir {
+            // Never more than the size's messages: a receive left over
+            // would be too short for the next size's.
+            for i in 0..r.qps.len() {
+                for _ in 0..r.first_receives() {
+                    r.post_recv(i)?;
+                }
             }
         }
+        r.key_xchg()?;
+        let rep = if r.t.bidir {
+            let ours = bw_client(r, stall, true)?;
+            let theirs = xchg_report(r, &ours)?;
+            sum_reports(&ours, &theirs)
+        } else if r.role == Role::Client {
+            bw_client(r, stall, false)?
+        } else {
+            send_bw_server(r, stall)?
+        };
+        bw_row(r, &rep)?;
+        if r.t.all {
+            r.key_xchg()?;
+        }
     }
-    r.key_xchg()?;
-    let rep = if r.t.bidir {
-        let ours = bw_client(r, stall, true)?;
-        let theirs = xchg_report(r, &ours)?;
-        sum_reports(&ours, &theirs)
-    } else if r.role == Role::Client {
-        bw_client(r, stall, false)?
-    } else {
-        send_bw_server(r, stall)?
-    };
-    bw_row(r, &rep)?;
     r.line(RESULT_LINE)?;
     r.key_xchg()?;
     r.done()
@@ -1003,14 +1058,7 @@ fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwRepor
     let mut done: Vec<(u64, u64)> = Vec::new();
     let (mut scnt, mut ccnt) = (vec![0u64; nq], vec![0u64; nq]);
     let mut completed = 0u64;
-    let mut rposted = vec![
-        if receives {
-            u64::from(r.t.rx_depth)
-        } else {
-            iters
-        };
-        nq
-    ];
+    let mut rposted = vec![if receives { r.first_receives() } else { iters }; nq];
     let mut rcnt = if receives { 0 } else { total };
     let mut started = !receives || r.role == Role::Client;
     let mut last = Instant::now();
@@ -1107,7 +1155,7 @@ fn send_bw_server(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerErro
     let iters = r.t.iters;
     let nq = r.qps.len();
     let total = iters * nq as u64;
-    let mut posted = vec![u64::from(r.t.rx_depth); nq];
+    let mut posted = vec![r.first_receives(); nq];
     let (mut rcnt, mut t0, mut t1) = (0u64, 0u64, 0u64);
     let mut last = Instant::now();
     while rcnt < total {
@@ -1194,31 +1242,35 @@ fn lat_open(r: &mut Run<'_>) -> Result<(), PeerError> {
 fn write_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     lat_open(r)?;
     lat_header(r)?;
-    let iters = r.t.iters;
-    let size = r.t.size;
-    let post_at = (size - 1) as usize;
-    let poll_at = (r.half + size - 1) as usize;
-    let server = r.role == Role::Server;
-    let mut tposted = Vec::with_capacity(iters as usize);
-    let (mut scnt, mut rcnt) = (0u64, 0u64);
-    while scnt < iters || rcnt < iters {
-        if rcnt < iters && !(scnt < 1 && server) {
-            rcnt += 1;
-            let want = rcnt as u8;
-            let mut last = Instant::now();
-            while r.node.engine.memory().as_slice()[poll_at] != want {
-                step(&mut r.node, &mut last, stall, false)?;
+    // With -a both sides run every size, the counter starting again at 1,
+    // with nothing exchanged in between.
+    for size in r.t.sizes(r.mtu) {
+        r.t.size = size;
+        let iters = r.t.iters;
+        let post_at = (size - 1) as usize;
+        let poll_at = (r.half + size - 1) as usize;
+        let server = r.role == Role::Server;
+        let mut tposted = Vec::with_capacity(iters as usize);
+        let (mut scnt, mut rcnt) = (0u64, 0u64);
+        while scnt < iters || rcnt < iters {
+            if rcnt < iters && !(scnt < 1 && server) {
+                rcnt += 1;
+                let want = rcnt as u8;
+                let mut last = Instant::now();
+                while r.node.engine.memory().as_slice()[poll_at] != want {
+                    step(&mut r.node, &mut last, stall, false)?;
+                }
+            }
+            if scnt < iters {
+                scnt += 1;
+                r.node.engine.memory_mut().as_mut_slice()[post_at] = scnt as u8;
+                tposted.push(r.now());
+                r.post(0, scnt, true, 0)?;
+                r.wait_one(r.scq, stall)?;
             }
         }
-        if scnt < iters {
-            scnt += 1;
-            r.node.engine.memory_mut().as_mut_slice()[post_at] = scnt as u8;
-            tposted.push(r.now());
-            r.post(0, scnt, true, 0)?;
-            r.wait_one(r.scq, stall)?;
-        }
+        lat_row(r, &tposted, 2.0)?;
     }
-    lat_row(r, &tposted, 2.0)?;
     r.line(RESULT_LINE)
 }
 
@@ -1228,13 +1280,16 @@ fn read_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     lat_open(r)?;
     if r.role == Role::Client {
         lat_header(r)?;
-        let mut tposted = Vec::with_capacity(r.t.iters as usize);
-        for n in 0..r.t.iters {
-            tposted.push(r.now());
-            r.post(0, n, true, 0)?;
-            r.wait_one(r.scq, stall)?;
+        for size in r.t.sizes(r.mtu) {
+            r.t.size = size;
+            let mut tposted = Vec::with_capacity(r.t.iters as usize);
+            for n in 0..r.t.iters {
+                tposted.push(r.now());
+                r.post(0, n, true, 0)?;
+                r.wait_one(r.scq, stall)?;
+            }
+            lat_row(r, &tposted, 1.0)?;
         }
-        lat_row(r, &tposted, 1.0)?;
         r.key_xchg()?;
         r.done()?;
         r.line(RESULT_LINE)
@@ -1256,31 +1311,36 @@ fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
     let rem2 = r.key_xchg()?;
     r.address("remote", rem2)?;
     lat_header(r)?;
-    for _ in 0..r.t.rx_depth {
-        r.post_recv(0)?;
-    }
-    r.key_xchg()?;
-    let iters = r.t.iters;
-    let rx = u64::from(r.t.rx_depth);
-    let client = r.role == Role::Client;
-    let mut tposted = Vec::with_capacity(iters as usize);
-    let (mut scnt, mut rcnt) = (0u64, 0u64);
-    while scnt < iters || rcnt < iters {
-        if rcnt < iters && !(scnt == 0 && client) {
-            r.wait_one(r.rcq, stall)?;
-            rcnt += 1;
-            if rcnt + rx <= iters {
-                r.post_recv(0)?;
+    // Per size (one, or every size with -a): receives, a handshake, the
+    // ping-pong, a row.
+    for size in r.t.sizes(r.mtu) {
+        r.t.size = size;
+        let rx = r.first_receives();
+        for _ in 0..rx {
+            r.post_recv(0)?;
+        }
+        r.key_xchg()?;
+        let iters = r.t.iters;
+        let client = r.role == Role::Client;
+        let mut tposted = Vec::with_capacity(iters as usize);
+        let (mut scnt, mut rcnt) = (0u64, 0u64);
+        while scnt < iters || rcnt < iters {
+            if rcnt < iters && !(scnt == 0 && client) {
+                r.wait_one(r.rcq, stall)?;
+                rcnt += 1;
+                if rcnt + rx <= iters {
+                    r.post_recv(0)?;
+                }
+            }
+            if scnt < iters {
+                tposted.push(r.now());
+                r.post(0, scnt, true, 0)?;
+                scnt += 1;
+                r.wait_one(r.scq, stall)?;
             }
         }
-        if scnt < iters {
-            tposted.push(r.now());
-            r.post(0, scnt, true, 0)?;
-            scnt += 1;
-            r.wait_one(r.scq, stall)?;
-        }
+        lat_row(r, &tposted, 2.0)?;
     }
-    lat_row(r, &tposted, 2.0)?;
     r.line(RESULT_LINE)?;
     r.key_xchg()?;
     r.done()
@@ -1366,6 +1426,13 @@ mod tests {
             ("ib_write_bw", &["x", "-q", "65"], "-q above 64"),
             ("ib_write_bw", &["x", "-A", "CMP_AND_SWAP"], "atomic"),
             ("ib_write_bw", &["x", "-o", "4"], "Outstanding"),
+            (
+                "ib_atomic_bw",
+                &["x", "-a"],
+                "Message size cannot be changed",
+            ),
+            ("ib_write_bw", &["x", "-a", "-D", "3"], "Duration mode"),
+            ("ib_write_bw", &["x", "-a", "-b"], "-a with -b"),
         ] {
             let e = Test::from_args(tool, &args(v)).unwrap_err().to_string();
             assert!(e.contains(want), "{tool} {v:?}: {e}");
@@ -1373,6 +1440,24 @@ mod tests {
         assert!(Args::try_parse_from(["x", "--odp"]).is_err());
         assert_eq!(parse_size("64K"), Ok(65536));
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn all_sizes_run_2_to_2_pow_23_over_a_buffer_of_the_largest() {
+        let t = Test::from_args("ib_write_bw", &args(&["x", "-a", "-s", "100"])).unwrap();
+        assert_eq!(t.size, MAX_SIZE, "-s is ignored, the buffer is 8 MiB");
+        let sizes = t.sizes(Mtu::Mtu1024);
+        assert_eq!(sizes.len(), 23);
+        assert_eq!((sizes[0], sizes[22]), (2, 1 << 23));
+        assert!(sizes.windows(2).all(|w| w[1] == 2 * w[0]));
+        let t = Test::from_args("ib_send_lat", &args(&["x", "-a", "-c", "UD"])).unwrap();
+        assert_eq!(
+            *t.sizes(Mtu::Mtu1024).last().unwrap(),
+            1024,
+            "UD stops at the MTU"
+        );
+        let t = Test::from_args("ib_read_lat", &args(&["x", "-s", "100"])).unwrap();
+        assert_eq!(t.sizes(Mtu::Mtu1024), vec![100]);
     }
 
     #[test]
