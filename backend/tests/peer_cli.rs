@@ -30,7 +30,8 @@ fn peer(ip: &str, tool_args: &[&str]) -> Command {
 }
 
 /// Runs `tool_args` as server on 127.0.0.`net`1 and client on
-/// 127.0.0.`net`2 (each test its own addresses: the tests run in
+/// 127.0.0.`net`2 (each test its own addresses and TCP ports, the
+/// servers listening on every address: the tests run in
 /// parallel) with TCP port `port`; returns (server, client) output.
 fn pair(net: u8, port: u16, tool_args: &[&str]) -> (Output, Output) {
     let p = port.to_string();
@@ -262,14 +263,18 @@ fn perftest_all_sizes_against_ourselves() {
         (&["ib_send_lat", "-a", "-n", "5"], Some(23), 23),
     ];
     for (i, (args, server_rows, client_rows)) in runs.iter().enumerate() {
-        let (s, c) = pair(4, 19300 + i as u16, args);
+        let (s, c) = pair(5, 19500 + i as u16, args);
         let tool = args[0];
         for (o, who, want) in [
             (&s, "server", *server_rows),
             (&c, "client", Some(*client_rows)),
         ] {
             let t = text(o);
-            assert!(o.status.success(), "{tool} {who}: {t}");
+            assert!(
+                o.status.success(),
+                "{tool} {who}: {t}\n--- the other side:\n{}",
+                text(if who == "server" { &c } else { &s })
+            );
             let r = rows(&t);
             let Some(n) = want else {
                 assert!(r.is_empty(), "{tool} {who}: {t}");
@@ -282,7 +287,7 @@ fn perftest_all_sizes_against_ourselves() {
         }
     }
     // UD sends stop at the MTU.
-    let (s, c) = pair(4, 19320, &["ib_send_lat", "-a", "-n", "5", "-c", "UD"]);
+    let (s, c) = pair(5, 19520, &["ib_send_lat", "-a", "-n", "5", "-c", "UD"]);
     for o in [&s, &c] {
         let t = text(o);
         assert!(o.status.success(), "{t}");

@@ -121,6 +121,11 @@ suite_steps() {
               "ib_send_bw -x 1 -n 200 -s 4096 -b" "ib_atomic_bw -x 1 -n 200 -b"
               "ib_write_bw -x 1 -n 200 -s 65536 -q 4" "ib_send_bw -x 1 -n 200 -s 4096 -q 2"
               "ib_read_bw -x 1 -n 200 -s 4096 -q 2" "ib_write_bw -x 1 -n 100 -s 4096 -q 2 -b")
+      # -a: every size from 2 B to 8 MiB (UD to the MTU) in one run.
+      [ "$1" = perftest ] && steps+=("ib_write_bw -x 1 -a -n 5" "ib_read_bw -x 1 -a -n 5"
+              "ib_send_bw -x 1 -a -n 5" "ib_write_lat -x 1 -a -n 5"
+              "ib_read_lat -x 1 -a -n 5" "ib_send_lat -x 1 -a -n 5"
+              "ib_send_lat -x 1 -a -n 5 -c UD")
       [ "$1" = perftest9000 ] && steps+=("ib_read_bw -x 1 -n 200 -s 65536 -m 4096"
               "ib_send_lat -x 2 -n 200 -c UD -s 4096")
       for st in "${steps[@]}"; do echo "server|$st"; echo "client|$st"; done
@@ -340,6 +345,24 @@ run_suite() { # NAME
     grc=$(sed -n "s/^VUR-STEP $i rc=\([0-9]*\).*/\1/p" "$dir/guest.log" | tail -1)
     prc=$(cat "$dir/peer-$i.rc")
     if [ "${grc:-x}" = 0 ] && [ "$prc" = 0 ]; then res=PASS; else res=FAIL; FAILED=$((FAILED+1)); fi
+    # -a: the peer printed one row per size where perftest's side loops
+    # (a passive write/read bw server prints the last size only; a
+    # read_lat server none), and the last is 8 MiB (UD: the RoCE MTU).
+    case "$cmd" in *" -a "*)
+      local rows want top=8388608 tool=${cmd%% *}
+      rows=$(awk '/^ #bytes/ {h=1; next} h && $1 ~ /^[0-9]+$/ {n++; last=$1; next} {h=0} END {print n+0, last+0}' "$dir/peer-$i.log")
+      case "$tool/$role" in
+        ib_write_bw/client|ib_read_bw/client) want=1 ;;
+        ib_read_lat/client) want=0 ;;
+        *) want=23 ;;
+      esac
+      case "$cmd" in *"-c UD"*) want=10; top=1024 ;; esac
+      [ "$want" = 0 ] && top=0
+      if [ "$rows" != "$want $top" ]; then
+        res=FAIL; FAILED=$((FAILED+1))
+        echo "   FAIL  $cmd ($role): the peer printed rows/last size \"$rows\", expected \"$want $top\""
+      fi ;;
+    esac
     usec=$(grep -o '[0-9.]* usec/iter' "$dir/peer-$i.log" | head -1 || true)
     [ -n "$usec" ] || usec=$(grep -A1 -E '^ #bytes' "$dir/peer-$i.log" | tail -1 | awk '{print "peer row:", $3, $4}' || true)
     printf '   %s  guest %-6s %-45s guest rc=%s peer rc=%s  %s\n' "$res" "$role" "$cmd" "${grc:-none}" "$prc" "$usec"
