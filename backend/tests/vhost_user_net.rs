@@ -858,6 +858,46 @@ fn a_frame_waiting_for_more_mergeable_buffers_stalls_nothing() {
     });
 }
 
+/// Frames that reach the TAP while the driver is still setting its
+/// queues up wait for them: "not set up yet" is not a broken queue.
+#[test]
+fn frames_during_queue_setup_wait_for_the_queue() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    in_netns(|| {
+        let dir = tempdir("setup");
+        let d = Daemon::start(&dir, &[]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let host = HostSide::open(TAP);
+                let mut n = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    host.send_to_guest(&frame_to_guest(200, n));
+                    n = n.wrapping_add(1);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let features = 1 << 32 | 1 << 29 | 1 << 15 | 1 << 5;
+        let mut g = Guest::connect(&d.socket, features);
+        post_rx(&mut g, 8, 2048, 0x200_0000);
+        let got = g.rx.wait_used(&g.mem, Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        assert!(got.is_some(), "no frame reached the guest: {}", d.log());
+        drop(g);
+        let (code, log) = d.stop();
+        assert_eq!(code, 0, "{log}");
+        assert!(!log.contains("queue is broken"), "{log}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 fn udp_from_guest(port: u16, payload: &[u8], csum: u16) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2(MAC, [0xff; 6])
         .ipv4([10, 9, 0, 1], [10, 9, 0, 254], 64)

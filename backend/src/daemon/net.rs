@@ -258,6 +258,12 @@ pub struct NetBackend {
     logged: u64,
 }
 
+/// Whether the driver has finished setting the queue up (enabled, with
+/// its rings): only then can anything in it be the guest's error.
+fn queue_set_up(q: &impl QueueT) -> bool {
+    q.ready() && q.avail_ring() != 0
+}
+
 impl NetBackend {
     /// A backend serving `cfg` on `port`, with the engine on if
     /// `cfg.rdma` is not empty.
@@ -361,6 +367,11 @@ impl NetBackend {
         while !self.broken[TX_QUEUE as usize] {
             let chain = {
                 let mut st = vring.get_mut();
+                if !queue_set_up(st.get_queue()) {
+                    // Not a guest error: the queue is being set up (or
+                    // reset); its kick brings us back.
+                    break;
+                }
                 match st.get_queue_mut().iter(mem.clone()) {
                     Ok(mut it) => it.next(),
                     Err(e) => {
@@ -501,6 +512,10 @@ impl NetBackend {
         };
         let mut st = vring.get_mut();
         let q = st.get_queue_mut();
+        if !queue_set_up(q) {
+            // No rings to write the threshold into yet.
+            return false;
+        }
         let next = q.next_avail();
         let Ok(avail) = q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) else {
             return false;
@@ -535,6 +550,11 @@ impl NetBackend {
 
         let mut st = vring.get_mut();
         let q = st.get_queue_mut();
+        if !queue_set_up(q) {
+            // A frame before the driver finished the queue (or during a
+            // reset) waits; it is not the guest's fault.
+            return Ok(false);
+        }
         let mut used = [(0u16, 0u32); MAX_MERGE];
         let mut n = 0;
         let mut off = 0;
