@@ -339,7 +339,7 @@ impl Soak {
                 hdr.ex = imm.to_be_bytes();
             }
             let has_imm = matches!(kind, Kind::SendImm | Kind::WriteImm);
-            match kind {
+            let local = match kind {
                 Kind::Send | Kind::SendImm => {
                     let (data, sp) = self.source(&mut vms[i], src, len);
                     let grh = if t == UD { 40 } else { 0 };
@@ -367,13 +367,7 @@ impl Soak {
                             inv: None,
                         },
                     );
-                    sends.push(Post {
-                        vm: i,
-                        t,
-                        wr_id,
-                        hdr,
-                        sges: sges(&vms[i], &sp),
-                    });
+                    sges(&vms[i], &sp)
                 }
                 Kind::Write | Kind::WriteImm => {
                     let (data, sp) = self.source(&mut vms[i], src, len);
@@ -398,13 +392,7 @@ impl Soak {
                             },
                         );
                     }
-                    sends.push(Post {
-                        vm: i,
-                        t,
-                        wr_id,
-                        hdr,
-                        sges: sges(&vms[i], &sp),
-                    });
+                    sges(&vms[i], &sp)
                 }
                 Kind::Read => {
                     let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
@@ -413,13 +401,7 @@ impl Soak {
                     let lp = pieces(&mut self.rng, dst, len);
                     scatter(i, &lp, 0, &data, &mut land);
                     hdr = with_rdma(hdr, vms[r].va(roff), vms[r].mr.rkey);
-                    sends.push(Post {
-                        vm: i,
-                        t,
-                        wr_id,
-                        hdr,
-                        sges: sges(&vms[i], &lp),
-                    });
+                    sges(&vms[i], &lp)
                 }
                 Kind::CmpSwap | Kind::FetchAdd => {
                     let roff = dst + 8 * self.rng.random_range(0..SLOT / 8);
@@ -448,15 +430,16 @@ impl Soak {
                         data: old.to_le_bytes().to_vec(),
                     });
                     hdr = with_atomic(hdr, vms[r].va(roff), vms[r].mr.rkey, cmp_add, swap);
-                    sends.push(Post {
-                        vm: i,
-                        t,
-                        wr_id,
-                        hdr,
-                        sges: sges(&vms[i], &[(loff, 8)]),
-                    });
+                    sges(&vms[i], &[(loff, 8)])
                 }
-            }
+            };
+            sends.push(Post {
+                vm: i,
+                t,
+                wr_id,
+                hdr,
+                sges: local,
+            });
             if signaled {
                 want[i].insert(
                     wr_id,
