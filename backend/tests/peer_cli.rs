@@ -297,6 +297,87 @@ fn perftest_all_sizes_against_ourselves() {
     }
 }
 
+/// `-D`: duration mode, one row per side with the sample's count.
+#[test]
+fn perftest_duration_mode_against_ourselves() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // (arguments, the server prints a row, latency columns)
+    let runs: &[(&[&str], bool, bool)] = &[
+        (&["ib_write_bw", "-D", "2", "-s", "4096"], true, false),
+        (&["ib_read_bw", "-D", "2", "-s", "4096"], true, false),
+        (&["ib_send_bw", "-D", "2", "-s", "4096"], true, false),
+        (
+            &["ib_send_bw", "-D", "2", "-s", "1000", "-c", "UD"],
+            true,
+            false,
+        ),
+        (&["ib_write_lat", "-D", "2"], true, true),
+        (&["ib_read_lat", "-D", "2"], false, true),
+        (&["ib_send_lat", "-D", "2"], true, true),
+        (&["ib_atomic_bw", "-D", "2"], true, false),
+    ];
+    for (i, (args, server_row, lat)) in runs.iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        let (s, c) = pair(6, 19600 + i as u16, args);
+        let took = t0.elapsed();
+        let tool = args[0];
+        // Two seconds each, plus setup: not the default 1000 or 5000
+        // iterations' worth, and not forever.
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+            "{tool}: {took:?}"
+        );
+        for (o, who, want) in [(&c, "client", true), (&s, "server", *server_row)] {
+            let t = text(o);
+            assert!(o.status.success(), "{tool} {who}: {t}");
+            if *lat {
+                assert_eq!(
+                    t.contains(" #bytes        #iterations       t_avg[usec]    tps average"),
+                    want,
+                    "{tool} {who}: {t}"
+                );
+            } else {
+                assert!(t.contains("BW peak"), "{tool} {who}: {t}");
+            }
+            let r = rows(&t);
+            if !want {
+                assert!(r.is_empty(), "{tool} {who}: {t}");
+                continue;
+            }
+            assert_eq!(r.len(), 1, "{tool} {who}: {t}");
+            // Messages were counted, and neither -n's default nor zero.
+            assert!(
+                r[0].1 > 0 && r[0].1 != 1000 && r[0].1 != 5000,
+                "{tool} {who}: {t}"
+            );
+            let row = t
+                .lines()
+                .skip_while(|l| !l.starts_with(" #bytes"))
+                .nth(1)
+                .unwrap_or_default();
+            let f: Vec<f64> = row
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if *lat {
+                // bytes, iterations, t_avg, tps: tps matches the count over
+                // the 2 s sample (no margin below 4 s).
+                assert_eq!(f.len(), 4, "{tool} {who}: {row}");
+                assert!(f[2] > 0.0, "{tool} {who}: {row}");
+                let tps = f[1] / 2.0;
+                assert!((f[3] - tps).abs() < tps * 0.01 + 1.0, "{tool} {who}: {row}");
+            } else {
+                // No peak in duration mode; an average above zero.
+                assert_eq!(f[2], 0.0, "{tool} {who}: {row}");
+                assert!(f[3] > 0.0, "{tool} {who}: {row}");
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_options_are_named() {
     for (args, want) in [

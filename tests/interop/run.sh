@@ -25,7 +25,10 @@
 #   15ad:0820, ping through the stream port, and run kernel rxe on the
 #   vmxnet3 through the daemon), stock (the same QEMU layout, but the
 #   guest's stock vmw_pvrdma driver and rdma-core drive our PVRDMA
-#   function: every tool on vmw_pvrdma0 against our peer); default: all
+#   function: every tool on vmw_pvrdma0 against our peer), custom (the
+#   steps in VUR_INTEROP_STEPS, one "ROLE|TOOL ARGS" per line, ROLE being
+#   the guest's, with VUR_INTEROP_LOSS as netem loss each way if set;
+#   for debugging, not in the default list); default: all
 # Environment: VUR_GUEST_CACHE (see build-guest.sh), VUR_KEEP=1 keeps the
 # work directory (logs, captures) for inspection, VUR_LOSS_ITERS sets the
 # 64 KiB messages of each loss run (default 16384: 1 GiB).
@@ -130,6 +133,10 @@ suite_steps() {
               "ib_send_bw -x 1 -a -n 5" "ib_write_lat -x 1 -a -n 5"
               "ib_read_lat -x 1 -a -n 5" "ib_send_lat -x 1 -a -n 5"
               "ib_send_lat -x 1 -a -n 5 -c UD")
+      # -D: duration mode, 4 s (1 s margins, a 2 s sample).
+      [ "$1" = perftest ] && steps+=("ib_write_bw -x 1 -D 4 -s 65536"
+              "ib_read_bw -x 1 -D 4 -s 65536" "ib_send_bw -x 1 -D 4 -s 4096"
+              "ib_write_lat -x 1 -D 4" "ib_read_lat -x 1 -D 4" "ib_send_lat -x 1 -D 4")
       [ "$1" = perftest9000 ] && steps+=("ib_read_bw -x 1 -n 200 -s 65536 -m 4096"
               "ib_send_lat -x 2 -n 200 -c UD -s 4096")
       for st in "${steps[@]}"; do echo "server|$st"; echo "client|$st"; done
@@ -185,6 +192,12 @@ suite_steps() {
                 "rping -C 3 -v -S 1000"; do
         echo "server|$st"; echo "client|$st"
       done
+      ;;
+    custom)
+      # For debugging one step: VUR_INTEROP_STEPS holds "ROLE|TOOL ARGS"
+      # lines (ROLE is the guest's), run at interface MTU 1500.
+      [ -n "${VUR_INTEROP_STEPS:-}" ] || { echo "interop: custom needs VUR_INTEROP_STEPS" >&2; return 1; }
+      printf '%s\n' "$VUR_INTEROP_STEPS"
       ;;
     *) echo "interop: unknown suite $1" >&2; return 1 ;;
   esac
@@ -254,6 +267,7 @@ FAILED=0
 run_suite() { # NAME
   local name=$1 mtu=1500 dir=$WORK/$1 loss="" tmo=150 gdev=rxe
   case "$name" in *9000) mtu=9000 ;; loss) loss=2% tmo=1500 ;; stock) tmo=90 ;; esac
+  [ "$name" = custom ] && loss=${VUR_INTEROP_LOSS:-}
   mkdir -p "$dir/initrd"
   mapfile -t STEPS < <(suite_steps "$name")
   setup_net "$mtu"
@@ -314,7 +328,7 @@ run_suite() { # NAME
     local peer=(ns timeout $((tmo + 60)) "$BIN" peer --link tap:vurp0 --ip 10.77.0.2/24 --ip fd77::2/64
                 --connect-timeout 120 --stall-timeout 60)
     # The peer's own capture (--pcap) in the suites with modest volumes.
-    case "$name" in pingpong | perftest | rping | stock) peer+=(--pcap "$dir/peer-$i.pcap") ;; esac
+    case "$name" in pingpong | perftest | rping | stock | custom) peer+=(--pcap "$dir/peer-$i.pcap") ;; esac
     set +e
     if [ "$tool" = rping ]; then
       local g=10.77.0.1 ra=${args% -6}
@@ -365,6 +379,16 @@ run_suite() { # NAME
       if [ "$rows" != "$want $top" ]; then
         res=FAIL; FAILED=$((FAILED+1))
         echo "   FAIL  $cmd ($role): the peer printed rows/last size \"$rows\", expected \"$want $top\""
+      fi ;;
+    *" -D "*)
+      # Duration mode: one row with a count of messages above zero (a
+      # read_lat server prints none).
+      local drows dwant=1
+      drows=$(awk '/^ #bytes/ {h=1; next} h && $1 ~ /^[0-9]+$/ {n++; if ($2 > 0) p++; next} {h=0} END {print n+0, p+0}' "$dir/peer-$i.log")
+      [ "${cmd%% *}/$role" = ib_read_lat/client ] && dwant=0
+      if [ "$drows" != "$dwant $dwant" ]; then
+        res=FAIL; FAILED=$((FAILED+1))
+        echo "   FAIL  $cmd ($role): the peer printed rows/counted \"$drows\", expected \"$dwant $dwant\""
       fi ;;
     esac
     usec=$(grep -o '[0-9.]* usec/iter' "$dir/peer-$i.log" | head -1 || true)

@@ -184,6 +184,72 @@ struct Test {
     /// `-a`: every size from 2 to 2^23 (UD sends: to the MTU), `size`
     /// being the buffer's.
     all: bool,
+    /// `-D`: run for this many seconds instead of `iters` messages.
+    duration: Option<u32>,
+}
+
+/// Where a duration-mode (`-D`) run stands. perftest moves through these
+/// on SIGALRM; the peer reads them off its clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first margin: traffic runs but is not counted.
+    Warmup,
+    /// Completions are counted.
+    Sample,
+    /// The last margin: traffic runs but is not counted.
+    Cooldown,
+    /// The loops stop, leaving whatever is in flight.
+    End,
+}
+
+/// A duration-mode run's clock: `secs` seconds from `start`, the first and
+/// last quarter (perftest's default margin, whole seconds) not counted.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: u64,
+    margin: u64,
+    total: u64,
+}
+
+impl Window {
+    fn new(start: u64, secs: u32) -> Window {
+        const S: u64 = 1_000_000_000;
+        Window {
+            start,
+            margin: u64::from(secs / 4) * S,
+            total: u64::from(secs) * S,
+        }
+    }
+
+    fn phase(&self, now: u64) -> Phase {
+        let t = now.saturating_sub(self.start);
+        if t < self.margin {
+            Phase::Warmup
+        } else if t < self.total - self.margin {
+            Phase::Sample
+        } else if t < self.total {
+            Phase::Cooldown
+        } else {
+            Phase::End
+        }
+    }
+
+    /// The counted span, as perftest stamps it: from the end of the first
+    /// margin to the start of the last.
+    fn sample(&self) -> (u64, u64) {
+        (
+            self.start + self.margin,
+            self.start + self.total - self.margin,
+        )
+    }
+
+    fn ended(w: Option<Window>, now: u64) -> bool {
+        w.is_some_and(|w| w.phase(now) == Phase::End)
+    }
+
+    fn sampling(w: Option<Window>, now: u64) -> bool {
+        w.is_some_and(|w| w.phase(now) == Phase::Sample)
+    }
 }
 
 fn cfg(msg: impl Into<String>) -> PeerError {
@@ -219,9 +285,11 @@ impl Test {
         if a.all && verb == Verb::Atomic {
             return Err(cfg("Message size cannot be changed for Atomic tests"));
         }
+        if a.duration == Some(0) {
+            return Err(cfg(" Duration must be at least 1 second"));
+        }
         for (given, name) in [
             (a.all && a.bidirectional, "-a with -b"),
-            (a.duration.is_some(), "-D (duration)"),
             (a.rdma_cm, "-R (rdma_cm)"),
             (a.qps > 64, "-q above 64"),
         ] {
@@ -335,11 +403,13 @@ impl Test {
             out_reads,
             cas,
             gbits: a.report_gbits,
-            no_peak: a.no_peak || iters > 20000,
+            // Duration mode reports no peak.
+            no_peak: a.no_peak || iters > 20000 || a.duration.is_some(),
             bidir: a.bidirectional,
             qps: a.qps,
             dev: a.ib_dev.clone().unwrap_or_else(|| "vur0".into()),
             all: a.all,
+            duration: a.duration,
         })
     }
 
@@ -661,6 +731,18 @@ impl Run<'_> {
 
     /// Waits for one completion on `cq`.
     fn wait_one(&mut self, cq: u32, stall: Duration) -> Result<Wc, PeerError> {
+        self.wait_one_until(cq, stall, None)?
+            .ok_or(PeerError::Stalled(stall))
+    }
+
+    /// Waits for one completion on `cq`, or (`None`) for the end of the
+    /// duration-mode window `until`.
+    fn wait_one_until(
+        &mut self,
+        cq: u32,
+        stall: Duration,
+        until: Option<Window>,
+    ) -> Result<Option<Wc>, PeerError> {
         let mut last = Instant::now();
         loop {
             let n = self
@@ -676,7 +758,10 @@ impl Run<'_> {
                         wr_id: w.wr_id,
                     });
                 }
-                return Ok(w);
+                return Ok(Some(w));
+            }
+            if Window::ended(until, self.now()) {
+                return Ok(None);
             }
             step(&mut self.node, &mut last, stall, false)?;
         }
@@ -1049,8 +1134,13 @@ fn send_bw(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
 /// flight, signalling every cq_mod-th and the last. With `receives` (a
 /// bidirectional send test) it also takes the other side's iters
 /// messages, reposting receives, and a server starts sending only after
-/// its first receive, as perftest does.
+/// its first receive, as perftest does. In duration mode (`-D`) it runs
+/// from its entry to the end of the window, counts the completions of the
+/// sample, and leaves what is in flight at the end.
 fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwReport, PeerError> {
+    let win = r.t.duration.map(|d| Window::new(r.now(), d));
+    let timed = win.is_some();
+    let mut sampled = 0u64;
     let nq = r.qps.len();
     let iters = r.t.iters;
     let total = iters * nq as u64;
@@ -1064,9 +1154,16 @@ fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwRepor
     let mut rcnt = if receives { 0 } else { total };
     let mut started = !receives || r.role == Role::Client;
     let mut last = Instant::now();
-    while completed < total || rcnt < total {
+    loop {
+        let more = match win {
+            Some(w) => w.phase(r.now()) != Phase::End,
+            None => completed < total || rcnt < total,
+        };
+        if !more {
+            break;
+        }
         let mut moved = false;
-        if rcnt < total {
+        if receives && (timed || rcnt < total) {
             let n = r.poll(r.rcq)?;
             for k in 0..n {
                 let qpn = r.wcs[k].qp_num;
@@ -1074,18 +1171,20 @@ fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwRepor
                 rcnt += 1;
                 started = true;
                 moved = true;
-                if rposted[i] < iters {
+                if timed || rposted[i] < iters {
                     r.post_recv(i)?;
                     rposted[i] += 1;
                 }
             }
         }
         for i in 0..nq {
-            while started && scnt[i] < iters && scnt[i] - ccnt[i] < tx {
+            while started && (timed || scnt[i] < iters) && scnt[i] - ccnt[i] < tx {
                 let n = scnt[i];
-                let signaled = n % cq_mod == cq_mod - 1 || n == iters - 1;
+                let signaled = n % cq_mod == cq_mod - 1 || (!timed && n == iters - 1);
                 let off = r.cycled(n);
-                tposted.push(r.now());
+                if !timed {
+                    tposted.push(r.now());
+                }
                 r.post(i, n, signaled, off)?;
                 scnt[i] += 1;
                 moved = true;
@@ -1097,13 +1196,23 @@ fn bw_client(r: &mut Run<'_>, stall: Duration, receives: bool) -> Result<BwRepor
             let i = (w.wr_id >> 40) as usize;
             let upto = (w.wr_id & ((1 << 40) - 1)) + 1;
             if let Some(c) = ccnt.get_mut(i) {
-                completed += upto.saturating_sub(*c);
+                let new = upto.saturating_sub(*c);
+                completed += new;
+                if Window::sampling(win, r.now()) {
+                    sampled += new;
+                }
                 *c = upto;
             }
-            done.push((completed - 1, r.now()));
+            if !timed {
+                done.push((completed - 1, r.now()));
+            }
             moved = true;
         }
         step(&mut r.node, &mut last, stall, moved)?;
+    }
+    if let Some(w) = win {
+        let (t0, t1) = w.sample();
+        return Ok(bw_report(r, sampled, t0, t1, 0.0));
     }
     let t_end = done.last().map_or(0, |d| d.1);
     Ok(bw_report(
@@ -1152,30 +1261,45 @@ fn bw_report(r: &Run<'_>, iters: u64, t0: u64, t1: u64, bw_peak: f64) -> BwRepor
 }
 
 /// The send_bw server: counts receives, reposting while more will come;
-/// the clock starts at the first.
+/// the clock starts at the first. In duration mode the window starts
+/// there too, and receives are reposted until it ends.
 fn send_bw_server(r: &mut Run<'_>, stall: Duration) -> Result<BwReport, PeerError> {
     let iters = r.t.iters;
     let nq = r.qps.len();
     let total = iters * nq as u64;
+    let timed = r.t.duration;
+    let mut win: Option<Window> = None;
     let mut posted = vec![r.first_receives(); nq];
-    let (mut rcnt, mut t0, mut t1) = (0u64, 0u64, 0u64);
+    let (mut rcnt, mut sampled, mut t0, mut t1) = (0u64, 0u64, 0u64, 0u64);
     let mut last = Instant::now();
-    while rcnt < total {
+    while if timed.is_some() {
+        !Window::ended(win, r.now())
+    } else {
+        rcnt < total
+    } {
         let n = r.poll(r.rcq)?;
         for k in 0..n {
             let qpn = r.wcs[k].qp_num;
             let i = r.qps.iter().position(|&q| q == qpn).unwrap_or(0);
             if rcnt == 0 {
                 t0 = r.now();
+                win = timed.map(|d| Window::new(t0, d));
             }
             rcnt += 1;
             t1 = r.now();
-            if posted[i] < iters {
+            if Window::sampling(win, t1) {
+                sampled += 1;
+            }
+            if timed.is_some() || posted[i] < iters {
                 r.post_recv(i)?;
                 posted[i] += 1;
             }
         }
         step(&mut r.node, &mut last, stall, n > 0)?;
+    }
+    if let Some(w) = win {
+        let (t0, t1) = w.sample();
+        return Ok(bw_report(r, sampled, t0, t1, 0.0));
     }
     Ok(bw_report(r, total, t0, t1, 0.0))
 }
@@ -1252,26 +1376,47 @@ fn write_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
         let post_at = (size - 1) as usize;
         let poll_at = (r.half + size - 1) as usize;
         let server = r.role == Role::Server;
-        let mut tposted = Vec::with_capacity(iters as usize);
+        // Duration mode: both sides loop until their own window ends.
+        let win = r.t.duration.map(|d| Window::new(r.now(), d));
+        let timed = win.is_some();
+        let mut sampled = 0u64;
+        let mut tposted = Vec::with_capacity(if timed { 0 } else { iters as usize });
         let (mut scnt, mut rcnt) = (0u64, 0u64);
-        while scnt < iters || rcnt < iters {
-            if rcnt < iters && !(scnt < 1 && server) {
+        'run: while if timed {
+            !Window::ended(win, r.now())
+        } else {
+            scnt < iters || rcnt < iters
+        } {
+            if (timed || rcnt < iters) && !(scnt < 1 && server) {
                 rcnt += 1;
                 let want = rcnt as u8;
                 let mut last = Instant::now();
                 while r.node.engine.memory().as_slice()[poll_at] != want {
+                    if Window::ended(win, r.now()) {
+                        break 'run;
+                    }
                     step(&mut r.node, &mut last, stall, false)?;
                 }
             }
-            if scnt < iters {
+            if timed || scnt < iters {
                 scnt += 1;
                 r.node.engine.memory_mut().as_mut_slice()[post_at] = scnt as u8;
-                tposted.push(r.now());
+                if !timed {
+                    tposted.push(r.now());
+                }
                 r.post(0, scnt, true, 0)?;
-                r.wait_one(r.scq, stall)?;
+                if r.wait_one_until(r.scq, stall, win)?.is_none() {
+                    break;
+                }
+                if Window::sampling(win, r.now()) {
+                    sampled += 1;
+                }
             }
         }
-        lat_row(r, &tposted, 2.0)?;
+        match win {
+            Some(w) => lat_dur_row(r, &w, sampled, 2.0)?,
+            None => lat_row(r, &tposted, 2.0)?,
+        }
     }
     r.line(RESULT_LINE)
 }
@@ -1284,6 +1429,22 @@ fn read_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
         lat_header(r)?;
         for size in r.t.sizes(r.mtu) {
             r.t.size = size;
+            if let Some(d) = r.t.duration {
+                let w = Window::new(r.now(), d);
+                let (mut n, mut sampled) = (0u64, 0u64);
+                while w.phase(r.now()) != Phase::End {
+                    r.post(0, n, true, 0)?;
+                    n += 1;
+                    if r.wait_one_until(r.scq, stall, Some(w))?.is_none() {
+                        break;
+                    }
+                    if w.phase(r.now()) == Phase::Sample {
+                        sampled += 1;
+                    }
+                }
+                lat_dur_row(r, &w, sampled, 1.0)?;
+                continue;
+            }
             let mut tposted = Vec::with_capacity(r.t.iters as usize);
             for n in 0..r.t.iters {
                 tposted.push(r.now());
@@ -1324,24 +1485,48 @@ fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
         r.key_xchg()?;
         let iters = r.t.iters;
         let client = r.role == Role::Client;
-        let mut tposted = Vec::with_capacity(iters as usize);
+        // Duration mode: the window starts at the first receive, and both
+        // sides loop until their own ends.
+        let timed = r.t.duration;
+        let mut win: Option<Window> = None;
+        let mut sampled = 0u64;
+        let mut tposted = Vec::with_capacity(if timed.is_some() { 0 } else { iters as usize });
         let (mut scnt, mut rcnt) = (0u64, 0u64);
-        while scnt < iters || rcnt < iters {
-            if rcnt < iters && !(scnt == 0 && client) {
-                r.wait_one(r.rcq, stall)?;
+        while if timed.is_some() {
+            !Window::ended(win, r.now())
+        } else {
+            scnt < iters || rcnt < iters
+        } {
+            if (timed.is_some() || rcnt < iters) && !(scnt == 0 && client) {
+                if r.wait_one_until(r.rcq, stall, win)?.is_none() {
+                    break;
+                }
                 rcnt += 1;
-                if rcnt + rx <= iters {
+                if rcnt == 1 {
+                    win = timed.map(|d| Window::new(r.now(), d));
+                }
+                if timed.is_some() || rcnt + rx <= iters {
                     r.post_recv(0)?;
                 }
             }
-            if scnt < iters {
-                tposted.push(r.now());
+            if timed.is_some() || scnt < iters {
+                if timed.is_none() {
+                    tposted.push(r.now());
+                }
                 r.post(0, scnt, true, 0)?;
                 scnt += 1;
-                r.wait_one(r.scq, stall)?;
+                if r.wait_one_until(r.scq, stall, win)?.is_none() {
+                    break;
+                }
+                if Window::sampling(win, r.now()) {
+                    sampled += 1;
+                }
             }
         }
-        lat_row(r, &tposted, 2.0)?;
+        match win {
+            Some(w) => lat_dur_row(r, &w, sampled, 2.0)?,
+            None => lat_row(r, &tposted, 2.0)?,
+        }
     }
     r.line(RESULT_LINE)?;
     r.key_xchg()?;
@@ -1349,6 +1534,11 @@ fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
 }
 
 fn lat_header(r: &mut Run<'_>) -> Result<(), PeerError> {
+    if r.t.duration.is_some() {
+        let h =
+            format!("{RESULT_LINE}\n #bytes        #iterations       t_avg[usec]    tps average");
+        return r.line(&h);
+    }
     let h = format!(
         "{RESULT_LINE}\n #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] "
     );
@@ -1378,6 +1568,24 @@ pub(crate) fn lat_stats(tposted: &[u64], rtt_factor: f64) -> [f64; 7] {
     let var = kept.iter().map(|x| (x - avg) * (x - avg)).sum::<f64>() / m as f64;
     let pct = |p: f64| d[((p * m as f64).ceil() as usize).min(d.len() - 1)];
     [d[0], d[m], typical, avg, var.sqrt(), pct(0.99), pct(0.999)]
+}
+
+/// A duration-mode latency row: the sample's messages, the mean time per
+/// message (one way for SEND and WRITE, `rtt_factor` 2) and the
+/// transactions per second.
+fn lat_dur_row(r: &mut Run<'_>, w: &Window, iters: u64, rtt_factor: f64) -> Result<(), PeerError> {
+    let (t0, t1) = w.sample();
+    let secs = (t1 - t0) as f64 / 1e9;
+    let (avg, tps) = if iters == 0 || secs <= 0.0 {
+        (0.0, 0.0)
+    } else {
+        (secs * 1e6 / rtt_factor / iters as f64, iters as f64 / secs)
+    };
+    let row = format!(
+        " {:<7}       {}            {:<7.2}        {:<7.2}",
+        r.t.size, iters, avg, tps
+    );
+    r.line(&row)
 }
 
 fn lat_row(r: &mut Run<'_>, tposted: &[u64], rtt_factor: f64) -> Result<(), PeerError> {
@@ -1460,6 +1668,29 @@ mod tests {
         );
         let t = Test::from_args("ib_read_lat", &args(&["x", "-s", "100"])).unwrap();
         assert_eq!(t.sizes(Mtu::Mtu1024), vec![100]);
+    }
+
+    #[test]
+    fn duration_window_has_quarter_margins_in_whole_seconds() {
+        const S: u64 = 1_000_000_000;
+        let w = Window::new(5, 8);
+        let at = |t: u64| w.phase(5 + t);
+        assert_eq!(at(0), Phase::Warmup);
+        assert_eq!(at(2 * S - 1), Phase::Warmup);
+        assert_eq!(at(2 * S), Phase::Sample);
+        assert_eq!(at(6 * S - 1), Phase::Sample);
+        assert_eq!(at(6 * S), Phase::Cooldown);
+        assert_eq!(at(8 * S), Phase::End);
+        assert_eq!(w.sample(), (5 + 2 * S, 5 + 6 * S));
+        // Below 4 s the margin is 0: all of it is sampled.
+        let w = Window::new(0, 3);
+        assert_eq!(w.phase(0), Phase::Sample);
+        assert_eq!(w.phase(3 * S), Phase::End);
+        let t = Test::from_args("ib_write_bw", &args(&["x", "-D", "5", "-n", "77"])).unwrap();
+        assert_eq!(t.duration, Some(5));
+        assert!(t.no_peak);
+        let e = Test::from_args("ib_write_bw", &args(&["x", "-D", "0"])).unwrap_err();
+        assert!(e.to_string().contains("Duration must be at least 1"), "{e}");
     }
 
     #[test]
