@@ -286,6 +286,21 @@ fn perftest_all_sizes_against_ourselves() {
             assert!(r.iter().all(|x| x.1 == 5), "{tool} {who}: {t}");
         }
     }
+    // -a -b: each side prints the sum of both reports for every size.
+    for (i, tool) in ["ib_write_bw", "ib_read_bw", "ib_send_bw"]
+        .iter()
+        .enumerate()
+    {
+        let (s, c) = pair(5, 19510 + i as u16, &[tool, "-a", "-b", "-n", "5"]);
+        for (o, who) in [(&s, "server"), (&c, "client")] {
+            let t = text(o);
+            assert!(o.status.success(), "{tool} -b {who}: {t}");
+            let r = rows(&t);
+            let sizes: Vec<u64> = r.iter().map(|x| x.0).collect();
+            assert_eq!(sizes, all, "{tool} -b {who}: {t}");
+            assert!(r.iter().all(|x| x.1 == 5), "{tool} -b {who}: {t}");
+        }
+    }
     // UD sends stop at the MTU.
     let (s, c) = pair(5, 19520, &["ib_send_lat", "-a", "-n", "5", "-c", "UD"]);
     for o in [&s, &c] {

@@ -177,7 +177,14 @@ impl Qp {
         let psn = repr.bth.psn;
         let d = psn_diff(psn, self.comp.psn);
         if d < 0 {
-            return; // duplicate
+            // A duplicate. If it belongs to the READ we wait on, the
+            // responder is busy replaying it (perhaps for an earlier
+            // request of ours): asking again now would only queue another
+            // replay behind this one.
+            if self.head_read_holds(psn) {
+                self.keep_waiting(now);
+            }
+            return;
         }
         // Complete the SENDs and WRITEs before the READ: the response
         // implies their ACK.
@@ -208,9 +215,27 @@ impl Qp {
             return;
         }
         if psn != self.comp.psn {
-            // A response went missing: go back for it.
-            self.retry(ctx, now, self.comp.psn);
+            // A response went missing: go back for it, once per replay.
+            // The responder streams every replay to the READ's last PSN,
+            // so after asking we wait for the end of the replay we asked
+            // for (or the timer) before asking again.
+            let end = psn == w.last_psn;
+            self.keep_waiting(now);
+            let ask = match self.comp.replay_from {
+                None => true,
+                Some(_) => self.comp.replay_started && end,
+            };
+            if ask {
+                let from = self.comp.psn;
+                let again = self.comp.replay_from.is_some();
+                self.comp.replay_from = Some(from);
+                self.comp.replay_started = false;
+                self.retry_inner(ctx, now, from, again);
+            }
             return;
+        }
+        if self.comp.replay_from == Some(psn) {
+            self.comp.replay_started = true;
         }
         let op = repr.bth.opcode.0 & 0x1f;
         let first_expected = w.read_done == 0 && psn == w.first_psn;
@@ -297,6 +322,7 @@ impl Qp {
             self.comp.psn = psn_add(w.last_psn, 1);
         }
         self.sq.head += 1;
+        self.comp.replay_from = None;
         if self.req.idx < self.sq.head {
             // The requester had been rewound to this WQE: skip past it.
             self.req.idx = self.sq.head;
@@ -329,6 +355,26 @@ impl Qp {
                 ctx.complete(self.send_cq, wc, false);
             }
             self.sq.head += 1;
+        }
+    }
+
+    /// Whether `psn` lies within the READ at the head of the send queue.
+    fn head_read_holds(&self, psn: u32) -> bool {
+        if self.sq.head >= self.sq.tail {
+            return false;
+        }
+        let w = self.sq.at(self.sq.head);
+        w.op == SendOp::Read
+            && w.sent_once
+            && psn_diff(psn, w.first_psn) >= 0
+            && psn_diff(psn, w.last_psn) <= 0
+    }
+
+    /// A response shows the responder at work on what we wait for:
+    /// restart the retransmit timer, without refilling the retry budget.
+    fn keep_waiting(&mut self, now: u64) {
+        if self.comp.retrans_at.is_some() {
+            self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);
         }
     }
 
@@ -380,6 +426,10 @@ impl Qp {
             {
                 let psn = self.comp.psn;
                 self.retry_inner(ctx, now, psn, true);
+                // Whatever replay we asked for before is given up on; the
+                // one just asked for is the one to wait for.
+                self.comp.replay_from = self.head_read_holds(psn).then_some(psn);
+                self.comp.replay_started = false;
             }
         }
     }

@@ -233,6 +233,15 @@ pub(crate) struct CompState {
     pub retrans_at: Option<u64>,
     /// A retry is under way: only a timeout may start another.
     pub started_retry: bool,
+    /// We asked again for the responses of the READ at the head from this
+    /// PSN on. The responder replays from there to the READ's end (rxe
+    /// queues one whole replay per request), so further gaps wait for the
+    /// end of that replay, or for the timer, before we ask once more.
+    pub replay_from: Option<u32>,
+    /// The response at `replay_from` has arrived since we asked: the
+    /// stream now arriving is the replay we asked for, not the one that
+    /// was already on its way.
+    pub replay_started: bool,
 }
 
 /// QP attributes as set by `modify_qp`.
