@@ -223,9 +223,10 @@ impl<L: netdev::Link> Duo for NetDuo<L> {
             while let Some(t) = e.poll_transmit(now, &mut self.buf) {
                 // A send error (e.g. a full queue) is a loss the engine
                 // recovers from.
-                let _ = l.send(&t, &mut self.buf[..t.len], now);
+                let _ = l.send_queued(&t, &mut self.buf[..t.len], now);
                 any = true;
             }
+            let _ = l.flush();
         }
         for (e, l) in [(&mut self.a, &mut self.la), (&mut self.b, &mut self.lb)] {
             if l.poll_timeout().is_some_and(|t| t <= now) {

@@ -102,6 +102,16 @@ pub trait Link {
     /// Frames and sends one transport packet (BTH through ICRC); the link
     /// fills in the ICRC.
     fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError>;
+    /// Like [`Link::send`], but the link may hold the packet back to send
+    /// it with others in one system call: the caller calls
+    /// [`Link::flush`] once it has nothing more to send for now.
+    fn send_queued(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
+        self.send(t, ib, now)
+    }
+    /// Sends what [`Link::send_queued`] held back.
+    fn flush(&mut self) -> Result<(), LinkError> {
+        Ok(())
+    }
     /// The next good RoCEv2 packet for us, if one is waiting.
     fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError>;
     /// The descriptor that becomes readable when `recv` has work.

@@ -18,7 +18,7 @@ use std::{
 use crate::{
     LinkError,
     eth::EthLink,
-    sys::{ifreq, set_int},
+    sys::{attach_filter, ifreq, set_int},
 };
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
@@ -98,26 +98,7 @@ impl EthLink {
 
         let mut prog: Vec<libc::sock_filter> = FILTER.to_vec();
         prog.push(stmt(RET_K, 0));
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_mut_ptr(),
-        };
-        // SAFETY: `fprog` points at `prog`, which outlives the call; the
-        // kernel copies the program.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&raw const fprog).cast(),
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(setup("AF_PACKET (BPF filter)")(
-                std::io::Error::last_os_error(),
-            ));
-        }
+        attach_filter(fd.as_raw_fd(), &prog).map_err(setup("AF_PACKET (BPF filter)"))?;
         // Older kernels lack this option; then our own frames are
         // filtered by MAC in `recv`.
         let _ = set_int(
@@ -163,6 +144,10 @@ impl EthLink {
             ));
         }
         let mac: [u8; 6] = ifr[18..24].try_into().expect("6 bytes");
+        // Frames are read one by one: reading them in bursts with
+        // recvmmsg (as the `udp` link does, crate::sys::RxBatch) was
+        // measured on a veth pair at +2 to 7% message rate but +0.55 µs
+        // (6%) on the 64-byte one-way latency, so it is not used here.
         Ok(EthLink::from_file(
             File::from(fd),
             ifname.to_string(),

@@ -11,8 +11,10 @@
 //! `IPPROTO_UDP` socket (needs CAP_NET_RAW), which delivers the whole IP
 //! packet, keeps those for our address and port 4791, and checks the ICRC
 //! over the real header. The UDP socket only holds the port, so the
-//! kernel does not answer with ICMP port unreachable; what it queues is
-//! discarded.
+//! kernel does not answer with ICMP port unreachable; a BPF filter that
+//! drops everything keeps the kernel from queueing its copies at all.
+//! The raw socket is read with `recvmmsg`, up to 32 datagrams per call,
+//! and [`Link::send_queued`] datagrams go out together with `sendmmsg`.
 //!
 //! IPv6 needs no raw socket. Every IPv6 header field that the ICRC covers
 //! is known from the datagram itself: version, payload length, next header
@@ -25,8 +27,6 @@
 //! `IPV6_RECVTCLASS` control messages); they are reported as 0.
 
 use std::{
-    io::Read,
-    mem::MaybeUninit,
     net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::AsRawFd,
 };
@@ -38,12 +38,15 @@ use transport::{
     wire::{ICRC_LEN, ROCE_V2_UDP_PORT, frame::RoceFrame, icrc},
 };
 
-use crate::{Link, LinkError, Received, sys::set_int};
+use crate::{
+    Link, LinkError, Received,
+    sys::{RxBatch, TxBatch, attach_filter, set_int},
+};
 
 /// Counters of what the receive path dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UdpLinkStats {
-    /// Datagrams sent.
+    /// Datagrams sent (counted when queued).
     pub sent: u64,
     /// RoCEv2 datagrams received with a good ICRC.
     pub received: u64,
@@ -57,8 +60,11 @@ pub struct UdpLink {
     udp: Socket,
     /// The raw receive socket (IPv4 only).
     raw: Option<Socket>,
+    /// Datagrams read ahead from the raw socket.
+    rx: RxBatch,
+    /// Datagrams queued for one `sendmmsg`.
+    tx: TxBatch,
     stats: UdpLinkStats,
-    discard: Vec<MaybeUninit<u8>>,
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
@@ -89,6 +95,15 @@ impl UdpLink {
                     libc::IP_PMTUDISC_DO,
                 )
                 .map_err(setup("UDP"))?;
+                // Every datagram arrives on the raw socket too: the UDP
+                // socket's copies are dropped before they are queued.
+                let drop_all = [libc::sock_filter {
+                    code: 0x06, // BPF_RET | BPF_K
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                }];
+                attach_filter(udp.as_raw_fd(), &drop_all).map_err(setup("UDP (BPF filter)"))?;
                 let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
                     .map_err(setup("raw UDP (needs CAP_NET_RAW)"))?;
                 raw.set_nonblocking(true).map_err(setup("raw UDP"))?;
@@ -121,8 +136,9 @@ impl UdpLink {
             local,
             udp,
             raw,
+            rx: RxBatch::new(),
+            tx: TxBatch::new(),
             stats: UdpLinkStats::default(),
-            discard: vec![MaybeUninit::uninit(); 65536],
         })
     }
 
@@ -145,6 +161,24 @@ impl UdpLink {
     /// Sends the transport packet `ib` (BTH through ICRC, as the engine
     /// wrote it) per `t`, filling in the ICRC first.
     pub fn send(&mut self, t: &Transmit, ib: &mut [u8]) -> Result<(), LinkError> {
+        self.send_queued(t, ib)?;
+        self.flush()
+    }
+
+    /// Sends what [`UdpLink::send_queued`] queued, with one `sendmmsg`.
+    pub fn flush(&mut self) -> Result<(), LinkError> {
+        if self.tx.is_empty() {
+            return Ok(());
+        }
+        self.tx.flush(self.udp.as_raw_fd()).map_err(|(source, to)| {
+            let to = to.map_or(self.local, |a| a.ip());
+            LinkError::Send { to, source }
+        })
+    }
+
+    /// Like [`UdpLink::send`], but queued until [`UdpLink::flush`] (or
+    /// until 32 are queued).
+    pub fn send_queued(&mut self, t: &Transmit, ib: &mut [u8]) -> Result<(), LinkError> {
         if ib.len() < ICRC_LEN {
             return Err(LinkError::Unsupported("packet shorter than its ICRC"));
         }
@@ -187,9 +221,12 @@ impl UdpLink {
             IpAddr::V4(d) => SocketAddr::V4(SocketAddrV4::new(d, ROCE_V2_UDP_PORT)),
             IpAddr::V6(d) => SocketAddr::V6(SocketAddrV6::new(d, ROCE_V2_UDP_PORT, 0, 0)),
         };
-        self.udp
-            .send_to(ib, &to.into())
-            .map_err(|source| LinkError::Send { to: dst, source })?;
+        if self.tx.is_full() {
+            self.flush()?;
+        }
+        self.tx
+            .push(ib, to.into())
+            .map_err(|()| LinkError::Unsupported("datagram too long"))?;
         self.stats.sent += 1;
         Ok(())
     }
@@ -201,15 +238,14 @@ impl UdpLink {
         let Some(raw) = &self.raw else {
             return self.recv_v6(buf);
         };
-        // The UDP socket's copies are never read otherwise.
-        while self.udp.recv(&mut self.discard).is_ok() {}
+        let fd = raw.as_raw_fd();
         let IpAddr::V4(local) = self.local else {
             unreachable!("the raw socket exists for IPv4 only")
         };
         loop {
-            let n = match (&*raw).read(buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            let n = match self.rx.next(fd, buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(LinkError::Recv(e)),
             };
             let frame = match RoceFrame::parse_ip(&buf[..n]) {
@@ -354,6 +390,12 @@ fn v6_header(src: [u8; 16], dst: [u8; 16], udp_len: usize) -> Result<Ipv6Header,
 impl Link for UdpLink {
     fn send(&mut self, t: &Transmit, ib: &mut [u8], _now: u64) -> Result<(), LinkError> {
         UdpLink::send(self, t, ib)
+    }
+    fn send_queued(&mut self, t: &Transmit, ib: &mut [u8], _now: u64) -> Result<(), LinkError> {
+        UdpLink::send_queued(self, t, ib)
+    }
+    fn flush(&mut self) -> Result<(), LinkError> {
+        UdpLink::flush(self)
     }
     fn recv(&mut self, buf: &mut [u8], _now: u64) -> Result<Option<Received>, LinkError> {
         UdpLink::recv(self, buf)

@@ -483,13 +483,11 @@ impl Node {
         let mut any = false;
         while let Some(t) = self.engine.poll_transmit(now, &mut self.buf) {
             any = true;
-            match self.link.send(&t, &mut self.buf[..t.len], now) {
-                Ok(()) => {}
-                Err(e) if e.is_link_down() => return Err(self.link_down(e)),
-                Err(e @ LinkError::Neighbour(_)) => return Err(e.into()),
-                Err(_) => self.send_errors += 1,
-            }
+            let sent = self.link.send_queued(&t, &mut self.buf[..t.len], now);
+            self.sent(sent)?;
         }
+        let flushed = self.link.flush();
+        self.sent(flushed)?;
         if self.link.poll_timeout().is_some_and(|t| t <= now) {
             self.link.handle_timeout(now)?;
         }
@@ -518,6 +516,20 @@ impl Node {
             any = true;
         }
         Ok(any)
+    }
+
+    /// A send's outcome: a dead link or an unreachable neighbour ends the
+    /// run; anything else is a loss the transport recovers from.
+    fn sent(&mut self, r: Result<(), LinkError>) -> Result<(), PeerError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_link_down() => Err(self.link_down(e)),
+            Err(e @ LinkError::Neighbour(_)) => Err(e.into()),
+            Err(_) => {
+                self.send_errors += 1;
+                Ok(())
+            }
+        }
     }
 
     /// The link went down or vanished: the port goes down (every QP to
