@@ -734,12 +734,6 @@ impl Run<'_> {
         Ok(n)
     }
 
-    /// Waits for one completion on `cq`.
-    fn wait_one(&mut self, cq: u32, stall: Duration) -> Result<Wc, PeerError> {
-        self.wait_one_until(cq, stall, None)?
-            .ok_or(PeerError::Stalled(stall))
-    }
-
     /// Waits for one completion on `cq`, or (`None`) for the end of the
     /// duration-mode window `until`.
     fn wait_one_until(
@@ -1413,22 +1407,12 @@ fn write_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
             if timed || scnt < iters {
                 scnt += 1;
                 r.node.engine.memory_mut().as_mut_slice()[post_at] = scnt as u8;
-                if !timed {
-                    tposted.push(r.now());
-                }
-                r.post(0, scnt, true, 0)?;
-                if r.wait_one_until(r.scq, stall, win)?.is_none() {
+                if !post_and_wait(r, scnt, stall, win, &mut tposted, &mut sampled)? {
                     break;
-                }
-                if Window::sampling(win, r.now()) {
-                    sampled += 1;
                 }
             }
         }
-        match win {
-            Some(w) => lat_dur_row(r, &w, sampled, 2.0)?,
-            None => lat_row(r, &tposted, 2.0)?,
-        }
+        lat_result(r, win, sampled, &tposted, 2.0)?;
     }
     r.line(RESULT_LINE)
 }
@@ -1441,29 +1425,20 @@ fn read_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
         lat_header(r)?;
         for size in r.t.sizes(r.mtu) {
             r.t.size = size;
-            if let Some(d) = r.t.duration {
-                let w = Window::new(r.now(), d);
-                let (mut n, mut sampled) = (0u64, 0u64);
-                while w.phase(r.now()) != Phase::End {
-                    r.post(0, n, true, 0)?;
-                    n += 1;
-                    if r.wait_one_until(r.scq, stall, Some(w))?.is_none() {
-                        break;
-                    }
-                    if w.phase(r.now()) == Phase::Sample {
-                        sampled += 1;
-                    }
+            let win = r.t.duration.map(|d| Window::new(r.now(), d));
+            let mut tposted =
+                Vec::with_capacity(if win.is_some() { 0 } else { r.t.iters as usize });
+            let (mut n, mut sampled) = (0u64, 0u64);
+            while match win {
+                Some(w) => w.phase(r.now()) != Phase::End,
+                None => n < r.t.iters,
+            } {
+                n += 1;
+                if !post_and_wait(r, n - 1, stall, win, &mut tposted, &mut sampled)? {
+                    break;
                 }
-                lat_dur_row(r, &w, sampled, 1.0)?;
-                continue;
             }
-            let mut tposted = Vec::with_capacity(r.t.iters as usize);
-            for n in 0..r.t.iters {
-                tposted.push(r.now());
-                r.post(0, n, true, 0)?;
-                r.wait_one(r.scq, stall)?;
-            }
-            lat_row(r, &tposted, 1.0)?;
+            lat_result(r, win, sampled, &tposted, 1.0)?;
         }
         r.key_xchg()?;
         r.done()?;
@@ -1522,23 +1497,13 @@ fn send_lat(r: &mut Run<'_>, stall: Duration) -> Result<(), PeerError> {
                 }
             }
             if timed.is_some() || scnt < iters {
-                if timed.is_none() {
-                    tposted.push(r.now());
-                }
-                r.post(0, scnt, true, 0)?;
                 scnt += 1;
-                if r.wait_one_until(r.scq, stall, win)?.is_none() {
+                if !post_and_wait(r, scnt - 1, stall, win, &mut tposted, &mut sampled)? {
                     break;
-                }
-                if Window::sampling(win, r.now()) {
-                    sampled += 1;
                 }
             }
         }
-        match win {
-            Some(w) => lat_dur_row(r, &w, sampled, 2.0)?,
-            None => lat_row(r, &tposted, 2.0)?,
-        }
+        lat_result(r, win, sampled, &tposted, 2.0)?;
     }
     r.line(RESULT_LINE)?;
     r.key_xchg()?;
@@ -1580,6 +1545,45 @@ pub(crate) fn lat_stats(tposted: &[u64], rtt_factor: f64) -> [f64; 7] {
     let var = kept.iter().map(|x| (x - avg) * (x - avg)).sum::<f64>() / m as f64;
     let pct = |p: f64| d[((p * m as f64).ceil() as usize).min(d.len() - 1)];
     [d[0], d[m], typical, avg, var.sqrt(), pct(0.99), pct(0.999)]
+}
+
+/// Posts message `n` of a latency test and waits for its completion; in
+/// duration mode it counts if it completed within the sample. Returns
+/// false when the window ended first.
+fn post_and_wait(
+    r: &mut Run<'_>,
+    n: u64,
+    stall: Duration,
+    win: Option<Window>,
+    tposted: &mut Vec<u64>,
+    sampled: &mut u64,
+) -> Result<bool, PeerError> {
+    if win.is_none() {
+        tposted.push(r.now());
+    }
+    r.post(0, n, true, 0)?;
+    if r.wait_one_until(r.scq, stall, win)?.is_none() {
+        return Ok(false);
+    }
+    if Window::sampling(win, r.now()) {
+        *sampled += 1;
+    }
+    Ok(true)
+}
+
+/// A latency test's row: the duration-mode row in a window, else the
+/// statistics of the iterations.
+fn lat_result(
+    r: &mut Run<'_>,
+    win: Option<Window>,
+    sampled: u64,
+    tposted: &[u64],
+    rtt_factor: f64,
+) -> Result<(), PeerError> {
+    match win {
+        Some(w) => lat_dur_row(r, &w, sampled, rtt_factor),
+        None => lat_row(r, tposted, rtt_factor),
+    }
 }
 
 /// A duration-mode latency row: the sample's messages, the mean time per
