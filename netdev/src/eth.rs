@@ -119,6 +119,11 @@ pub struct EthLink {
     pending: VecDeque<(Transmit, Vec<u8>)>,
     stats: EthLinkStats,
     tap: Option<Box<dyn FrameTap>>,
+    /// Frames queued by `send_queued` for one `sendmmsg` (sockets only:
+    /// the `packet` link; on a TAP they are written one by one).
+    pub(crate) tx: Option<crate::sys::TxBatch>,
+    /// Whether `emit` queues into `tx` rather than writing at once.
+    queueing: bool,
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
@@ -161,6 +166,8 @@ impl EthLink {
             pending: VecDeque::new(),
             stats: EthLinkStats::default(),
             tap: None,
+            tx: None,
+            queueing: false,
         }
     }
 
@@ -349,12 +356,48 @@ impl EthLink {
             }
             _ => unreachable!("source() returns an address of the destination's family"),
         };
-        self.write_frame(&[&hdr[..hlen], ib])?;
+        match &mut self.tx {
+            Some(tx) if self.queueing => {
+                if tx.is_full() {
+                    self.flush_queued()?;
+                }
+                if let Some(tx) = &mut self.tx {
+                    tx.push_parts(&[&hdr[..hlen], ib], None)
+                        .map_err(|()| LinkError::Unsupported("frame too long"))?;
+                }
+            }
+            _ => self.write_frame(&[&hdr[..hlen], ib])?,
+        }
         self.stats.sent += 1;
         if let Some(tap) = &mut self.tap {
             tap.frame(&[&hdr[..hlen], ib]);
         }
         Ok(())
+    }
+
+    /// Like [`EthLink::send`], but on the `packet` link the frame may wait
+    /// for [`EthLink::flush_queued`] to go out with others in one
+    /// `sendmmsg` (on a TAP it is written at once).
+    pub fn send_queued(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
+        self.queueing = true;
+        let r = self.send(t, ib, now);
+        self.queueing = false;
+        r
+    }
+
+    /// Sends the frames [`EthLink::send_queued`] queued.
+    pub fn flush_queued(&mut self) -> Result<(), LinkError> {
+        let Some(tx) = &mut self.tx else {
+            return Ok(());
+        };
+        if tx.is_empty() {
+            return Ok(());
+        }
+        tx.flush(self.file.as_raw_fd())
+            .map_err(|(source, _)| LinkError::Device {
+                name: self.name.clone(),
+                source,
+            })
     }
 
     /// Hands every RoCEv2 frame this link sends, and every good one it
@@ -456,6 +499,12 @@ impl EthLink {
 impl Link for EthLink {
     fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
         EthLink::send(self, t, ib, now)
+    }
+    fn send_queued(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
+        EthLink::send_queued(self, t, ib, now)
+    }
+    fn flush(&mut self) -> Result<(), LinkError> {
+        EthLink::flush_queued(self)
     }
     fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError> {
         EthLink::recv(self, buf, now)

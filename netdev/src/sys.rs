@@ -191,7 +191,9 @@ const TX_SLOTS: usize = 32;
 pub(crate) struct TxBatch {
     bufs: Vec<u8>,
     lens: [usize; TX_SLOTS],
-    to: Vec<socket2::SockAddr>,
+    /// Per slot: the destination, or none on a socket bound to its peer
+    /// (an AF_PACKET socket bound to an interface).
+    to: Vec<Option<socket2::SockAddr>>,
     count: usize,
 }
 
@@ -218,12 +220,26 @@ impl TxBatch {
     /// Queues `data` for `to`. The caller flushes first if the batch is
     /// full; data longer than a slot is refused.
     pub(crate) fn push(&mut self, data: &[u8], to: socket2::SockAddr) -> Result<(), ()> {
-        if self.is_full() || data.len() > RX_SLOT {
+        self.push_parts(&[data], Some(to))
+    }
+
+    /// Queues the concatenation of `parts` for `to` (see [`TxBatch::push`]).
+    pub(crate) fn push_parts(
+        &mut self,
+        parts: &[&[u8]],
+        to: Option<socket2::SockAddr>,
+    ) -> Result<(), ()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.is_full() || len > RX_SLOT {
             return Err(());
         }
         let i = self.count;
-        self.bufs[i * RX_SLOT..i * RX_SLOT + data.len()].copy_from_slice(data);
-        self.lens[i] = data.len();
+        let mut at = i * RX_SLOT;
+        for p in parts {
+            self.bufs[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        self.lens[i] = len;
         if self.to.len() > i {
             self.to[i] = to;
         } else {
@@ -257,8 +273,10 @@ impl TxBatch {
                 let m = &mut msgs[i].msg_hdr;
                 m.msg_iov = &mut iov[i];
                 m.msg_iovlen = 1;
-                m.msg_name = self.to[i].as_ptr().cast_mut().cast();
-                m.msg_namelen = self.to[i].len();
+                if let Some(to) = &self.to[i] {
+                    m.msg_name = to.as_ptr().cast_mut().cast();
+                    m.msg_namelen = to.len();
+                }
             }
             // SAFETY: headers sent..count point at their iovec (their
             // slot's bytes of `bufs`) and at their destination address,
@@ -273,7 +291,7 @@ impl TxBatch {
             };
             if n <= 0 {
                 let e = std::io::Error::last_os_error();
-                break Err((e, self.to[sent].as_socket()));
+                break Err((e, self.to[sent].as_ref().and_then(|a| a.as_socket())));
             }
             sent += n as usize;
         };

@@ -117,9 +117,12 @@ fn pump<L: Link + Counts>(nodes: &mut [Node<L>; 2], start: Instant, buf: &mut [u
     for n in nodes.iter_mut() {
         while let Some(t) = n.e.poll_transmit(now, buf) {
             // A send error (a full queue) is a loss the engine recovers from.
-            let _ = n.link.send(&t, &mut buf[..t.len], now);
+            // Queued: the udp and packet links send each burst with one
+            // sendmmsg.
+            let _ = n.link.send_queued(&t, &mut buf[..t.len], now);
             any = true;
         }
+        let _ = n.link.flush();
     }
     for n in nodes.iter_mut() {
         if n.link.poll_timeout().is_some_and(|t| t <= now) {
