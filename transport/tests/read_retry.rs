@@ -175,3 +175,50 @@ fn with_no_stream_left_the_timer_asks_again() {
         vec![((f + 3) & 0xff_ffff, 0x1000 + 3 * 256, LEN - 3 * 256)]
     );
 }
+
+#[test]
+fn a_responder_that_only_replays_cannot_hold_the_timer_forever() {
+    let mut s = setup(
+        transport::verbs::QpType::Rc,
+        LinkConfig::clean(1000),
+        3,
+        Mtu::Mtu256,
+        MEM,
+    );
+    let sge = [Sge {
+        addr: 0x8000,
+        length: LEN,
+        lkey: s.a.key,
+    }];
+    let wr = SendWr::new(1, SendOp::Read, &sge).remote(0x1000, s.b.key);
+    s.pair.a.post_send(s.a.qp, &wr).unwrap();
+    let req = out(&mut s.pair.a, 0);
+    feed(&mut s.pair.b, 0, &req);
+    let pass1 = out(&mut s.pair.b, 0);
+    // The first two responses arrive, then only their duplicates, over
+    // and over: the timer gives in after at most 8 timeouts and asks
+    // again from the third.
+    feed(&mut s.pair.a, 0, &pass1[..2]);
+    let first = s.pair.a.poll_timeout().expect("a retransmit timer");
+    let mut now = 0;
+    let mut asked = None;
+    for _ in 0..10_000 {
+        now += first / 4;
+        feed(&mut s.pair.a, now, &pass1[..1]);
+        if s.pair.a.poll_timeout().is_some_and(|t| t <= now) {
+            s.pair.a.handle_timeout(now);
+        }
+        let r = reads(&out(&mut s.pair.a, now));
+        if !r.is_empty() {
+            asked = Some((now, r));
+            break;
+        }
+    }
+    let (when, r) = asked.expect("the duplicates held the timer forever");
+    assert_eq!(r[0].1, 0x1000 + 2 * 256);
+    assert!(when <= 9 * first, "asked only at {when} (timeout {first})");
+    assert!(
+        when > first,
+        "asked at {when}, before one timeout ({first})"
+    );
+}

@@ -125,9 +125,18 @@ impl RdmaSide {
             .engine_mut()
             .poll_transmit(now, &mut self.buf)
         {
-            if self.link.send(&t, &mut self.buf[..t.len], now).is_err() {
+            // On a `packet` port the frames of a burst go out together
+            // (one sendmmsg); on a TAP one by one.
+            if self
+                .link
+                .send_queued(&t, &mut self.buf[..t.len], now)
+                .is_err()
+            {
                 self.send_err += 1;
             }
+        }
+        if self.link.flush_queued().is_err() {
+            self.send_err += 1;
         }
         let fx = self.host.device_mut().service();
         self.host.fire(fx);

@@ -371,10 +371,16 @@ impl Qp {
     }
 
     /// A response shows the responder at work on what we wait for:
-    /// restart the retransmit timer, without refilling the retry budget.
+    /// restart the retransmit timer, without refilling the retry budget,
+    /// but never past [`super::MAX_HOLD`] timeouts since it was armed (a
+    /// peer that only replays what we have must not hold us forever).
     fn keep_waiting(&mut self, now: u64) {
-        if self.comp.retrans_at.is_some() {
-            self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);
+        if self.comp.retrans_at.is_none() {
+            return;
+        }
+        if let Some(t) = self.retrans_timeout_ns() {
+            let limit = self.comp.armed_at.saturating_add(super::MAX_HOLD * t);
+            self.comp.retrans_at = Some((now + t).min(limit).max(now));
         }
     }
 
@@ -383,6 +389,7 @@ impl Qp {
         self.comp.retry_left = self.attrs.retry_cnt;
         self.comp.rnr_left = self.attrs.rnr_retry;
         self.comp.started_retry = false;
+        self.comp.armed_at = now;
         self.comp.retrans_at = if psn_diff(self.req.psn, self.comp.psn) > 0 {
             self.retrans_timeout_ns().map(|t| now + t)
         } else {
@@ -412,6 +419,7 @@ impl Qp {
         self.counters.completer_retry_err += 1;
         self.comp.started_retry = true;
         self.rewind_to(psn);
+        self.comp.armed_at = now;
         self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);
     }
 

@@ -242,7 +242,15 @@ pub(crate) struct CompState {
     /// stream now arriving is the replay we asked for, not the one that
     /// was already on its way.
     pub replay_started: bool,
+    /// When the retransmit timer was last armed by progress or a retry:
+    /// responses that only show the responder busy may hold it off for
+    /// at most [`MAX_HOLD`] timeouts from then.
+    pub armed_at: u64,
 }
+
+/// How many retransmit timeouts a stream of responses that makes no
+/// progress (duplicates, or responses past a gap) may hold off a retry.
+pub(crate) const MAX_HOLD: u64 = 8;
 
 /// QP attributes as set by `modify_qp`.
 #[derive(Debug, Clone, Copy)]

@@ -296,6 +296,7 @@ impl Qp {
         }
         if reliable {
             if self.comp.retrans_at.is_none() {
+                self.comp.armed_at = now;
                 self.comp.retrans_at = self.retrans_timeout_ns().map(|t| now + t);
             }
         } else if last {
