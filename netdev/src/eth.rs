@@ -122,8 +122,6 @@ pub struct EthLink {
     /// Frames queued by `send_queued` for one `sendmmsg` (sockets only:
     /// the `packet` link; on a TAP they are written one by one).
     pub(crate) tx: Option<crate::sys::TxBatch>,
-    /// Whether `emit` queues into `tx` rather than writing at once.
-    queueing: bool,
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
@@ -167,7 +165,6 @@ impl EthLink {
             stats: EthLinkStats::default(),
             tap: None,
             tx: None,
-            queueing: false,
         }
     }
 
@@ -221,10 +218,21 @@ impl EthLink {
     /// wrote it) per `t`, filling in the ICRC first. If the neighbour is
     /// not resolved yet, the packet is queued.
     pub fn send(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
+        self.send_to_neighbour(t, ib, now, false)
+    }
+
+    /// [`EthLink::send`], with the frame queued for `sendmmsg` if `queue`.
+    fn send_to_neighbour(
+        &mut self,
+        t: &Transmit,
+        ib: &mut [u8],
+        now: u64,
+        queue: bool,
+    ) -> Result<(), LinkError> {
         let dst = t.dgid.to_ip();
         match self.neigh.resolve(dst, now) {
             Ok(Some(mac)) => {
-                let r = self.emit(t, ib, mac);
+                let r = self.emit(t, ib, mac, queue);
                 self.flush_control()?;
                 r
             }
@@ -255,7 +263,7 @@ impl EthLink {
             };
             match self.neigh.resolve(t.dgid.to_ip(), now) {
                 Ok(Some(mac)) => {
-                    if let Err(e) = self.emit(&t, &mut ib, mac) {
+                    if let Err(e) = self.emit(&t, &mut ib, mac, false) {
                         result = Err(e);
                     }
                 }
@@ -289,8 +297,15 @@ impl EthLink {
         write_frame(&self.file, &self.name, parts)
     }
 
-    /// Frames and sends one packet to `mac`.
-    fn emit(&mut self, t: &Transmit, ib: &mut [u8], mac: [u8; 6]) -> Result<(), LinkError> {
+    /// Frames and sends one packet to `mac`; with `queue`, into the
+    /// `sendmmsg` batch if the link has one.
+    fn emit(
+        &mut self,
+        t: &Transmit,
+        ib: &mut [u8],
+        mac: [u8; 6],
+        queue: bool,
+    ) -> Result<(), LinkError> {
         if ib.len() < ICRC_LEN {
             return Err(LinkError::Unsupported("packet shorter than its ICRC"));
         }
@@ -356,17 +371,16 @@ impl EthLink {
             }
             _ => unreachable!("source() returns an address of the destination's family"),
         };
-        match &mut self.tx {
-            Some(tx) if self.queueing => {
-                if tx.is_full() {
-                    self.flush_queued()?;
-                }
-                if let Some(tx) = &mut self.tx {
-                    tx.push_parts(&[&hdr[..hlen], ib], None)
-                        .map_err(|()| LinkError::Unsupported("frame too long"))?;
-                }
+        if queue && self.tx.is_some() {
+            if self.tx.as_ref().is_some_and(|tx| tx.is_full()) {
+                self.flush_queued()?;
             }
-            _ => self.write_frame(&[&hdr[..hlen], ib])?,
+            if let Some(tx) = &mut self.tx {
+                tx.push_parts(&[&hdr[..hlen], ib], None)
+                    .map_err(|()| LinkError::Unsupported("frame too long"))?;
+            }
+        } else {
+            self.write_frame(&[&hdr[..hlen], ib])?;
         }
         self.stats.sent += 1;
         if let Some(tap) = &mut self.tap {
@@ -379,10 +393,7 @@ impl EthLink {
     /// for [`EthLink::flush_queued`] to go out with others in one
     /// `sendmmsg` (on a TAP it is written at once).
     pub fn send_queued(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
-        self.queueing = true;
-        let r = self.send(t, ib, now);
-        self.queueing = false;
-        r
+        self.send_to_neighbour(t, ib, now, true)
     }
 
     /// Sends the frames [`EthLink::send_queued`] queued.

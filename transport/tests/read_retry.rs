@@ -51,28 +51,35 @@ fn reads(pkts: &[Vec<u8>]) -> Vec<(u32, u64, u32)> {
         .collect()
 }
 
-#[test]
-fn a_long_read_asks_again_once_per_pass_and_a_live_stream_holds_the_timer() {
+/// Two connected engines (seed `seed`, MTU 256) with a READ of [`LEN`]
+/// bytes from B's 0x1000 into A's 0x8000 posted on A (WR ID `wr_id`);
+/// returns them and A's request packets at `now`.
+fn post_read(seed: u64, wr_id: u64, now: u64) -> (common::Setup, Vec<Vec<u8>>) {
     let mut s = setup(
         transport::verbs::QpType::Rc,
         LinkConfig::clean(1000),
-        1,
+        seed,
         Mtu::Mtu256,
         MEM,
     );
-    let pattern: Vec<u8> = (0..LEN).map(|i| (i * 7 + 3) as u8).collect();
-    s.pair.b.memory_mut().as_mut_slice()[0x1000..0x1000 + LEN as usize].copy_from_slice(&pattern);
     let sge = [Sge {
         addr: 0x8000,
         length: LEN,
         lkey: s.a.key,
     }];
-    let wr = SendWr::new(9, SendOp::Read, &sge).remote(0x1000, s.b.key);
+    let wr = SendWr::new(wr_id, SendOp::Read, &sge).remote(0x1000, s.b.key);
     s.pair.a.post_send(s.a.qp, &wr).unwrap();
-    let mut now = 1_000;
-
-    // The request, and B's 16 responses.
     let req = out(&mut s.pair.a, now);
+    (s, req)
+}
+
+#[test]
+fn a_long_read_asks_again_once_per_pass_and_a_live_stream_holds_the_timer() {
+    let mut now = 1_000;
+    // The request, and B's 16 responses.
+    let (mut s, req) = post_read(1, 9, now);
+    let pattern: Vec<u8> = (0..LEN).map(|i| (i * 7 + 3) as u8).collect();
+    s.pair.b.memory_mut().as_mut_slice()[0x1000..0x1000 + LEN as usize].copy_from_slice(&pattern);
     let [(f, va, len)] = reads(&req)[..] else {
         panic!("one READ request: {:?}", reads(&req));
     };
@@ -143,21 +150,7 @@ fn a_long_read_asks_again_once_per_pass_and_a_live_stream_holds_the_timer() {
 
 #[test]
 fn with_no_stream_left_the_timer_asks_again() {
-    let mut s = setup(
-        transport::verbs::QpType::Rc,
-        LinkConfig::clean(1000),
-        2,
-        Mtu::Mtu256,
-        MEM,
-    );
-    let sge = [Sge {
-        addr: 0x8000,
-        length: LEN,
-        lkey: s.a.key,
-    }];
-    let wr = SendWr::new(1, SendOp::Read, &sge).remote(0x1000, s.b.key);
-    s.pair.a.post_send(s.a.qp, &wr).unwrap();
-    let req = out(&mut s.pair.a, 0);
+    let (mut s, req) = post_read(2, 1, 0);
     let f = reads(&req)[0].0;
     feed(&mut s.pair.b, 0, &req);
     let pass1 = out(&mut s.pair.b, 0);
@@ -178,21 +171,7 @@ fn with_no_stream_left_the_timer_asks_again() {
 
 #[test]
 fn a_responder_that_only_replays_cannot_hold_the_timer_forever() {
-    let mut s = setup(
-        transport::verbs::QpType::Rc,
-        LinkConfig::clean(1000),
-        3,
-        Mtu::Mtu256,
-        MEM,
-    );
-    let sge = [Sge {
-        addr: 0x8000,
-        length: LEN,
-        lkey: s.a.key,
-    }];
-    let wr = SendWr::new(1, SendOp::Read, &sge).remote(0x1000, s.b.key);
-    s.pair.a.post_send(s.a.qp, &wr).unwrap();
-    let req = out(&mut s.pair.a, 0);
+    let (mut s, req) = post_read(3, 1, 0);
     feed(&mut s.pair.b, 0, &req);
     let pass1 = out(&mut s.pair.b, 0);
     // The first two responses arrive, then only their duplicates, over
