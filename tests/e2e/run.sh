@@ -67,7 +67,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 ns() { ip netns exec "$NS" "$@"; }
-FAILED=0
+FAILED=0 SKIPPED=0
 pass() { echo "   PASS  $*"; }
 fail() { echo "   FAIL  $*"; FAILED=$((FAILED + 1)); }
 FIGS=()
@@ -250,8 +250,22 @@ run_scenario() { # NAME
     local desc=${st#*|}
     if [ "$role" = sh ]; then desc="A: ${desc%%#B#*}"; g1=0; fi
     local row; row=$(result_row "$dir/guest0.log" "$i" | awk '{print $1, $2, $3, $4, $5, $6}')
+    local calib=""
+    for w in 0 1; do
+      awk -v n="$i" '$0 ~ "VUR-RUN "n" " {p=1} p {print} $0 ~ "VUR-STEP "n" " {p=0}' "$dir/guest$w.log" |
+        grep -q "Can't produce a report" && calib="$calib $w"
+    done
     if [ "${g0:-x}" = 0 ] && [ "${g1:-x}" = 0 ]; then
       printf '   PASS  A %-6s %-48.48s %s\n' "$role" "$desc" "$row"
+    elif [ -n "$calib" ]; then
+      # Stock perftest calibrates its CPU clock against gettimeofday
+      # before it reports; under TCG on a busy host that can fail after
+      # the traffic went through (r^2 < 0.9, "Can't produce a report"),
+      # and the other side then fails its final sync. Such a step counts
+      # as SKIP, with the reason, as in tests/interop/run.sh: not a pass.
+      SKIPPED=$((SKIPPED + 1))
+      printf '   SKIP  A %-6s %s: perftest on guest%s could not calibrate its clock under TCG ("Can'"'"'t produce a report")\n' \
+        "$role" "$desc" "$calib"
     else
       fail "$(printf 'A %-6s %s  (A rc=%s, B rc=%s)' "$role" "$desc" "${g0:-none}" "${g1:-none}")"
       for w in 0 1; do
@@ -386,4 +400,8 @@ fi
 if [ "$FAILED" -ne 0 ]; then
   echo "e2e: $FAILED failure(s)"; VUR_KEEP=1; exit 1
 fi
-echo "e2e: all passed"
+if [ "$SKIPPED" -ne 0 ]; then
+  echo "e2e: all passed ($SKIPPED step(s) skipped: a guest's perftest could not calibrate its clock)"
+else
+  echo "e2e: all passed"
+fi
