@@ -6,7 +6,7 @@
 # Installs cargo-fuzz if it is missing, builds fresh seed corpora in
 # fuzz/corpus/<target>/ from tests/data/*.pcap (whole captures for
 # `decode`, single frames for `frame`, transport packets for `packet`,
-# length-prefixed packet streams for `engine`; `neigh`, `daemon` and `pvrdma` start
+# length-prefixed packet streams for `engine`; `neigh`, `daemon`, `pvrdma` and `oob` start
 # empty),
 # then runs each target for SECONDS_PER_TARGET seconds, one at a time.
 # Exits non-zero if any target crashes; the crashing input is left in
@@ -42,7 +42,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 echo "cargo-fuzz: $(cargo fuzz --version)"
 
-TARGETS=(frame decode packet engine neigh cm daemon pvrdma)
+TARGETS=(frame decode packet engine neigh cm daemon pvrdma oob)
 
 # --- seed corpora -----------------------------------------------------------
 echo "+ generating seed corpora in fuzz/corpus/ from tests/data/*.pcap" >&2
@@ -224,7 +224,7 @@ fi
 failed=()
 for t in "${TARGETS[@]}"; do
     log="target/fuzz-$t.log"
-    # Targets without seeds (neigh, daemon, pvrdma) start from an empty corpus, which
+    # Targets without seeds (neigh, daemon, pvrdma, oob) start from an empty corpus, which
     # libFuzzer still wants to exist.
     mkdir -p target "corpus/$t"
     echo "=== $t: ${SECONDS_PER_TARGET}s ===" >&2

@@ -233,6 +233,62 @@ impl PerftestDest {
     }
 }
 
+impl PerftestDest {
+    /// Size of the binary record (`struct pingpong_dest` on x86-64) that
+    /// perftest sends over its rdma_cm control connection (`-R`).
+    pub const CM_LEN: usize = 56;
+
+    /// The binary record perftest sends with `-R`: LID, outstanding
+    /// reads, QPN, PSN and rkey as big-endian 32-bit words, 4 bytes of
+    /// padding, the buffer address as a big-endian 64-bit word, the 16 GID
+    /// bytes, the SRQ number and the GID index (big-endian 32-bit words).
+    pub fn to_cm_wire(&self, gid_index: u32) -> [u8; Self::CM_LEN] {
+        let mut out = [0u8; Self::CM_LEN];
+        out[0..4].copy_from_slice(&u32::from(self.lid).to_be_bytes());
+        out[4..8].copy_from_slice(&u32::from(self.out_reads).to_be_bytes());
+        out[8..12].copy_from_slice(&self.qpn.to_be_bytes());
+        out[12..16].copy_from_slice(&self.psn.to_be_bytes());
+        out[16..20].copy_from_slice(&self.rkey.to_be_bytes());
+        out[24..32].copy_from_slice(&self.vaddr.to_be_bytes());
+        out[32..48].copy_from_slice(&self.gid.0);
+        out[48..52].copy_from_slice(&self.srqn.to_be_bytes());
+        out[52..56].copy_from_slice(&gid_index.to_be_bytes());
+        out
+    }
+
+    /// Parses the binary record of [`PerftestDest::to_cm_wire`]. The
+    /// padding and the GID index are not read (perftest ignores them
+    /// too); the LID and the outstanding reads must fit 16 bits.
+    pub fn parse_cm(rec: &[u8]) -> Result<PerftestDest, OobError> {
+        const WHAT: &str = "perftest rdma_cm address";
+        let rec: &[u8; Self::CM_LEN] = rec.try_into().map_err(|_| OobError::Length {
+            what: WHAT,
+            expected: Self::CM_LEN,
+            got: rec.len(),
+        })?;
+        let w = |at: usize| u32::from_be_bytes(rec[at..at + 4].try_into().expect("4"));
+        let narrow = |field: usize, v: u32| {
+            u16::try_from(v).map_err(|_| OobError::Field {
+                what: WHAT,
+                field,
+                width: 4,
+            })
+        };
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&rec[32..48]);
+        Ok(PerftestDest {
+            lid: narrow(0, w(0))?,
+            out_reads: narrow(1, w(4))?,
+            qpn: w(8),
+            psn: w(12),
+            rkey: w(16),
+            vaddr: u64::from_be_bytes(rec[24..32].try_into().expect("8")),
+            gid: Gid(gid),
+            srqn: w(48),
+        })
+    }
+}
+
 /// Which end of the TCP connection we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -487,5 +543,37 @@ mod tests {
         bad[4] = b'-';
         assert!(PerftestDest::parse(&bad).is_err());
         assert!(PerftestDest::parse(&[0u8; 108]).is_err());
+    }
+
+    #[test]
+    fn perftest_cm_record_layout_and_errors() {
+        let d = PerftestDest {
+            lid: 0,
+            out_reads: 16,
+            qpn: 0x11,
+            psn: 0x886150,
+            rkey: 0x20b,
+            vaddr: 0x7f27_b0c0_b000,
+            gid: Gid::from_ip("10.77.0.1".parse().unwrap()),
+            srqn: 0,
+        };
+        let w = d.to_cm_wire(1);
+        let mut want = Vec::new();
+        for v in [0u32, 16, 0x11, 0x886150, 0x20b, 0] {
+            want.extend(v.to_be_bytes());
+        }
+        want.extend(0x7f27_b0c0_b000u64.to_be_bytes());
+        want.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 77, 0, 1]);
+        want.extend([0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&w[..], &want[..]);
+        assert_eq!(PerftestDest::parse_cm(&w), Ok(d));
+        // perftest leaves the padding uninitialised: ignored.
+        let mut padded = w;
+        padded[20..24].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(PerftestDest::parse_cm(&padded), Ok(d));
+        let mut bad = w;
+        bad[0] = 1;
+        assert!(PerftestDest::parse_cm(&bad).is_err());
+        assert!(PerftestDest::parse_cm(&w[..55]).is_err());
     }
 }

@@ -312,6 +312,61 @@ fn perftest_all_sizes_against_ourselves() {
     }
 }
 
+/// `-R`: the handshake over an rdma_cm control connection and every
+/// test QP connected by rdma_cm (CM MADs on QP1), as perftest does.
+#[test]
+fn perftest_rdma_cm_against_ourselves() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tools: &[&[&str]] = &[
+        &["ib_write_bw", "-R", "-n", "200", "-s", "8192"],
+        &["ib_read_bw", "-R", "-n", "200", "-s", "4096", "-q", "3"],
+        &["ib_send_bw", "-R", "-n", "200", "-s", "2048", "-b"],
+        &["ib_atomic_bw", "-R", "-n", "100"],
+        &["ib_write_lat", "-R", "-n", "100"],
+        &["ib_read_lat", "-R", "-n", "100"],
+        &["ib_send_lat", "-R", "-n", "100"],
+    ];
+    for (i, args) in tools.iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        let (s, c) = pair(7, 19700 + i as u16, args);
+        let tool = args[0];
+        for (o, who) in [(&s, "server"), (&c, "client")] {
+            let t = text(o);
+            assert!(
+                o.status.success(),
+                "{tool} {who}: {t}\n--- the other side:\n{}",
+                text(if who == "server" { &c } else { &s })
+            );
+            assert!(t.contains(" rdma_cm QPs\t : ON"), "{tool} {who}: {t}");
+            assert!(
+                t.contains(" Data ex. method : rdma_cm"),
+                "{tool} {who}: {t}"
+            );
+        }
+        // The client prints its row; the iterations of every QP count.
+        let qps: u64 = args
+            .iter()
+            .position(|&a| a == "-q")
+            .map_or(1, |i| args[i + 1].parse().unwrap());
+        let n: u64 = args[args.iter().position(|&a| a == "-n").unwrap() + 1]
+            .parse()
+            .unwrap();
+        let r = rows(&text(&c));
+        assert_eq!(r.len(), 1, "{tool}: {}", text(&c));
+        assert_eq!(r[0].1, n * qps, "{tool}: {}", text(&c));
+        // Both sides disconnect every connection at the end (DREQ and
+        // DREP both ways), without waiting out the CM's retries.
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{tool}: {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
 /// `-D`: duration mode, one row per side with the sample's count.
 #[test]
 fn perftest_duration_mode_against_ourselves() {
@@ -407,6 +462,18 @@ fn bad_options_are_named() {
             "UD connection only possible in SEND verb",
         ),
         (&["ib_frob"], "unknown tool `ib_frob`"),
+        (
+            &["ib_send_bw", "-R", "-c", "UC"],
+            "UC is not supported in librdmacm",
+        ),
+        (
+            &["ib_send_bw", "-R", "-c", "UD"],
+            "-R with -c UD is not supported by the peer yet",
+        ),
+        (
+            &["ib_write_bw", "-R", "server.example"],
+            "with -R the peer needs the server's IP address",
+        ),
     ] {
         let o = peer("127.0.0.9", args).output().unwrap();
         let t = text(&o);

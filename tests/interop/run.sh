@@ -85,6 +85,18 @@ setup_net() { # MTU
 
 # A suite is a list of steps "ROLE|TOOL ARGS": ROLE is the guest's role
 # (server or client); our peer takes the other one with the same ARGS.
+# The address a perftest client names, for the server at host N (1 the
+# guest, 2 the peer): over TCP the handshake reaches the peer through
+# the bridge (10.77.0.254, where a guest's server is reached as
+# 10.77.0.1); with -R (rdma_cm) it is the server's RoCE address (IPv4:
+# perftest 6.06 resolves an rdma_cm server as IPv4 only).
+server_addr() { # ARGS N
+  case " $1 " in
+    *" -R "*) echo "10.77.0.$2" ;;
+    *) [ "$2" = 1 ] && echo 10.77.0.1 || echo 10.77.0.254 ;;
+  esac
+}
+
 suite_steps() {
   case "$1" in
     pingpong|pingpong9000)
@@ -140,7 +152,14 @@ suite_steps() {
               "ib_write_bw -x 1 -D 4 -b"
               "ib_read_bw -x 1 -D 4 -s 65536" "ib_send_bw -x 1 -D 4 -s 4096"
               "ib_write_lat -x 1 -D 4" "ib_read_lat -x 1 -D 4" "ib_send_lat -x 1 -D 4")
+      # -R: the handshake over an rdma_cm control connection, every test
+      # QP connected by rdma_cm (the client names the RoCE address).
+      [ "$1" = perftest ] && steps+=("ib_write_bw -R -n 200 -s 65536"
+              "ib_read_bw -R -n 200 -s 65536 -q 2" "ib_send_bw -R -n 200 -s 4096"
+              "ib_atomic_bw -R -n 200" "ib_write_bw -R -n 200 -b"
+              "ib_send_lat -R -n 200" "ib_write_lat -R -n 200" "ib_read_lat -R -n 200")
       [ "$1" = perftest9000 ] && steps+=("ib_read_bw -x 1 -n 200 -s 65536 -m 4096"
+              "ib_write_bw -R -n 200 -s 65536"
               "ib_send_lat -x 2 -n 200 -c UD -s 4096")
       for st in "${steps[@]}"; do echo "server|$st"; echo "client|$st"; done
       # UD has no flow control: our sender outruns a receiver under TCG and
@@ -299,7 +318,7 @@ run_suite() { # NAME
       elif [ "$role" = server ]; then
         echo "step $i server $tmo $tool -d \$DEV -p $port $args"
       else
-        echo "step $i client $tmo $tool -d \$DEV -p $port $args 10.77.0.254"
+        echo "step $i client $tmo $tool -d \$DEV -p $port $args $(server_addr "$args" 2)"
       fi
     done
   } >"$dir/initrd/suite.sh"
@@ -345,7 +364,7 @@ run_suite() { # NAME
       fi
     elif [ "$role" = server ]; then
       # shellcheck disable=SC2086
-      "${peer[@]}" $tool -p $port $args 10.77.0.1 >"$dir/peer-$i.log" 2>&1
+      "${peer[@]}" $tool -p $port $args "$(server_addr "$args" 1)" >"$dir/peer-$i.log" 2>&1
     else
       # shellcheck disable=SC2086
       "${peer[@]}" $tool -p $port $args >"$dir/peer-$i.log" 2>&1

@@ -11,6 +11,7 @@
 //! packet) completes it.
 
 use std::{
+    collections::VecDeque,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -48,10 +49,17 @@ pub struct Gsi {
     sgid_index: u8,
     tid: u64,
     wcs: [Wc; 8],
+    /// REQs that arrived while another connection was being set up, for
+    /// the next [`Gsi::accept`].
+    pending: VecDeque<(Gid, [u8; MAD_LEN])>,
+    /// The connections accepted so far (the REQ's sender and comm ID)
+    /// and our REP to each, so that a repeated REQ gets the same REP
+    /// instead of a second connection.
+    accepted: Vec<(Gid, u32, [u8; MAD_LEN])>,
 }
 
 /// An established RC connection's parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Conn {
     /// The other side's QP.
     pub remote_qpn: u32,
@@ -150,6 +158,8 @@ impl Gsi {
             sgid_index,
             tid: u64::from(super::random_psn()) << 8,
             wcs: [super::blank_wc(); 8],
+            pending: VecDeque::new(),
+            accepted: Vec::new(),
         };
         for slot in 0..SLOTS {
             g.post_recv(node, slot)?;
@@ -180,7 +190,7 @@ impl Gsi {
     }
 
     /// Sends `mad` to QP1 at `dgid`, from our GID of the same family
-    /// (the GID the connection uses once one is chosen).
+    /// (the GID the connection uses once one is chosen), at once.
     fn send(&mut self, node: &mut Node, dgid: Gid, mad: &[u8]) -> Result<(), PeerError> {
         let at = self.base + SLOTS * SLOT;
         let a = at as usize;
@@ -203,7 +213,10 @@ impl Gsi {
         });
         node.engine
             .post_send(self.qp, &wr)
-            .map_err(verbs("Couldn't send a CM MAD"))
+            .map_err(verbs("Couldn't send a CM MAD"))?;
+        // Out now: the next MAD reuses the buffer, and the engine reads
+        // a WR's data only when it transmits it.
+        node.pump().map(|_| ())
     }
 
     /// The next MAD received, with its sender's GID; send completions are
@@ -358,6 +371,31 @@ impl Gsi {
         )))
     }
 
+    /// [`Gsi::connect`], again every half second while the other side
+    /// rejects the REQ (nobody listens on the port yet) or cannot be
+    /// reached (its host is not up yet), until `until`.
+    pub fn connect_retrying(
+        &mut self,
+        node: &mut Node,
+        p: &RcParams,
+        (src, dst, port): (IpAddr, IpAddr, u16),
+        until: Instant,
+    ) -> Result<Conn, PeerError> {
+        loop {
+            match self.connect(node, p, src, dst, port) {
+                Err(PeerError::Rejected(_) | PeerError::Link(netdev::LinkError::Neighbour(_)))
+                    if Instant::now() < until =>
+                {
+                    let end = Instant::now() + Duration::from_millis(500);
+                    while Instant::now() < end {
+                        node.progress(Duration::from_millis(20))?;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Passive side: waits up to `wait` for a REQ to `port`, connects
     /// `p.qp` to its sender and answers with a REP; the RTU is awaited by
     /// [`Gsi::established`].
@@ -374,7 +412,11 @@ impl Gsi {
             if left.is_zero() {
                 return Err(PeerError::Stalled(wait));
             }
-            let Some((src, m)) = self.wait_mad(node, left)? else {
+            let next = match self.pending.pop_front() {
+                Some(m) => Some(m),
+                None => self.wait_mad(node, left)?,
+            };
+            let Some((src, m)) = next else {
                 continue;
             };
             let Ok(h) = MadHeader::parse(&m) else {
@@ -384,6 +426,17 @@ impl Gsi {
                 continue;
             }
             let req = ReqRepr::parse(&m)?;
+            // A REQ repeated after we answered it (our REP was late or
+            // lost) gets the same REP again, not a new connection.
+            if let Some((to, _, rep)) = self
+                .accepted
+                .iter()
+                .find(|(g, id, _)| *g == Gid(req.local_gid) && *id == req.local_comm_id)
+            {
+                let (to, rep) = (*to, *rep);
+                self.send(node, to, &rep)?;
+                continue;
+            }
             if req.service_id != RDMA_PS_TCP | u64::from(port) {
                 // Nobody listens there: reject (reason 8, invalid service ID).
                 let rej = IdsRepr {
@@ -446,6 +499,8 @@ impl Gsi {
             let mut out = [0u8; MAD_LEN];
             rep.emit(h.tid, &mut out);
             self.send(node, conn.remote_gid, &out)?;
+            self.accepted
+                .push((conn.remote_gid, conn.remote_comm_id, out));
             return Ok((conn, h.tid, out));
         }
     }
@@ -484,6 +539,10 @@ impl Gsi {
                         let req = ReqRepr::parse(&m)?;
                         if req.local_comm_id == conn.remote_comm_id {
                             self.send(node, conn.remote_gid, rep)?;
+                        } else if self.pending.len() < 64 {
+                            // Another connection's REQ (rdma_cm sends
+                            // the REQs of several QPs back to back).
+                            self.pending.push_back((Gid(req.local_gid), m));
                         }
                     }
                     _ => {}
@@ -492,6 +551,11 @@ impl Gsi {
             self.send(node, conn.remote_gid, rep)?;
         }
         Err(cm_err("no RTU after the REP was sent 15 times"))
+    }
+
+    /// The GID index the last accepted connection answers from.
+    pub fn sgid_index(&self) -> u8 {
+        self.sgid_index
     }
 
     /// Whether a DREQ for `conn` has arrived; answers it with a DREP.
@@ -563,6 +627,81 @@ impl Gsi {
         // the user can act on.
         Ok(())
     }
+
+    /// Disconnects every connection in `conns` at once, as a process
+    /// tearing down several rdma_cm connections does: a DREQ for each,
+    /// then until each is closed (its DREP, or the other side's own
+    /// DREQ, which gets a DREP) DREQs again every second, three times
+    /// at most. A DREQ for one of them that comes in meanwhile is
+    /// answered whatever its state.
+    pub fn disconnect_all(&mut self, node: &mut Node, conns: &[Conn]) -> Result<(), PeerError> {
+        let mut open: Vec<(Conn, [u8; MAD_LEN])> = Vec::with_capacity(conns.len());
+        for c in conns {
+            let tid = self.next_tid();
+            let dreq = IdsRepr {
+                attr: CmAttr::Dreq,
+                local_comm_id: c.local_comm_id,
+                remote_comm_id: c.remote_comm_id,
+                extra: c.remote_qpn,
+            };
+            let mut mad = [0u8; MAD_LEN];
+            dreq.emit(tid, &mut mad);
+            open.push((*c, mad));
+        }
+        for _ in 0..3 {
+            if open.is_empty() {
+                break;
+            }
+            for (c, mad) in &open {
+                self.send(node, c.remote_gid, mad)?;
+            }
+            let until = Instant::now() + RESEND;
+            while !open.is_empty() {
+                let left = until.saturating_duration_since(Instant::now());
+                let Some((_, m)) = self.wait_mad(node, left)? else {
+                    break;
+                };
+                let (Ok(h), Ok(r)) = (MadHeader::parse(&m), IdsRepr::parse(&m)) else {
+                    continue;
+                };
+                let Some(c) = conns.iter().find(|c| c.local_comm_id == r.remote_comm_id) else {
+                    continue;
+                };
+                match h.attr {
+                    CmAttr::Drep => {}
+                    CmAttr::Dreq => self.drep(node, c, h.tid)?,
+                    _ => continue,
+                }
+                open.retain(|(o, _)| o.local_comm_id != c.local_comm_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a DREQ for `conn` once, without waiting for the answer (the
+    /// other side may answer only when its process exits).
+    pub fn disconnect_nowait(&mut self, node: &mut Node, conn: &Conn) -> Result<(), PeerError> {
+        let tid = self.next_tid();
+        let dreq = IdsRepr {
+            attr: CmAttr::Dreq,
+            local_comm_id: conn.local_comm_id,
+            remote_comm_id: conn.remote_comm_id,
+            extra: conn.remote_qpn,
+        };
+        let mut mad = [0u8; MAD_LEN];
+        dreq.emit(tid, &mut mad);
+        self.send(node, conn.remote_gid, &mad)
+    }
+}
+
+/// Our CA GUID: the EUI-64 of our MAC (`--mac`, else the one derived
+/// from the first `--ip`), as rxe takes it from its netdev.
+pub fn ca_guid(opts: &super::PeerOptions) -> u64 {
+    let mac = match opts.mac {
+        Some(m) => m.0,
+        None => super::default_mac(opts.ips[0].addr),
+    };
+    u64::from_be_bytes(super::link_local(mac).octets()[8..].try_into().expect("8"))
 }
 
 /// RTR and RTS toward the other side of `conn`, receiving from

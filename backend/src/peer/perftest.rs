@@ -13,13 +13,16 @@
 //!
 //! `-b` (bidirectional) runs traffic both ways and prints the sum, and
 //! `-q N` (bandwidth tests, up to 64) runs N QPs side by side, each with
-//! its own halves of the buffer, as perftest does. Not built yet: `-a`,
-//! `-D` and `-R` (rdma_cm); each is refused with an error naming it.
+//! its own halves of the buffer, as perftest does. `-a` runs every size,
+//! `-D` runs for a duration. `-R` (rdma_cm) carries the same sequence
+//! over an rdma_cm control connection (binary key records, one SEND per
+//! message) and connects each test QP with rdma_cm ([`CmOob`]).
+//! Not built yet: `-R -c UD` (SIDR), refused with an error naming it.
 
 use std::{
     fmt::Write as _,
     io::Write,
-    net::TcpStream,
+    net::{IpAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -34,7 +37,11 @@ use transport::{
     wire::Mtu,
 };
 
-use super::{Node, PeerError, PeerOptions, oob, oob_accept, oob_connect, random_psn, verbs};
+use super::{
+    Node, PeerError, PeerOptions,
+    cm::{Conn, GSI_MEM, Gsi, RcParams},
+    oob, oob_accept, oob_connect, random_psn, verbs,
+};
 use crate::oob::{
     BwReport, DONE, PERFTEST_VERSION, PerftestDest, Role, encode_mtu, encode_u32, parse_mtu,
     parse_perftest_version,
@@ -158,6 +165,9 @@ struct Args {
     /// No peak bandwidth.
     #[arg(short = 'N', long = "noPeak")]
     no_peak: bool,
+    /// The default GID is the first IPv6 one (perftest's "Use IPv6 GID").
+    #[arg(long = "ipv6")]
+    ipv6: bool,
     /// The server; none: be the server.
     servername: Option<String>,
 }
@@ -295,7 +305,6 @@ impl Test {
                 a.duration.is_some() && a.bidirectional && verb == Verb::Send,
                 "-D with -b on ib_send_bw",
             ),
-            (a.rdma_cm, "-R (rdma_cm)"),
             (a.qps > 64, "-q above 64"),
         ] {
             if given {
@@ -313,6 +322,13 @@ impl Test {
                 return Err(cfg(format!("-c {other}: the peer supports RC, UC and UD")));
             }
         };
+        if a.rdma_cm && qp_type == QpType::Uc {
+            return Err(cfg(" UC is not supported in librdmacm"));
+        }
+        if a.rdma_cm && qp_type == QpType::Ud {
+            // rdma_cm resolves UD QPs with SIDR, which our CM lacks.
+            return Err(cfg("-R with -c UD is not supported by the peer yet"));
+        }
         if qp_type == QpType::Ud && verb != Verb::Send {
             return Err(cfg(" UD connection only possible in SEND verb"));
         }
@@ -451,11 +467,156 @@ fn c_alt_hex(v: u64, width: usize) -> String {
     }
 }
 
+/// The out-of-band channel: perftest's TCP connection, or with `-R` its
+/// rdma_cm control connection.
+enum Oob {
+    Tcp(TcpStream),
+    Cm(Box<CmOob>),
+}
+
+/// Bytes of each control-connection buffer (a message is at most a
+/// 56-byte key record).
+const CTRL_BUF: u64 = 64;
+/// Node memory the rdma_cm side needs: QP1's, then a send and a receive
+/// buffer for the control connection.
+const CM_MEM: u64 = GSI_MEM + 2 * CTRL_BUF;
+
+/// perftest's rdma_cm side (`-R`): QP1 for the CM exchanges, the control
+/// RC connection that carries every out-of-band message as one SEND
+/// (perftest keeps one 56-byte receive posted and alternates strictly,
+/// the client first), and the test QPs' own connections.
+struct CmOob {
+    gsi: Gsi,
+    /// The control QP and its CQ (sends and receives).
+    qp: u32,
+    cq: u32,
+    /// Key of the rdma_cm memory; its addresses are node-memory offsets.
+    key: u32,
+    /// The control send buffer; the receive buffer follows it.
+    sbuf: u64,
+    ctrl: Conn,
+    /// The test QPs' connections, QP 0 first.
+    tests: Vec<Conn>,
+    /// Our side of every connection (the QP and PSN change per QP).
+    params: RcParams,
+    /// The server's address and port (we are the client), or the port
+    /// we listen on.
+    server: Option<IpAddr>,
+    me: IpAddr,
+    port: u16,
+    stall: Duration,
+    wcs: [Wc; 2],
+    inbox: Option<Vec<u8>>,
+}
+
+impl CmOob {
+    fn post_recv(&mut self, node: &mut Node) -> Result<(), PeerError> {
+        let sge = [Sge {
+            addr: self.sbuf + CTRL_BUF,
+            length: CTRL_BUF as u32,
+            lkey: self.key,
+        }];
+        node.engine
+            .post_recv(
+                self.qp,
+                &RecvWr {
+                    wr_id: 1,
+                    sges: &sge,
+                },
+            )
+            .map_err(verbs("Couldn't post the control receive"))
+    }
+
+    fn send(&mut self, node: &mut Node, msg: &[u8]) -> Result<(), PeerError> {
+        let at = self.sbuf as usize;
+        node.engine.memory_mut().as_mut_slice()[at..at + msg.len()].copy_from_slice(msg);
+        let sge = [Sge {
+            addr: self.sbuf,
+            length: msg.len() as u32,
+            lkey: self.key,
+        }];
+        let wr = SendWr::new(0, SendOp::Send, &sge);
+        node.engine
+            .post_send(self.qp, &wr)
+            .map_err(verbs("Couldn't post the control send"))
+    }
+
+    /// Polls the control CQ until our send has completed (`send`) and/or
+    /// a message has come in (`recv`; taken from `inbox`). A message
+    /// that arrives while we wait for a send completion waits in `inbox`.
+    fn wait(
+        &mut self,
+        node: &mut Node,
+        mut send: bool,
+        recv: bool,
+    ) -> Result<Option<Vec<u8>>, PeerError> {
+        let mut last = Instant::now();
+        while send || (recv && self.inbox.is_none()) {
+            let n = node
+                .engine
+                .poll_cq(self.cq, &mut self.wcs)
+                .map_err(verbs("poll CQ failed"))?;
+            for i in 0..n {
+                let w = self.wcs[i];
+                if w.status != WcStatus::Success {
+                    return Err(PeerError::Completion {
+                        status: w.status,
+                        wr_id: w.wr_id,
+                    });
+                }
+                if w.wr_id == 1 {
+                    // The other side sends only after our answer, so at
+                    // most one message is ever waiting.
+                    let at = (self.sbuf + CTRL_BUF) as usize;
+                    let len = w.byte_len as usize;
+                    self.inbox = Some(node.engine.memory().as_slice()[at..at + len].to_vec());
+                    self.post_recv(node)?;
+                } else {
+                    send = false;
+                }
+            }
+            if n > 0 {
+                continue;
+            }
+            step(node, &mut last, self.stall, false)?;
+        }
+        Ok(if recv { self.inbox.take() } else { None })
+    }
+
+    /// One lock-step exchange over the control connection.
+    fn xchg(
+        &mut self,
+        node: &mut Node,
+        role: Role,
+        ours: &[u8],
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, PeerError> {
+        let theirs = if role == Role::Client {
+            self.send(node, ours)?;
+            self.wait(node, true, true)?
+        } else {
+            let t = self.wait(node, false, true)?;
+            self.send(node, ours)?;
+            self.wait(node, true, false)?;
+            t
+        }
+        .expect("waited for a receive");
+        if theirs.len() != len {
+            return Err(cfg(format!(
+                "{what}: the control message has {} bytes, not {len}",
+                theirs.len()
+            )));
+        }
+        Ok(theirs)
+    }
+}
+
 /// The state of one run.
 struct Run<'o> {
     t: Test,
     node: Node,
-    stream: TcpStream,
+    oob: Oob,
     role: Role,
     out: &'o mut dyn Write,
     /// The QPs (`-q`), QP 0 first.
@@ -496,11 +657,20 @@ impl Run<'_> {
     /// One lock-step exchange of `ours` for `len` bytes, keeping the link
     /// alive meanwhile.
     fn xchg(&mut self, ours: &[u8], len: usize, what: &str) -> Result<Vec<u8>, PeerError> {
-        let (stream, role) = (&mut self.stream, self.role);
-        let watch = self.node.watch();
-        self.node
-            .while_blocked(|| watch.exchange(stream, role, ours, len))?
-            .map_err(oob(what))
+        let role = self.role;
+        match &mut self.oob {
+            Oob::Tcp(stream) => {
+                let watch = self.node.watch();
+                self.node
+                    .while_blocked(|| watch.exchange(stream, role, ours, len))?
+                    .map_err(oob(what))
+            }
+            Oob::Cm(c) => c.xchg(&mut self.node, role, ours, len, what),
+        }
+    }
+
+    fn cm(&self) -> bool {
+        matches!(self.oob, Oob::Cm(_))
     }
 
     /// One key-record exchange for QP 0 (perftest's syncs use QP 0).
@@ -510,9 +680,14 @@ impl Run<'_> {
 
     /// One key-record exchange for QP `i`; the first one received is kept.
     fn key_xchg_qp(&mut self, i: usize) -> Result<PerftestDest, PeerError> {
-        let me = self.mes[i].to_wire();
-        let rec = self.xchg(&me, PerftestDest::LEN, "Couldn't exchange the key records")?;
-        let d = PerftestDest::parse(&rec)?;
+        const WHAT: &str = "Couldn't exchange the key records";
+        let d = if self.cm() {
+            let me = self.mes[i].to_cm_wire(u32::from(self.gid_index));
+            PerftestDest::parse_cm(&self.xchg(&me, PerftestDest::CM_LEN, WHAT)?)?
+        } else {
+            let me = self.mes[i].to_wire();
+            PerftestDest::parse(&self.xchg(&me, PerftestDest::LEN, WHAT)?)?
+        };
         if self.rems[i].is_none() {
             self.rems[i] = Some(d);
         }
@@ -537,8 +712,11 @@ impl Run<'_> {
     }
 
     fn done(&mut self) -> Result<(), PeerError> {
-        // Both sides write "done" and nobody reads it.
-        let _ = self.stream.write_all(DONE);
+        // Both sides write "done" and nobody reads it (over TCP; with
+        // rdma_cm the last key exchange is all).
+        if let Oob::Tcp(stream) = &mut self.oob {
+            let _ = stream.write_all(DONE);
+        }
         Ok(())
     }
 
@@ -588,8 +766,13 @@ impl Run<'_> {
         } else {
             let _ = writeln!(s, " Max inline data : 0[B]");
         }
-        let _ = writeln!(s, " rdma_cm QPs\t : OFF");
-        let _ = writeln!(s, " Data ex. method : Ethernet");
+        if self.cm() {
+            let _ = writeln!(s, " rdma_cm QPs\t : ON");
+            let _ = writeln!(s, " Data ex. method : rdma_cm");
+        } else {
+            let _ = writeln!(s, " rdma_cm QPs\t : OFF");
+            let _ = writeln!(s, " Data ex. method : Ethernet");
+        }
         let _ = write!(s, "{RESULT_LINE}");
         self.line(&s)
     }
@@ -618,6 +801,10 @@ impl Run<'_> {
     }
 
     fn gid_check(&self, rem: &PerftestDest) -> Result<(), PeerError> {
+        if self.cm() {
+            // The connections came from rdma_cm, not from the records.
+            return Ok(());
+        }
         let v4 = |g: Gid| g.0[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
         if v4(self.mes[0].gid) != v4(rem.gid) {
             return Err(cfg(
@@ -629,6 +816,11 @@ impl Run<'_> {
 
     /// RTR and RTS (or the address handle for UD) of QP `i` toward `rem`.
     fn connect(&mut self, i: usize, rem: PerftestDest) -> Result<(), PeerError> {
+        if self.cm() {
+            // rdma_cm connected the QP already (perftest skips
+            // ctx_connect with -R).
+            return Ok(());
+        }
         let qp = self.qps[i];
         let my_psn = self.mes[i].psn;
         if rem.gid.0 == [0; 16] {
@@ -829,18 +1021,31 @@ pub fn run(
     // Room for pages up to 64 KiB on the other side.
     let region = t.size.max(65536).next_multiple_of(64);
     let nq = u64::from(t.qps);
-    let mut node = Node::new(opts, (2 * nq * region + 64) as usize)?;
+    // With -R, the rdma_cm side's memory follows the QPs' halves.
+    let cm_base = (2 * nq * region + 64).next_multiple_of(4096);
+    let mem_len = if a.rdma_cm {
+        cm_base + CM_MEM
+    } else {
+        2 * nq * region + 64
+    };
+    let mut node = Node::new(opts, mem_len as usize)?;
     let gid_index = match a.gid_index {
         Some(i) => i,
-        // perftest prefers an IPv4-mapped GID.
-        None => (0..8u8)
-            .find(|&i| {
-                node.engine
-                    .gids()
-                    .get(usize::from(i))
-                    .is_some_and(|g| g.to_ip().is_ipv4())
-            })
-            .unwrap_or(0),
+        // perftest prefers an IPv4-mapped GID, or with --ipv6 an IPv6
+        // one (a global one before the link-local one here).
+        None => {
+            let ip = |i: u8| node.engine.gids().get(usize::from(i)).map(|g| g.to_ip());
+            let v6 = |i: u8| matches!(ip(i), Some(IpAddr::V6(x)) if !x.is_unicast_link_local());
+            (0..8u8)
+                .find(|&i| {
+                    if a.ipv6 {
+                        v6(i)
+                    } else {
+                        ip(i).is_some_and(|x| x.is_ipv4())
+                    }
+                })
+                .unwrap_or(0)
+        }
     };
     let my_gid = node.gid(Some(gid_index))?;
     let active = node.active_mtu();
@@ -925,21 +1130,17 @@ pub fn run(
     }
 
     let client = a.servername.is_some();
-    let stream = match &a.servername {
-        Some(server) => {
-            let timeout = opts.connect_timeout;
-            oob_connect(server, a.port, timeout)?
-        }
-        None => {
-            writeln!(
-                out,
-                "\n************************************\n* Waiting for client to connect... *\n************************************"
-            )
-            .map_err(PeerError::Output)?;
-            let _ = out.flush();
-            let port = a.port;
-            node.while_blocked(|| oob_accept(port))??
-        }
+    let role = if client { Role::Client } else { Role::Server };
+    let (oob, my_gid, gid_index) = if a.rdma_cm {
+        let c = cm_setup(&mut node, opts, &a, (pd, cm_base), out, t.out_reads)?;
+        let sgid = c.params.sgid_index;
+        (Oob::Cm(c), node.gid(Some(sgid))?, sgid)
+    } else {
+        (
+            Oob::Tcp(tcp_setup(&mut node, opts, &a, out)?),
+            my_gid,
+            gid_index,
+        )
     };
     let mes: Vec<PerftestDest> = qps
         .iter()
@@ -958,8 +1159,8 @@ pub fn run(
     let mut r = Run {
         t,
         node,
-        stream,
-        role: if client { Role::Client } else { Role::Server },
+        oob,
+        role,
         out,
         qps,
         scq,
@@ -987,9 +1188,204 @@ pub fn run(
         (Kind::Lat, Verb::Send) => send_lat(&mut r, stall)?,
         (Kind::Lat, _) => read_lat(&mut r, stall)?,
     }
+    if let Oob::Cm(c) = &mut r.oob {
+        // perftest disconnects every test connection (both sides do);
+        // its control connection goes when its process exits.
+        let tests = std::mem::take(&mut c.tests);
+        c.gsi.disconnect_all(&mut r.node, &tests)?;
+        let ctrl = c.ctrl;
+        c.gsi.disconnect_nowait(&mut r.node, &ctrl)?;
+    }
     // The other side's last packets may still want an ACK.
     r.node
         .linger(Duration::from_millis(300), Duration::from_secs(3))
+}
+
+/// perftest's TCP connection: to the server, or from the client we wait
+/// for.
+fn tcp_setup(
+    node: &mut Node,
+    opts: &PeerOptions,
+    a: &Args,
+    out: &mut dyn Write,
+) -> Result<TcpStream, PeerError> {
+    match &a.servername {
+        Some(server) => oob_connect(server, a.port, opts.connect_timeout),
+        None => {
+            writeln!(
+                out,
+                "\n************************************\n* Waiting for client to connect... *\n************************************"
+            )
+            .map_err(PeerError::Output)?;
+            let _ = out.flush();
+            let port = a.port;
+            node.while_blocked(|| oob_accept(port))?
+        }
+    }
+}
+
+/// perftest's rdma_cm side (`-R`): QP1 and the control QP in the node
+/// memory at `cm_base`, and the control connection: to the server's
+/// rdma_cm listener on the port, or from the client we wait for.
+fn cm_setup(
+    node: &mut Node,
+    opts: &PeerOptions,
+    a: &Args,
+    (pd, cm_base): (u32, u64),
+    out: &mut dyn Write,
+    out_reads: u8,
+) -> Result<Box<CmOob>, PeerError> {
+    let server = match &a.servername {
+        Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
+            cfg(format!(
+                "{s}: with -R the peer needs the server's IP address, not a name"
+            ))
+        })?),
+        None => None,
+    };
+    // Our address: of the server's family (a server answers from the
+    // address each REQ names). Stock perftest 6.06 resolves the server
+    // as IPv4 only; the peer also takes an IPv6 one.
+    let want_v4 = server.is_none_or(|x| x.is_ipv4());
+    let me = opts
+        .ips
+        .iter()
+        .map(|p| p.addr)
+        .find(|x| x.is_ipv4() == want_v4)
+        .ok_or_else(|| cfg("no --ip of the server's IP version"))?;
+    let sgid_index = node
+        .engine
+        .gids()
+        .find(Gid::from_ip(me))
+        .ok_or_else(|| cfg(format!("{me} has no GID")))? as u8;
+    let e = &mut node.engine;
+    let key = e
+        .reg_mr(pd, cm_base, CM_MEM, cm_base, Access::LOCAL_WRITE)
+        .map_err(verbs("Couldn't register MR"))?;
+    let cq = e.create_cq(16).map_err(verbs("Couldn't create CQ"))?;
+    // perftest's control QP: RC, one send and one receive at a time.
+    let qp = e
+        .create_qp(&QpInit {
+            qp_type: QpType::Rc,
+            pd,
+            send_cq: cq,
+            recv_cq: cq,
+            caps: QpCaps {
+                max_send_wr: 2,
+                max_recv_wr: 2,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: 0,
+            },
+            sq_sig_all: true,
+            srq: None,
+        })
+        .map_err(verbs("Couldn't create QP"))?;
+    let init = QpAttr {
+        state: Some(QpState::Init),
+        pkey_index: Some(0),
+        access: Some(Access(0)),
+        ..Default::default()
+    };
+    e.modify_qp(qp, &init, 0)
+        .map_err(verbs("Failed to modify QP to INIT"))?;
+    let gsi = Gsi::new(node, pd, key, cm_base, sgid_index)?;
+    let params = RcParams {
+        qp,
+        psn: random_psn(),
+        mtu: node.active_mtu(),
+        responder_resources: out_reads,
+        initiator_depth: out_reads,
+        sgid_index,
+        ca_guid: super::cm::ca_guid(opts),
+    };
+    let mut c = Box::new(CmOob {
+        gsi,
+        qp,
+        cq,
+        key,
+        sbuf: cm_base + GSI_MEM,
+        ctrl: Conn::default(),
+        tests: Vec::new(),
+        params,
+        server,
+        me,
+        port: a.port,
+        stall: opts.stall_timeout,
+        wcs: [super::blank_wc(); 2],
+        inbox: None,
+    });
+    // perftest posts its receive before it connects.
+    c.post_recv(node)?;
+    // The control connection has no responder resources (SEND only).
+    let ctrl = RcParams {
+        responder_resources: 0,
+        initiator_depth: 0,
+        ..params
+    };
+    c.ctrl = match server {
+        Some(dst) => {
+            let until = Instant::now() + opts.connect_timeout;
+            c.gsi
+                .connect_retrying(node, &ctrl, (me, dst, a.port), until)?
+        }
+        None => {
+            writeln!(
+                out,
+                "\n************************************\n* Waiting for client to connect... *\n************************************"
+            )
+            .map_err(PeerError::Output)?;
+            let _ = out.flush();
+            let wait = opts.stall_timeout.max(Duration::from_secs(600));
+            let (conn, _tid, rep) = c.gsi.accept(node, &ctrl, a.port, wait)?;
+            c.gsi.established(node, &conn, &rep, |_| false)?;
+            // Every later connection answers from the GID this one used.
+            c.params.sgid_index = c.gsi.sgid_index();
+            conn
+        }
+    };
+    Ok(c)
+}
+
+/// With `-R`, after the MTU exchange (perftest's
+/// create_rdma_cm_connection): a handshake of zeroed records, one
+/// rdma_cm connection per test QP on the same port, another handshake.
+fn cm_connect_tests(r: &mut Run<'_>) -> Result<(), PeerError> {
+    let zero = [0u8; PerftestDest::CM_LEN];
+    r.xchg(
+        &zero,
+        PerftestDest::CM_LEN,
+        "Couldn't sync before the rdma_cm QPs",
+    )?;
+    let Oob::Cm(c) = &mut r.oob else {
+        return Ok(());
+    };
+    for (&qp, me) in r.qps.iter().zip(&r.mes) {
+        let p = RcParams {
+            qp,
+            psn: me.psn,
+            ..c.params
+        };
+        let conn = match c.server {
+            Some(dst) => {
+                let until = Instant::now() + c.stall;
+                c.gsi
+                    .connect_retrying(&mut r.node, &p, (c.me, dst, c.port), until)?
+            }
+            None => {
+                let (conn, _tid, rep) = c.gsi.accept(&mut r.node, &p, c.port, c.stall)?;
+                c.gsi.established(&mut r.node, &conn, &rep, |_| false)?;
+                conn
+            }
+        };
+        c.tests.push(conn);
+    }
+    r.xchg(
+        &zero,
+        PerftestDest::CM_LEN,
+        "Couldn't sync after the rdma_cm QPs",
+    )?;
+    Ok(())
 }
 
 /// Versions, page and cache-line sizes, MTU; then the buffer layout and
@@ -1016,6 +1412,9 @@ fn prefix(r: &mut Run<'_>) -> Result<(), PeerError> {
     r.mtu = r.mtu.min(theirs);
     if r.t.qp_type == QpType::Ud && !r.t.all && r.t.size > r.mtu.bytes() as u64 {
         return Err(cfg(" Max message size in UD cannot be greater than MTU "));
+    }
+    if r.cm() {
+        cm_connect_tests(r)?;
     }
     let region = r.t.size.max(r.cycle).next_multiple_of(r.cache_line);
     let n = r.qps.len() as u64;

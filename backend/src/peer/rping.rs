@@ -276,11 +276,7 @@ pub fn run(opts: &PeerOptions, args: &[String], out: &mut dyn Write) -> Result<(
                 .is_some_and(|g| g.to_ip() == me)
         })
         .ok_or_else(|| PeerError::Config(format!("{me} is not one of our addresses (--ip)")))?;
-    let mac = match opts.mac {
-        Some(m) => m.0,
-        None => super::default_mac(opts.ips[0].addr),
-    };
-    let ca_guid = u64::from_be_bytes(super::link_local(mac).octets()[8..].try_into().expect("8"));
+    let ca_guid = super::cm::ca_guid(opts);
 
     let e = &mut node.engine;
     let pd = e.alloc_pd().map_err(verbs("Couldn't allocate PD"))?;
@@ -352,21 +348,9 @@ pub fn run(opts: &PeerOptions, args: &[String], out: &mut dyn Write) -> Result<(
         // Like the tools' TCP handshake, retry while the server is not
         // listening yet, for --connect-timeout.
         let until = Instant::now() + opts.connect_timeout;
-        let conn = loop {
-            match r.gsi.connect(&mut r.node, &params, me, dst, a.port) {
-                // Rejected (nobody listens yet) or unreachable (the
-                // server's host is not up yet).
-                Err(PeerError::Rejected(_) | PeerError::Link(netdev::LinkError::Neighbour(_)))
-                    if Instant::now() < until =>
-                {
-                    let end = Instant::now() + Duration::from_millis(500);
-                    while Instant::now() < end {
-                        r.node.progress(Duration::from_millis(20))?;
-                    }
-                }
-                other => break other?,
-            }
-        };
+        let conn = r
+            .gsi
+            .connect_retrying(&mut r.node, &params, (me, dst, a.port), until)?;
         if a.debug {
             eprintln!("connected to {dst}:{} (QP {:#x})", a.port, conn.remote_qpn);
         }
