@@ -1,6 +1,6 @@
 //! Fuzzes the CM MAD parsers (`transport::wire::cm`): arbitrary bytes go
 //! through `MadHeader::parse`, the parser of the message it names, and
-//! `CmaHeader::parse` on a REQ's private data.
+//! `CmaHeader::parse` on a REQ's private data; SIDR_REQ and SIDR_REP too.
 //!
 //! Properties asserted, beyond "never panics": a REQ, REP or ID-only
 //! message that parses re-emits to bytes that parse to the same repr,
@@ -8,7 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use transport::wire::cm::{CmAttr, CmaHeader, IdsRepr, MAD_LEN, MadHeader, RepRepr, ReqRepr};
+use transport::wire::cm::{
+    CmAttr, CmaHeader, IdsRepr, MAD_LEN, MadHeader, RepRepr, ReqRepr, SidrRepRepr, SidrReqRepr,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(h) = MadHeader::parse(data) else {
@@ -35,6 +37,16 @@ fuzz_target!(|data: &[u8]| {
             let r = IdsRepr::parse(data).expect("an ID-only message parses");
             r.emit(h.tid, &mut out);
             assert_eq!(IdsRepr::parse(&out).expect("emitted message parses"), r);
+        }
+        CmAttr::SidrReq => {
+            let r = SidrReqRepr::parse(data).expect("a SIDR_REQ with a valid header parses");
+            r.emit(h.tid, &mut out);
+            assert_eq!(SidrReqRepr::parse(&out).expect("emitted SIDR_REQ parses"), r);
+        }
+        CmAttr::SidrRep => {
+            let r = SidrRepRepr::parse(data).expect("a SIDR_REP with a valid header parses");
+            r.emit(h.tid, &mut out);
+            assert_eq!(SidrRepRepr::parse(&out).expect("emitted SIDR_REP parses"), r);
         }
         CmAttr::Mra => {}
     }

@@ -157,7 +157,9 @@ suite_steps() {
       [ "$1" = perftest ] && steps+=("ib_write_bw -R -n 200 -s 65536"
               "ib_read_bw -R -n 200 -s 65536 -q 2" "ib_send_bw -R -n 200 -s 4096"
               "ib_atomic_bw -R -n 200" "ib_write_bw -R -n 200 -b"
-              "ib_send_lat -R -n 200" "ib_write_lat -R -n 200" "ib_read_lat -R -n 200")
+              "ib_send_lat -R -n 200" "ib_write_lat -R -n 200" "ib_read_lat -R -n 200"
+              "ib_send_bw -R -c UD -n 200 -s 1024" "ib_send_lat -R -c UD -n 200"
+              "ib_send_bw -R -c UD -n 200 -s 512 -b")
       [ "$1" = perftest9000 ] && steps+=("ib_read_bw -x 1 -n 200 -s 65536 -m 4096"
               "ib_write_bw -R -n 200 -s 65536"
               "ib_send_lat -x 2 -n 200 -c UD -s 4096")

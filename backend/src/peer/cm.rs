@@ -8,7 +8,12 @@
 //! space and the port) with the rdma_cm header (addresses and source
 //! port) in its private data; the passive side answers the REQ for its
 //! port with a REP and moves its QP to RTS; the RTU (or the first data
-//! packet) completes it.
+//! packet) completes it. Several connections can be set up one after the
+//! other on one port (a REQ that comes early waits for its turn).
+//!
+//! A UD QP is resolved with SIDR instead (the rdma_cm UDP port space):
+//! a SIDR_REQ with the same rdma_cm header, answered by a SIDR_REP that
+//! names the QP and its Q_Key.
 
 use std::{
     collections::VecDeque,
@@ -25,7 +30,10 @@ use transport::{
     },
     wire::{
         GSI_QKEY, Mtu,
-        cm::{CmAttr, CmaHeader, IdsRepr, MAD_LEN, MadHeader, RDMA_PS_TCP, RepRepr, ReqRepr},
+        cm::{
+            CmAttr, CmaHeader, IdsRepr, MAD_LEN, MadHeader, RDMA_PS_TCP, RDMA_PS_UDP, RepRepr,
+            ReqRepr, SIDR_SUCCESS, SIDR_UNSUPPORTED, SidrRepRepr, SidrReqRepr,
+        },
     },
 };
 
@@ -56,6 +64,8 @@ pub struct Gsi {
     /// and our REP to each, so that a repeated REQ gets the same REP
     /// instead of a second connection.
     accepted: Vec<(Gid, u32, [u8; MAD_LEN])>,
+    /// The same for SIDR: the asker, its request ID and our SIDR_REP.
+    resolved: Vec<(Gid, u32, [u8; MAD_LEN])>,
 }
 
 /// An established RC connection's parameters.
@@ -160,6 +170,7 @@ impl Gsi {
             wcs: [super::blank_wc(); 8],
             pending: VecDeque::new(),
             accepted: Vec::new(),
+            resolved: Vec::new(),
         };
         for slot in 0..SLOTS {
             g.post_recv(node, slot)?;
@@ -237,16 +248,7 @@ impl Gsi {
             let slot = w.wr_id;
             let at = (self.base + slot * SLOT) as usize;
             let mem = node.engine.memory().as_slice();
-            let grh = &mem[at..at + 40];
-            // The GRH area holds the IPv6 header, or the IPv4 header in
-            // its last 20 bytes.
-            let src = if grh[20] >> 4 == 4 {
-                Gid::from_ip(IpAddr::from([grh[32], grh[33], grh[34], grh[35]]))
-            } else {
-                let mut g = [0u8; 16];
-                g.copy_from_slice(&grh[8..24]);
-                Gid(g)
-            };
+            let src = grh_source(&mem[at..at + 40]);
             let mut mad = [0u8; MAD_LEN];
             mad.copy_from_slice(&mem[at + 40..at + 40 + MAD_LEN]);
             self.post_recv(node, slot)?;
@@ -691,6 +693,166 @@ impl Gsi {
         let mut mad = [0u8; MAD_LEN];
         dreq.emit(tid, &mut mad);
         self.send(node, conn.remote_gid, &mad)
+    }
+}
+
+/// The source GID in the 40-byte GRH area of a UD receive: the IPv6
+/// header there, or the IPv4 header in its last 20 bytes.
+pub fn grh_source(grh: &[u8]) -> Gid {
+    if grh[20] >> 4 == 4 {
+        Gid::from_ip(IpAddr::from([grh[32], grh[33], grh[34], grh[35]]))
+    } else {
+        let mut g = [0u8; 16];
+        g.copy_from_slice(&grh[8..24]);
+        Gid(g)
+    }
+}
+
+/// The other side's UD QP as SIDR resolved it.
+#[derive(Debug, Clone, Copy)]
+pub struct UdPeer {
+    /// Its GID.
+    pub gid: Gid,
+    /// Its QP.
+    pub qpn: u32,
+    /// Its Q_Key.
+    pub qkey: u32,
+}
+
+impl Gsi {
+    /// Active side of a UD "connection": asks the rdma_cm listener at
+    /// `dst`:`port` (UDP port space) with SIDR_REQs, once a second, for
+    /// the UD QP that serves it. A reply saying nobody listens there
+    /// (yet) is asked again every half second until `until`.
+    pub fn sidr_resolve(
+        &mut self,
+        node: &mut Node,
+        sgid_index: u8,
+        (src, dst, port): (IpAddr, IpAddr, u16),
+        until: Instant,
+    ) -> Result<UdPeer, PeerError> {
+        self.sgid_index = sgid_index;
+        let dgid = Gid::from_ip(dst);
+        let service_id = RDMA_PS_UDP | u64::from(port);
+        loop {
+            let request_id = super::random_psn() | 0x0300_0000;
+            let src_port = 0x8000 | (super::random_psn() as u16 & 0x7fff);
+            let mut private_data = [0u8; 216];
+            CmaHeader { src_port, src, dst }.emit(&mut private_data);
+            let req = SidrReqRepr {
+                request_id,
+                pkey: 0xffff,
+                service_id,
+                private_data,
+            };
+            let mut mad = [0u8; MAD_LEN];
+            req.emit(self.next_tid(), &mut mad);
+            let mut status = None;
+            'ask: for _ in 0..RETRIES {
+                self.send(node, dgid, &mad)?;
+                let by = Instant::now() + RESEND;
+                while let Some((_, m)) =
+                    self.wait_mad(node, by.saturating_duration_since(Instant::now()))?
+                {
+                    let Ok(r) = SidrRepRepr::parse(&m) else {
+                        continue;
+                    };
+                    if r.request_id != request_id {
+                        continue;
+                    }
+                    if r.status == SIDR_SUCCESS {
+                        return Ok(UdPeer {
+                            gid: dgid,
+                            qpn: r.qpn,
+                            qkey: r.qkey,
+                        });
+                    }
+                    status = Some(r.status);
+                    break 'ask;
+                }
+            }
+            match status {
+                Some(SIDR_UNSUPPORTED) if Instant::now() < until => {
+                    let end = Instant::now() + Duration::from_millis(500);
+                    while Instant::now() < end {
+                        node.progress(Duration::from_millis(20))?;
+                    }
+                }
+                Some(st) => {
+                    return Err(cm_err(format!(
+                        "SIDR: {dst} answered status {st} for port {port} (1: nobody listens)"
+                    )));
+                }
+                None => {
+                    return Err(cm_err(format!(
+                        "no SIDR reply from {dst} after {RETRIES} SIDR_REQs"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Passive side: waits up to `wait` for a SIDR_REQ to `port` (UDP
+    /// port space) and answers it with our UD QP `qpn` and `qkey`; a
+    /// SIDR_REQ for another port is answered "unsupported". Returns the
+    /// asker's GID and the GID index its request names (ours).
+    pub fn sidr_accept(
+        &mut self,
+        node: &mut Node,
+        (qpn, qkey): (u32, u32),
+        port: u16,
+        wait: Duration,
+    ) -> Result<(Gid, u8), PeerError> {
+        let until = Instant::now() + wait;
+        let service_id = RDMA_PS_UDP | u64::from(port);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PeerError::Stalled(wait));
+            }
+            let Some((src, m)) = self.wait_mad(node, left)? else {
+                continue;
+            };
+            let Ok(req) = SidrReqRepr::parse(&m) else {
+                continue;
+            };
+            let tid = MadHeader::parse(&m)?.tid;
+            // A SIDR_REQ repeated after we answered it gets the same
+            // answer, not the next QP.
+            if let Some((_, _, rep)) = self
+                .resolved
+                .iter()
+                .find(|(g, id, _)| *g == src && *id == req.request_id)
+            {
+                let rep = *rep;
+                self.send(node, src, &rep)?;
+                continue;
+            }
+            let ours = req.service_id == service_id;
+            // Answer from the address the asker named.
+            let sgid = CmaHeader::parse(&req.private_data)
+                .ok()
+                .and_then(|h| node.engine.gids().find(Gid::from_ip(h.dst)));
+            let (status, sgid) = match (ours, sgid) {
+                (true, Some(g)) => (SIDR_SUCCESS, g as u8),
+                _ => (SIDR_UNSUPPORTED, self.sgid_index),
+            };
+            self.sgid_index = sgid;
+            let rep = SidrRepRepr {
+                request_id: req.request_id,
+                status,
+                qpn: if status == SIDR_SUCCESS { qpn } else { 0 },
+                service_id: req.service_id,
+                qkey: if status == SIDR_SUCCESS { qkey } else { 0 },
+            };
+            let mut out = [0u8; MAD_LEN];
+            rep.emit(tid, &mut out);
+            self.send(node, src, &out)?;
+            if status == SIDR_SUCCESS {
+                self.resolved.push((src, req.request_id, out));
+                return Ok((src, sgid));
+            }
+        }
     }
 }
 

@@ -16,8 +16,8 @@
 //! its own halves of the buffer, as perftest does. `-a` runs every size,
 //! `-D` runs for a duration. `-R` (rdma_cm) carries the same sequence
 //! over an rdma_cm control connection (binary key records, one SEND per
-//! message) and connects each test QP with rdma_cm ([`CmOob`]).
-//! Not built yet: `-R -c UD` (SIDR), refused with an error naming it.
+//! message) and connects each test QP with rdma_cm ([`CmOob`]), or
+//! resolves it with SIDR for UD.
 
 use std::{
     fmt::Write as _,
@@ -34,7 +34,7 @@ use transport::{
         Access, AhAttr, QpAttr, QpCaps, QpState, QpType, RecvWr, SendOp, SendWr, Sge, UdDest, Wc,
         WcStatus,
     },
-    wire::Mtu,
+    wire::{Mtu, cm::RDMA_UDP_QKEY},
 };
 
 use super::{
@@ -324,10 +324,6 @@ impl Test {
         };
         if a.rdma_cm && qp_type == QpType::Uc {
             return Err(cfg(" UC is not supported in librdmacm"));
-        }
-        if a.rdma_cm && qp_type == QpType::Ud {
-            // rdma_cm resolves UD QPs with SIDR, which our CM lacks.
-            return Err(cfg("-R with -c UD is not supported by the peer yet"));
         }
         if qp_type == QpType::Ud && verb != Verb::Send {
             return Err(cfg(" UD connection only possible in SEND verb"));
@@ -1109,7 +1105,8 @@ pub fn run(
             } else {
                 remote
             }),
-            qkey: ud.then_some(QKEY),
+            // rdma_cm gives its UD QPs its own Q_Key.
+            qkey: ud.then_some(if a.rdma_cm { RDMA_UDP_QKEY } else { QKEY }),
             ..Default::default()
         };
         e.modify_qp(qp, &init, 0)
@@ -1347,6 +1344,101 @@ fn cm_setup(
     Ok(c)
 }
 
+/// With `-R -c UD`: each test QP resolved with SIDR (the client asks,
+/// the server answers with its QP and rdma_cm's Q_Key). In the latency
+/// tests and with `-b` the client then sends its QPN as the immediate
+/// of a 4-byte SEND, from which the server takes its address handle.
+fn cm_resolve_ud(r: &mut Run<'_>) -> Result<(), PeerError> {
+    let Oob::Cm(c) = &mut r.oob else {
+        return Ok(());
+    };
+    let (me, port, stall, server) = (c.me, c.port, c.stall, c.server);
+    let sgid = c.params.sgid_index;
+    let back = r.t.kind == Kind::Lat || r.t.bidir;
+    for i in 0..r.qps.len() {
+        let qp = r.qps[i];
+        // The receive half of the QP takes the GRH and the QPN.
+        let grh_at = r.half + i as u64 * r.region;
+        super::ready_ud(&mut r.node.engine, qp, r.mes[i].psn)?;
+        let ah = |dgid| AhAttr {
+            dgid,
+            sgid_index: sgid,
+            hop_limit: 0xff,
+            ..Default::default()
+        };
+        let Oob::Cm(c) = &mut r.oob else {
+            unreachable!("checked above")
+        };
+        match server {
+            Some(dst) => {
+                let until = Instant::now() + stall;
+                let p = c
+                    .gsi
+                    .sidr_resolve(&mut r.node, sgid, (me, dst, port), until)?;
+                let dest = UdDest {
+                    ah: ah(p.gid),
+                    remote_qpn: p.qpn,
+                    remote_qkey: p.qkey,
+                };
+                r.ud[i] = Some(dest);
+                if back {
+                    let sge = [Sge {
+                        addr: IOVA + i as u64 * r.region,
+                        length: 4,
+                        lkey: r.key,
+                    }];
+                    let mut wr = SendWr::new(0, SendOp::SendWithImm(qp), &sge);
+                    wr.ud = Some(dest);
+                    r.node
+                        .engine
+                        .post_send(qp, &wr)
+                        .map_err(verbs("Couldn't post send my QP number"))?;
+                    r.wait_one_until(r.scq, stall, None)?;
+                }
+            }
+            None => {
+                if back {
+                    // perftest's receive for it: a GRH and 4 bytes.
+                    let sge = [Sge {
+                        addr: IOVA + grh_at,
+                        length: (GRH + 4) as u32,
+                        lkey: r.key,
+                    }];
+                    r.node
+                        .engine
+                        .post_recv(
+                            qp,
+                            &RecvWr {
+                                wr_id: 0,
+                                sges: &sge,
+                            },
+                        )
+                        .map_err(verbs("Couldn't post receive"))?;
+                }
+                c.gsi
+                    .sidr_accept(&mut r.node, (qp, RDMA_UDP_QKEY), port, stall)?;
+                if back {
+                    let w = r
+                        .wait_one_until(r.rcq, stall, None)?
+                        .expect("no duration window");
+                    let at = grh_at as usize;
+                    let src =
+                        super::cm::grh_source(&r.node.engine.memory().as_slice()[at..at + 40]);
+                    let remote_qpn = w
+                        .imm_data
+                        .ok_or_else(|| cfg("the client's first SEND carried no QP number"))?;
+                    r.ud[i] = Some(UdDest {
+                        ah: ah(src),
+                        remote_qpn,
+                        remote_qkey: RDMA_UDP_QKEY,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// With `-R`, after the MTU exchange (perftest's
 /// create_rdma_cm_connection): a handshake of zeroed records, one
 /// rdma_cm connection per test QP on the same port, another handshake.
@@ -1357,6 +1449,16 @@ fn cm_connect_tests(r: &mut Run<'_>) -> Result<(), PeerError> {
         PerftestDest::CM_LEN,
         "Couldn't sync before the rdma_cm QPs",
     )?;
+    if r.t.qp_type == QpType::Ud {
+        cm_resolve_ud(r)?;
+        return r
+            .xchg(
+                &zero,
+                PerftestDest::CM_LEN,
+                "Couldn't sync after the rdma_cm QPs",
+            )
+            .map(|_| ());
+    }
     let Oob::Cm(c) = &mut r.oob else {
         return Ok(());
     };

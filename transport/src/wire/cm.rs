@@ -1,6 +1,7 @@
 //! Communication Management MADs (IBTA vol. 1 chapter 12) as rdma_cm uses
 //! them on RoCE: the 24-byte MAD header and the REQ, REP, RTU, DREQ, DREP
-//! and REJ messages, plus the rdma_cm header that a REQ carries in its
+//! and REJ messages, SIDR_REQ and SIDR_REP (how rdma_cm resolves a UD
+//! QP), plus the rdma_cm header that a REQ or SIDR_REQ carries in its
 //! private data (the IP addresses and port of the connection).
 //!
 //! Each message is a plain `Repr` with `parse` and `emit` over the whole
@@ -21,6 +22,15 @@ pub const CM_CLASS: u8 = 0x07;
 pub const METHOD_SEND: u8 = 0x03;
 /// The rdma_cm service ID of the TCP port space: 0x0106 then the port.
 pub const RDMA_PS_TCP: u64 = 0x0000_0000_0106_0000;
+/// The rdma_cm service ID of the UDP port space (UD QPs, resolved with
+/// SIDR): 0x0111 then the port.
+pub const RDMA_PS_UDP: u64 = 0x0000_0000_0111_0000;
+/// The Q_Key rdma_cm gives the UD QPs of its UDP port space.
+pub const RDMA_UDP_QKEY: u32 = 0x0123_4567;
+/// SIDR_REP status: the QP was found.
+pub const SIDR_SUCCESS: u8 = 0;
+/// SIDR_REP status: no listener for the service ID.
+pub const SIDR_UNSUPPORTED: u8 = 1;
 
 /// The CM attribute IDs the peer knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +49,10 @@ pub enum CmAttr {
     Dreq = 0x0015,
     /// Disconnect reply.
     Drep = 0x0016,
+    /// Service ID resolution request (UD).
+    SidrReq = 0x0017,
+    /// Service ID resolution reply (UD).
+    SidrRep = 0x0018,
 }
 
 impl CmAttr {
@@ -51,6 +65,8 @@ impl CmAttr {
             0x0014 => CmAttr::Rtu,
             0x0015 => CmAttr::Dreq,
             0x0016 => CmAttr::Drep,
+            0x0017 => CmAttr::SidrReq,
+            0x0018 => CmAttr::SidrRep,
             _ => return None,
         })
     }
@@ -364,6 +380,108 @@ impl IdsRepr {
     }
 }
 
+/// A service ID resolution request: which UD QP serves a service ID (for
+/// rdma_cm, [`RDMA_PS_UDP`] | port; the rdma_cm header opens the private
+/// data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidrReqRepr {
+    /// The sender's request ID (the reply carries it).
+    pub request_id: u32,
+    /// P_Key.
+    pub pkey: u16,
+    /// Service ID.
+    pub service_id: u64,
+    /// Private data (216 bytes).
+    pub private_data: [u8; 216],
+}
+
+impl SidrReqRepr {
+    /// Parses a SIDR_REQ MAD.
+    pub fn parse(mad: &[u8]) -> Result<SidrReqRepr> {
+        let h = MadHeader::parse(mad)?;
+        if h.attr != CmAttr::SidrReq {
+            return Err(bad("not a SIDR_REQ"));
+        }
+        let b = &mad[BODY..];
+        let mut private_data = [0u8; 216];
+        private_data.copy_from_slice(&b[16..232]);
+        Ok(SidrReqRepr {
+            request_id: be32(b, 0),
+            pkey: be16(b, 4),
+            service_id: be64(b, 8),
+            private_data,
+        })
+    }
+
+    /// Writes the message (header with `tid` included) into `mad`.
+    pub fn emit(&self, tid: u64, mad: &mut [u8]) {
+        mad[..MAD_LEN].fill(0);
+        MadHeader {
+            method: METHOD_SEND,
+            tid,
+            attr: CmAttr::SidrReq,
+        }
+        .emit(mad);
+        let b = &mut mad[BODY..MAD_LEN];
+        b[0..4].copy_from_slice(&self.request_id.to_be_bytes());
+        b[4..6].copy_from_slice(&self.pkey.to_be_bytes());
+        b[8..16].copy_from_slice(&self.service_id.to_be_bytes());
+        b[16..232].copy_from_slice(&self.private_data);
+    }
+}
+
+/// A service ID resolution reply: the UD QP and Q_Key that serve the
+/// request's service ID, or a status saying why not. Additional
+/// information and private data are written as zero and not parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidrRepRepr {
+    /// The request ID of the SIDR_REQ answered.
+    pub request_id: u32,
+    /// [`SIDR_SUCCESS`], [`SIDR_UNSUPPORTED`] or another IBTA status.
+    pub status: u8,
+    /// The QP (24 bits).
+    pub qpn: u32,
+    /// Service ID.
+    pub service_id: u64,
+    /// The QP's Q_Key.
+    pub qkey: u32,
+}
+
+impl SidrRepRepr {
+    /// Parses a SIDR_REP MAD.
+    pub fn parse(mad: &[u8]) -> Result<SidrRepRepr> {
+        let h = MadHeader::parse(mad)?;
+        if h.attr != CmAttr::SidrRep {
+            return Err(bad("not a SIDR_REP"));
+        }
+        let b = &mad[BODY..];
+        Ok(SidrRepRepr {
+            request_id: be32(b, 0),
+            status: b[4],
+            qpn: be24(b, 8),
+            service_id: be64(b, 12),
+            qkey: be32(b, 20),
+        })
+    }
+
+    /// Writes the message (header with `tid` included) into `mad`.
+    pub fn emit(&self, tid: u64, mad: &mut [u8]) {
+        mad[..MAD_LEN].fill(0);
+        MadHeader {
+            method: METHOD_SEND,
+            tid,
+            attr: CmAttr::SidrRep,
+        }
+        .emit(mad);
+        let b = &mut mad[BODY..MAD_LEN];
+        b[0..4].copy_from_slice(&self.request_id.to_be_bytes());
+        b[4] = self.status;
+        put24(b, 8, self.qpn);
+        b[12..20].copy_from_slice(&self.service_id.to_be_bytes());
+        b[20..24].copy_from_slice(&self.qkey.to_be_bytes());
+    }
+}
+
 /// The rdma_cm header at the start of a REQ's private data: version 0,
 /// IP version, the active side's port and both addresses (IPv4 in the
 /// last 4 bytes of each 16).
@@ -516,5 +634,50 @@ mod tests {
         let mut p = [0u8; 92];
         p[1] = 0x50;
         assert!(CmaHeader::parse(&p).is_err());
+    }
+
+    #[test]
+    fn sidr_round_trip_at_the_spec_offsets() {
+        let mut private_data = [0u8; 216];
+        CmaHeader {
+            src_port: 0x9abc,
+            src: "10.77.0.2".parse().unwrap(),
+            dst: "10.77.0.1".parse().unwrap(),
+        }
+        .emit(&mut private_data);
+        let req = SidrReqRepr {
+            request_id: 0x1122_3344,
+            pkey: 0xffff,
+            service_id: RDMA_PS_UDP | 18515,
+            private_data,
+        };
+        let mut m = [0u8; MAD_LEN];
+        req.emit(7, &mut m);
+        assert_eq!(&m[16..18], &[0x00, 0x17]);
+        assert_eq!(&m[24..28], &[0x11, 0x22, 0x33, 0x44]);
+        assert_eq!(&m[28..30], &[0xff, 0xff]);
+        assert_eq!(&m[32..40], &[0, 0, 0, 0, 0x01, 0x11, 0x48, 0x53]);
+        assert_eq!(m[41], 0x40);
+        assert_eq!(SidrReqRepr::parse(&m).unwrap(), req);
+        let h = CmaHeader::parse(&SidrReqRepr::parse(&m).unwrap().private_data).unwrap();
+        assert_eq!(h.src_port, 0x9abc);
+
+        let rep = SidrRepRepr {
+            request_id: 0x1122_3344,
+            status: SIDR_SUCCESS,
+            qpn: 0x00ab_cdef,
+            service_id: RDMA_PS_UDP | 18515,
+            qkey: RDMA_UDP_QKEY,
+        };
+        rep.emit(7, &mut m);
+        assert_eq!(&m[16..18], &[0x00, 0x18]);
+        assert_eq!(m[28], 0);
+        assert_eq!(&m[32..36], &[0xab, 0xcd, 0xef, 0]);
+        assert_eq!(&m[36..44], &[0, 0, 0, 0, 0x01, 0x11, 0x48, 0x53]);
+        assert_eq!(&m[44..48], &[0x01, 0x23, 0x45, 0x67]);
+        assert_eq!(SidrRepRepr::parse(&m).unwrap(), rep);
+        // One is not the other.
+        assert!(SidrReqRepr::parse(&m).is_err());
+        assert!(IdsRepr::parse(&m).is_err());
     }
 }
