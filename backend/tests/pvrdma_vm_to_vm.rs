@@ -31,7 +31,8 @@ use std::{
 
 use common::{BIN, Daemon, GPA, Netns, Ram, VfioBus, is_root, pvrdma_daemon, sh};
 use pvrdma_model::{
-    abi::{Cqe, Sge, SqWqeHdr, wc_opcode, wr_opcode},
+    abi::{Cqe, Sge, SqWqeHdr, event, wc_opcode, wr_opcode},
+    cmd::code,
     driver::{
         Cq, Driver, Mr, Qp, QpSpec, gid_v4, send_wqe, sge, with_atomic, with_fast_reg,
         with_invalidate, with_rdma, with_ud,
@@ -978,6 +979,91 @@ fn two_guests_soak_rc_uc_ud_through_two_daemons_over_veth() {
         assert_eq!(l["send_err"], 0, "{v}");
         assert_eq!(v["rdma"]["objects"]["qps"], 3, "{v}");
     }
+    for vm in &mut vms {
+        assert_eq!(vm.daemon.stop(), Some(0), "clean exit");
+        let _ = std::fs::remove_dir_all(&vm.dir);
+    }
+}
+
+/// The link under a daemon vanishes while its guest has an RC QP with
+/// receives posted: as when rxe's netdev goes away, the PVRDMA port goes
+/// down (QUERY_PORT says DOWN), the QP moves to ERR and its receives
+/// complete with FLUSH_ERR, and the guest's async ring gets a fatal event
+/// for the QP and a port error. The daemon says so in its log, stays up
+/// and keeps answering the guest's commands.
+#[test]
+fn a_vanished_link_takes_the_port_down_under_the_guest() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pid = std::process::id();
+    let nsa = Netns::new(format!("vur-ld-a-{pid}"));
+    let nsb = Netns::new(format!("vur-ld-b-{pid}"));
+    let (ia, ib) = (
+        format!("ldva{}", pid % 100_000),
+        format!("ldvb{}", pid % 100_000),
+    );
+    sh(&[
+        "ip", "link", "add", &ia, "netns", &nsa.0, "type", "veth", "peer", "name", &ib, "netns",
+        &nsb.0,
+    ]);
+    sh(&["ip", "-n", &nsa.0, "link", "set", &ia, "up"]);
+    sh(&["ip", "-n", &nsb.0, "link", "set", &ib, "up"]);
+    let mut vms = [
+        Vm::boot(&nsa, &ia, "52:54:00:5b:00:01", [10, 89, 0, 1], "lda"),
+        Vm::boot(&nsb, &ib, "52:54:00:5b:00:02", [10, 89, 0, 2], "ldb"),
+    ];
+    connect(&mut vms, &mut SmallRng::seed_from_u64(7));
+    let a = &mut vms[0];
+    assert_eq!(a.drv.port_state().unwrap(), 4, "port ACTIVE");
+    assert!(a.drv.poll_async().is_empty(), "no event yet");
+    for id in 0..4u64 {
+        let s = [sge(a.va(64 * id), 64, a.mr.lkey)];
+        a.drv.post_recv(&mut a.qps[RC], 900 + id, &s);
+    }
+    a.drv.ring_rq(&a.qps[RC]);
+
+    // Deleting one end of the pair deletes both.
+    sh(&["ip", "-n", &nsa.0, "link", "del", &ia]);
+    let rc = a.qps[RC].handle;
+    let t = Instant::now();
+    let mut events = Vec::new();
+    while !events.contains(&(event::PORT_ERR, 1)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no port error within 10 s; events {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        events.extend(a.drv.poll_async());
+    }
+    assert!(
+        events.contains(&(event::QP_FATAL, rc)),
+        "a fatal event for the RC QP: {events:?}"
+    );
+    assert_eq!(a.drv.port_state().unwrap(), 1, "port DOWN");
+    assert_eq!(
+        a.drv.query_qp(rc).unwrap().qp_state.get(),
+        6,
+        "RC QP in ERR"
+    );
+    let mut c = Vec::new();
+    let t = Instant::now();
+    while c.len() < 4 {
+        assert!(t.elapsed() < Duration::from_secs(5), "flushed: {c:?}");
+        a.drv.poll_cq(&a.cq, 8, &mut c);
+    }
+    let mut got: Vec<(u64, u32)> = c.iter().map(|c| (c.wr_id.get(), c.status.get())).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        (900..904).map(|i| (i, 5)).collect::<Vec<_>>(),
+        "FLUSH_ERR"
+    );
+    // Still serving: the guest tears its QP down.
+    a.drv.destroy(code::DESTROY_QP, rc).unwrap();
+    let log = std::fs::read_to_string(a.dir.join("daemon.log")).unwrap();
+    assert!(log.contains("went down or vanished"), "{log}");
     for vm in &mut vms {
         assert_eq!(vm.daemon.stop(), Some(0), "clean exit");
         let _ = std::fs::remove_dir_all(&vm.dir);

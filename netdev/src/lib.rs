@@ -24,8 +24,10 @@
 //! [`LinkError::is_link_down`] holds; the loop driving the engine then
 //! takes the port down.
 //!
-//! Not built yet: batching (sendmmsg/recvmmsg, vnet headers). See the
-//! README's status table.
+//! Batching: the `udp` link receives with recvmmsg and sends bursts with
+//! sendmmsg ([`Link::send_queued`] and [`Link::flush`]), the `packet`
+//! link sends bursts with sendmmsg. Not built yet: batching on the `tap`
+//! link (vnet-header GSO). See the README's status table.
 
 pub mod eth;
 pub mod neigh;

@@ -204,6 +204,8 @@ pub struct Driver<B> {
     pub uar: u64,
     /// Commands sent so far.
     pub commands: u64,
+    /// The async ring's pages (ring state first), once probed.
+    async_pages: Vec<u64>,
 }
 
 impl<B: Bus> Driver<B> {
@@ -218,6 +220,7 @@ impl<B: Bus> Driver<B> {
             end: base + len,
             uar: 0,
             commands: 0,
+            async_pages: Vec::new(),
         }
     }
 
@@ -293,6 +296,7 @@ impl<B: Bus> Driver<B> {
         let version = self.bus.reg_read(reg::VERSION);
         let async_pages = self.scattered(4);
         let adir = self.page_dir(&async_pages);
+        self.async_pages = async_pages;
         let cq_pages = self.scattered(4);
         let cdir = self.page_dir(&cq_pages);
         let dsr = Dsr {
@@ -751,6 +755,39 @@ impl<B: Bus> Driver<B> {
                 .mem_write(cq.pages[0] + RX_CONS, &cons.to_le_bytes());
         }
         n
+    }
+
+    /// Takes the async events the device posted: (event type, info: the
+    /// QP, CQ or SRQ handle, or the port), oldest first.
+    pub fn poll_async(&mut self) -> Vec<(u32, u32)> {
+        let Some(&state) = self.async_pages.first() else {
+            return Vec::new();
+        };
+        // 3 pages of 8-byte events after the ring state.
+        let r = RingIdx::new((self.async_pages.len() as u32 - 1) * PAGE_SIZE as u32 / 8);
+        let prod = self.read_u32(state + RX_PROD);
+        let mut cons = self.read_u32(state + RX_CONS);
+        let mut out = Vec::new();
+        while let Ok(Some(slot)) = r.has_data(prod, cons) {
+            let off = 8 * u64::from(slot);
+            let gpa = self.async_pages[1 + (off / PAGE_SIZE) as usize] + off % PAGE_SIZE;
+            let raw = self.read(gpa, 8);
+            out.push((
+                u32::from_le_bytes(raw[0..4].try_into().expect("4")),
+                u32::from_le_bytes(raw[4..8].try_into().expect("4")),
+            ));
+            cons = r.next(cons);
+        }
+        if !out.is_empty() {
+            self.bus.mem_write(state + RX_CONS, &cons.to_le_bytes());
+        }
+        out
+    }
+
+    /// QUERY_PORT of port 1: its state (4 ACTIVE, 1 DOWN).
+    pub fn port_state(&mut self) -> Result<u32, Refused> {
+        let r = self.command_at(code::QUERY_PORT, &[(16, &[1])])?;
+        Ok(u32_at(&r, 16))
     }
 
     /// Arms the CQ for its next completion (`solicited`: the next

@@ -24,7 +24,7 @@ use std::{
 
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use netdev::{
     eth::EthLink,
     port::{FramePort, VNET_HDR_LEN},
@@ -61,6 +61,9 @@ struct RdmaSide {
     errs_logged: u32,
     errs_window: Instant,
     errs_suppressed: u64,
+    /// A send found the link gone: why (the port loop takes the port
+    /// down).
+    link_lost: Option<String>,
 }
 
 /// QP error lines logged per second at most; the rest are counted and
@@ -70,6 +73,19 @@ const QP_ERR_LINES_PER_SEC: u32 = 10;
 impl RdmaSide {
     fn now(&self) -> u64 {
         self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// The link is gone: the PVRDMA port goes down (QUERY_PORT says
+    /// DOWN) and, as rxe's do, every live QP moves to ERR; the flushed
+    /// completions, a fatal event per QP and a port error reach the
+    /// guest's rings. Returns how many QPs moved.
+    fn port_down(&mut self) -> usize {
+        let dev = self.host.device_mut();
+        dev.set_port_up(false);
+        let n = dev.engine_mut().port_down();
+        let fx = self.host.device_mut().service();
+        self.host.fire(fx);
+        n
     }
 
     /// Answers the vfio-user thread's waiting requests.
@@ -127,16 +143,18 @@ impl RdmaSide {
         {
             // On a `packet` port the frames of a burst go out together
             // (one sendmmsg); on a TAP one by one.
-            if self
-                .link
-                .send_queued(&t, &mut self.buf[..t.len], now)
-                .is_err()
-            {
+            if let Err(e) = self.link.send_queued(&t, &mut self.buf[..t.len], now) {
                 self.send_err += 1;
+                if e.is_link_down() && self.link_lost.is_none() {
+                    self.link_lost = Some(e.to_string());
+                }
             }
         }
-        if self.link.flush_queued().is_err() {
+        if let Err(e) = self.link.flush_queued() {
             self.send_err += 1;
+            if e.is_link_down() && self.link_lost.is_none() {
+                self.link_lost = Some(e.to_string());
+            }
         }
         let fx = self.host.device_mut().service();
         self.host.fire(fx);
@@ -276,6 +294,8 @@ pub struct StreamPort {
     control: Option<super::control::ControlEnd>,
     mac: [u8; 6],
     started: Instant,
+    /// The link went down or vanished: no more reads or writes on it.
+    link_down: bool,
 }
 
 impl StreamPort {
@@ -308,6 +328,7 @@ impl StreamPort {
             errs_logged: 0,
             errs_window: Instant::now(),
             errs_suppressed: 0,
+            link_lost: None,
         });
         StreamPort {
             listener,
@@ -323,7 +344,23 @@ impl StreamPort {
             control: None,
             mac,
             started: Instant::now(),
+            link_down: false,
         }
+    }
+
+    /// The link went down or vanished (`why`): once, the RDMA port goes
+    /// down under the guest and the port is no longer polled (frames
+    /// from the guest are dropped from then on).
+    fn take_link_down(&mut self, why: &str) {
+        if self.link_down {
+            return;
+        }
+        self.link_down = true;
+        let qps = self.device.as_mut().map_or(0, |d| d.port_down());
+        error!(
+            "the link {} went down or vanished ({why}): the PVRDMA port is down, {qps} QP(s) moved to the error state (their work requests complete with FLUSH_ERR; the guest gets a fatal event per QP and a port error); frames from the guest are dropped from now on",
+            self.port.name()
+        );
     }
 
     /// Counters so far.
@@ -355,6 +392,7 @@ impl StreamPort {
             "mac": super::mac_string(&self.mac),
             "uptime_s": self.started.elapsed().as_secs(),
             "guest_connected": self.conn.is_some(),
+            "link_down": self.link_down,
             "port": {
                 "tx_frames": s.tx_frames,
                 "rx_frames": s.rx_frames,
@@ -449,7 +487,9 @@ impl StreamPort {
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: self.port.fd(),
+                    // A gone link is not polled (it would report an
+                    // error forever).
+                    fd: if self.link_down { -1 } else { self.port.fd() },
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -496,6 +536,9 @@ impl StreamPort {
                 d.pump();
                 d.link.flush_tap();
             }
+            if let Some(why) = self.device.as_mut().and_then(|d| d.link_lost.take()) {
+                self.take_link_down(&why);
+            }
             if fds[3].revents != 0
                 && let Some(c) = &self.control
             {
@@ -525,6 +568,7 @@ impl StreamPort {
         };
         self.inbuf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
+        let mut lost = None;
         while self.inbuf.len() - at >= 4 {
             let len =
                 u32::from_be_bytes(self.inbuf[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
@@ -538,17 +582,24 @@ impl StreamPort {
             }
             let frame = &self.inbuf[at + 4..at + 4 + len];
             let hdr = [0u8; VNET_HDR_LEN];
-            let r = if self.port.vnet_hdr_len() > 0 {
+            let r = if self.link_down {
+                Ok(())
+            } else if self.port.vnet_hdr_len() > 0 {
                 self.port.write(&[&hdr, frame])
             } else {
                 self.port.write(&[frame])
             };
-            if r.is_ok() {
-                self.stats.tx_frames += 1;
+            match r {
+                Ok(()) if !self.link_down => self.stats.tx_frames += 1,
+                Err(e) if e.is_link_down() => lost = Some(e.to_string()),
+                _ => {}
             }
             at += 4 + len;
         }
         self.inbuf.drain(..at);
+        if let Some(why) = lost {
+            self.take_link_down(&why);
+        }
     }
 
     /// Reads the link's frames: RoCEv2 for us to the engine, the rest to
@@ -562,6 +613,7 @@ impl StreamPort {
             let n = match self.port.read_vnet(&mut hdr, &mut self.frame) {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
+                Err(e) if e.is_link_down() => return self.take_link_down(&e.to_string()),
                 Err(e) => {
                     warn!("reading the link failed: {e}");
                     return;
