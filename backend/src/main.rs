@@ -253,8 +253,11 @@ enum Command {
     ///
     /// Example: vhost-user-rdma perf --link memory --test write --max-size 1048576
     Perf {
-        /// The link between the engines: `memory` (one core, in memory) or
-        /// `udp` (the real UDP link over loopback; needs CAP_NET_RAW).
+        /// The link between the engines: `memory` (one core, in memory),
+        /// `udp` (the real UDP link over loopback; needs CAP_NET_RAW),
+        /// `veth` (the `packet` link on a veth pair between two private
+        /// namespaces) or `tap` (two TAPs on a bridge in a private
+        /// namespace); the last two need root.
         #[arg(long, value_enum, default_value = "memory")]
         link: backend::perf::PerfLink,
         /// Tests to run (repeat or comma-separate); all by default.
@@ -272,6 +275,10 @@ enum Command {
         /// Seconds spent on each measurement.
         #[arg(long, default_value_t = 0.5)]
         seconds: f64,
+        /// On `--link tap`: write every packet on its own instead of
+        /// gathering a burst's packets into GSO trains (for comparisons).
+        #[arg(long)]
+        no_tap_gso: bool,
     },
     /// Stand in for a stock RDMA tool on the other end of a real link:
     /// run our engine, speak the tool's TCP handshake, take the tool's
@@ -382,6 +389,7 @@ fn main() -> ExitCode {
             min_size,
             max_size,
             seconds,
+            no_tap_gso,
         } => {
             let tests = if test.is_empty() {
                 vec![
@@ -408,6 +416,7 @@ fn main() -> ExitCode {
                 min_size,
                 max_size,
                 duration: std::time::Duration::from_secs_f64(seconds),
+                tap_gso: !no_tap_gso,
             };
             let mut out = io::stdout().lock();
             match backend::perf::run(&opts, &mut out) {

@@ -54,6 +54,9 @@ pub enum PerfLink {
     /// The real `packet` link over a veth pair between two private network
     /// namespaces created for the run (needs root and `ip`), in real time.
     Veth,
+    /// The real `tap` link: two TAPs on a Linux bridge in a private network
+    /// namespace created for the run (needs root and `ip`), in real time.
+    Tap,
 }
 
 impl PerfLink {
@@ -62,6 +65,7 @@ impl PerfLink {
             PerfLink::Memory => "memory",
             PerfLink::Udp => "udp",
             PerfLink::Veth => "veth",
+            PerfLink::Tap => "tap",
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct PerfOptions {
     pub max_size: u32,
     /// Time spent on each measurement.
     pub duration: Duration,
+    /// On the `tap` link: gather queued packets into GSO trains (the
+    /// default) or write every packet on its own.
+    pub tap_gso: bool,
 }
 
 /// Why a run failed.
@@ -187,6 +194,8 @@ struct NetDuo<L> {
 const UDP_A: [u8; 4] = [127, 0, 0, 1];
 const UDP_B: [u8; 4] = [127, 0, 0, 2];
 /// The engines' addresses on the veth (the kernels' are .1 and .2).
+const TAP_A: [u8; 4] = [10, 92, 0, 11];
+const TAP_B: [u8; 4] = [10, 92, 0, 12];
 const VETH_A: [u8; 4] = [10, 91, 0, 11];
 const VETH_B: [u8; 4] = [10, 91, 0, 12];
 
@@ -334,6 +343,42 @@ fn veth_setup() -> Result<
     let (lb, sb) = joined?;
     let la = netdev::eth::EthLink::packet("va", vec![VETH_A.into()])?;
     let sa = UdpSocket::bind("10.91.0.1:0").map_err(PerfError::Baseline)?;
+    Ok((la, lb, sa, sb))
+}
+
+/// The TAP setup: this thread moves into a new namespace with bridge br0
+/// (kernel addresses 10.92.0.1 and .2, for the baselines' UDP sockets)
+/// and two TAPs on it, MTU 9000, opened as `tap` links (the engines are
+/// .11 and .12). Everything vanishes with the process.
+fn tap_setup(
+    gso: bool,
+) -> Result<
+    (
+        netdev::eth::EthLink,
+        netdev::eth::EthLink,
+        std::net::UdpSocket,
+        std::net::UdpSocket,
+    ),
+    PerfError,
+> {
+    unshare_net()?;
+    ip(&["link", "set", "lo", "up"])?;
+    ip(&["link", "add", "br0", "type", "bridge"])?;
+    let mut la =
+        netdev::eth::EthLink::tap("vpa", [2, 0x76, 0x75, 0x72, 0x92, 0xa], vec![TAP_A.into()])?;
+    let mut lb =
+        netdev::eth::EthLink::tap("vpb", [2, 0x76, 0x75, 0x72, 0x92, 0xb], vec![TAP_B.into()])?;
+    la.set_gso(gso);
+    lb.set_gso(gso);
+    for t in ["vpa", "vpb"] {
+        ip(&["link", "set", t, "mtu", "9000"])?;
+        ip(&["link", "set", t, "master", "br0", "up"])?;
+    }
+    ip(&["link", "set", "br0", "up"])?;
+    ip(&["addr", "add", "10.92.0.1/24", "dev", "br0"])?;
+    ip(&["addr", "add", "10.92.0.2/24", "dev", "br0"])?;
+    let sa = std::net::UdpSocket::bind("10.92.0.1:0").map_err(PerfError::Baseline)?;
+    let sb = std::net::UdpSocket::bind("10.92.0.2:0").map_err(PerfError::Baseline)?;
     Ok((la, lb, sa, sb))
 }
 
@@ -648,6 +693,12 @@ pub fn run<W: Write>(opts: &PerfOptions, out: &mut W) -> Result<(), PerfError> {
             let (la, lb, sa, sb) = veth_setup()?;
             let baseline = udp_baselines(&sa, &sb, base)?;
             let (ia, ib) = (VETH_A.into(), VETH_B.into());
+            (Box::new(NetDuo::new(ia, ib, la, lb)), Some(baseline))
+        }
+        PerfLink::Tap => {
+            let (la, lb, sa, sb) = tap_setup(opts.tap_gso)?;
+            let baseline = udp_baselines(&sa, &sb, base)?;
+            let (ia, ib) = (TAP_A.into(), TAP_B.into());
             (Box::new(NetDuo::new(ia, ib, la, lb)), Some(baseline))
         }
     };

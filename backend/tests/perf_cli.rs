@@ -110,3 +110,10 @@ fn perf_over_the_udp_link_reports_udp_baselines() {
 fn perf_over_veth_reports_udp_baselines() {
     perf_over("veth");
 }
+
+/// The `tap` link: two TAPs on a bridge in a namespace that the run
+/// creates (and that vanishes with the process).
+#[test]
+fn perf_over_taps_reports_udp_baselines() {
+    perf_over("tap");
+}

@@ -15,6 +15,14 @@
 //!   ICRC is computed over exactly these headers. IPv6 also gets a real UDP
 //!   checksum (a zero one is not allowed there). Headers and packet go out
 //!   in one `writev`, without copying the packet.
+//! - Batching on a TAP (opened with a virtio-net header): packets sent
+//!   with [`EthLink::send_queued`] that belong to one flow and have one
+//!   size (the last may be shorter) are gathered into a GSO train, which
+//!   [`EthLink::flush_queued`] writes as one frame (`GSO_UDP_L4`); the
+//!   kernel cuts it back into one datagram per packet, numbering the IPv4
+//!   IDs up from the first, so each packet's ICRC is computed with the ID
+//!   it will carry (0, 1, 2, ...). On `packet` the burst goes out with one
+//!   `sendmmsg` instead.
 //! - A packet for a neighbour not yet resolved waits in a small queue (at
 //!   most [`MAX_PENDING`] packets) and goes out when the answer comes; a
 //!   neighbour that never answers gives [`LinkError::Neighbour`].
@@ -84,6 +92,88 @@ pub const MAX_PENDING: usize = 64;
 /// Longest header we put in front of a packet: Ethernet + IPv6 + UDP.
 const MAX_HDR: usize = Ethernet2Header::LEN + Ipv6Header::LEN + UdpHeader::LEN;
 
+/// Packets one GSO train holds at most (the kernel's limit was 64 before
+/// Linux 6.2; the 64 KiB of an IP datagram bound it too).
+const GSO_MAX_SEGS: usize = 64;
+
+/// The flow a GSO train belongs to: every packet of a train has these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    traffic_class: u8,
+    hop_limit: u8,
+}
+
+/// Packets of one flow and one size waiting to be written to a TAP as one
+/// GSO frame: the virtio-net header, the first packet's Ethernet, IP and
+/// UDP headers, then the packets back to back.
+struct GsoTrain {
+    buf: Vec<u8>,
+    /// Ethernet + IP + UDP header bytes after the virtio-net header.
+    hlen: usize,
+    flow: Option<Flow>,
+    /// Every packet's size but the last one's (`gso_size`).
+    seg: usize,
+    /// Packets in the train.
+    n: usize,
+    /// A shorter packet ended the train.
+    closed: bool,
+}
+
+impl GsoTrain {
+    fn new() -> GsoTrain {
+        GsoTrain {
+            buf: Vec::with_capacity(VNET_HDR_LEN + MAX_HDR + 65536),
+            hlen: 0,
+            flow: None,
+            seg: 0,
+            n: 0,
+            closed: false,
+        }
+    }
+
+    /// Where a packet of `flow` and `len` bytes goes: its index in the
+    /// train, or `None` when the train must be written first.
+    fn slot(&self, flow: &Flow, len: usize) -> Option<usize> {
+        let ip_hdr = if flow.dst.is_ipv4() { 20 } else { 0 };
+        match self.flow {
+            None => Some(0),
+            Some(_)
+                if self.buf.len() + len - VNET_HDR_LEN - self.hlen + ip_hdr + UdpHeader::LEN
+                    > usize::from(u16::MAX) =>
+            {
+                None
+            }
+            Some(f) if f == *flow && !self.closed && len <= self.seg && self.n < GSO_MAX_SEGS => {
+                Some(self.n)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// The one's-complement sum of `bytes` as 16-bit big-endian words, folded.
+fn ones_sum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for p in parts {
+        for w in p.chunks(2) {
+            let v = if w.len() == 2 {
+                u16::from_be_bytes([w[0], w[1]])
+            } else {
+                u16::from_be_bytes([w[0], 0])
+            };
+            sum += u32::from(v);
+        }
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// Counters of one TAP link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EthLinkStats {
@@ -120,8 +210,15 @@ pub struct EthLink {
     stats: EthLinkStats,
     tap: Option<Box<dyn FrameTap>>,
     /// Frames queued by `send_queued` for one `sendmmsg` (sockets only:
-    /// the `packet` link; on a TAP they are written one by one).
+    /// the `packet` link).
     pub(crate) tx: Option<crate::sys::TxBatch>,
+    /// Packets queued by `send_queued` on a TAP with a virtio-net header,
+    /// for one GSO write.
+    gso: GsoTrain,
+    /// Whether `send_queued` gathers GSO trains (a TAP we opened; not a
+    /// port shared with the daemon's switch, whose captures and peers
+    /// expect one frame per packet there).
+    gso_on: bool,
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
@@ -132,8 +229,13 @@ impl EthLink {
     /// Opens TAP `name` (creating it if it does not exist) without the
     /// packet-information header; we are `mac` and own `addrs` on it.
     pub fn tap(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<EthLink, LinkError> {
-        let (file, name, _created) = open_tap(name, false)?;
-        Ok(EthLink::from_file(file, name, mac, addrs))
+        // With a virtio-net header, for GSO trains. Without TUNSETOFFLOAD
+        // the kernel hands us plain frames (a zero header in front).
+        let (file, name, _created) = open_tap(name, true)?;
+        let mut link = EthLink::from_file(file, name, mac, addrs);
+        link.vnet_hdr = true;
+        link.gso_on = true;
+        Ok(link)
     }
 
     /// The engine's link on a device that a [`FramePort`] already has
@@ -165,7 +267,15 @@ impl EthLink {
             stats: EthLinkStats::default(),
             tap: None,
             tx: None,
+            gso: GsoTrain::new(),
+            gso_on: false,
         }
+    }
+
+    /// Turns GSO trains on a TAP we opened off (or back on): then every
+    /// packet is written on its own (for comparisons).
+    pub fn set_gso(&mut self, on: bool) {
+        self.gso_on = on && self.vnet_hdr;
     }
 
     /// Replaces our addresses on the link (as a guest binds and unbinds
@@ -325,11 +435,39 @@ impl EthLink {
             ether_type: EtherType::IPV4,
         };
         let too_long = |_| LinkError::Unsupported("datagram too long");
-        let hlen = match (self.source(t)?, t.dgid.to_ip()) {
+        let (src, dst) = (self.source(t)?, t.dgid.to_ip());
+        // On a TAP with a virtio-net header, a queued packet joins the GSO
+        // train (written first if this packet cannot join it); anything
+        // else goes out after the train, in order.
+        let train = queue && self.gso_on && self.vnet_hdr && self.tx.is_none();
+        let flow = Flow {
+            mac,
+            src,
+            dst,
+            sport: t.udp_sport,
+            traffic_class: t.traffic_class,
+            hop_limit: t.hop_limit,
+        };
+        let pos = if train {
+            match self.gso.slot(&flow, ib.len()) {
+                Some(i) => i,
+                None => {
+                    self.flush_gso()?;
+                    0
+                }
+            }
+        } else {
+            self.flush_gso()?;
+            0
+        };
+        let hlen = match (src, dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 let mut ip =
                     Ipv4Header::new(0, t.hop_limit, IpNumber::UDP, src.octets(), dst.octets())
                         .map_err(too_long)?;
+                // The ID the kernel gives this packet when it cuts the
+                // train (the ICRC covers it).
+                ip.identification = pos as u16;
                 ip.dont_fragment = true;
                 ip.dscp = etherparse::IpDscp::try_new(t.traffic_class >> 2).unwrap_or_default();
                 ip.ecn = etherparse::IpEcn::try_new(t.traffic_class & 3).unwrap_or_default();
@@ -371,7 +509,22 @@ impl EthLink {
             }
             _ => unreachable!("source() returns an address of the destination's family"),
         };
-        if queue && self.tx.is_some() {
+        if train {
+            let g = &mut self.gso;
+            if pos == 0 {
+                g.buf.clear();
+                g.buf.resize(VNET_HDR_LEN, 0);
+                g.buf.extend_from_slice(&hdr[..hlen]);
+                g.hlen = hlen;
+                g.flow = Some(flow);
+                g.seg = ib.len();
+                g.n = 0;
+                g.closed = false;
+            }
+            g.buf.extend_from_slice(ib);
+            g.n += 1;
+            g.closed |= ib.len() < g.seg;
+        } else if queue && self.tx.is_some() {
             if self.tx.as_ref().is_some_and(|tx| tx.is_full()) {
                 self.flush_queued()?;
             }
@@ -396,8 +549,58 @@ impl EthLink {
         self.send_to_neighbour(t, ib, now, true)
     }
 
-    /// Sends the frames [`EthLink::send_queued`] queued.
+    /// Writes the GSO train, if any: one plain frame for a single packet,
+    /// else one `GSO_UDP_L4` frame whose headers cover the whole train
+    /// (lengths of all of it, the UDP checksum field holding the
+    /// pseudo-header sum for the kernel to finish per packet).
+    fn flush_gso(&mut self) -> Result<(), LinkError> {
+        let g = &mut self.gso;
+        let n = std::mem::take(&mut g.n);
+        let Some(flow) = g.flow.take() else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if n > 1 {
+            let (v, eth) = (VNET_HDR_LEN, Ethernet2Header::LEN);
+            let udp_len = (UdpHeader::LEN + g.buf.len() - v - g.hlen) as u16;
+            let (ip_len, src, dst): (usize, Vec<u8>, Vec<u8>) = match (flow.src, flow.dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => (20, s.octets().to_vec(), d.octets().to_vec()),
+                (IpAddr::V6(s), IpAddr::V6(d)) => (40, s.octets().to_vec(), d.octets().to_vec()),
+                _ => unreachable!("one family per flow"),
+            };
+            let ip = v + eth;
+            if ip_len == 20 {
+                let tot = 20 + udp_len;
+                g.buf[ip + 2..ip + 4].copy_from_slice(&tot.to_be_bytes());
+                g.buf[ip + 10..ip + 12].fill(0);
+                let c = !ones_sum(&[&g.buf[ip..ip + 20]]);
+                g.buf[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+            } else {
+                g.buf[ip + 4..ip + 6].copy_from_slice(&udp_len.to_be_bytes());
+            }
+            let udp = ip + ip_len;
+            g.buf[udp + 4..udp + 6].copy_from_slice(&udp_len.to_be_bytes());
+            let pseudo = ones_sum(&[&src, &dst, &[0, 17], &udp_len.to_be_bytes()]);
+            g.buf[udp + 6..udp + 8].copy_from_slice(&pseudo.to_be_bytes());
+            // virtio_net_hdr: NEEDS_CSUM, GSO_UDP_L4, header length, the
+            // segment size, where the UDP checksum starts and sits.
+            let le = |x: usize| (x as u16).to_le_bytes();
+            g.buf[0] = 1;
+            g.buf[1] = 5;
+            g.buf[2..4].copy_from_slice(&le(g.hlen));
+            g.buf[4..6].copy_from_slice(&le(g.seg));
+            g.buf[6..8].copy_from_slice(&le(eth + ip_len));
+            g.buf[8..10].copy_from_slice(&le(6));
+        }
+        write_frame(&self.file, &self.name, &[&self.gso.buf])
+    }
+
+    /// Sends the frames [`EthLink::send_queued`] queued (one `sendmmsg`
+    /// on `packet`, one GSO write per train on a TAP).
     pub fn flush_queued(&mut self) -> Result<(), LinkError> {
+        self.flush_gso()?;
         let Some(tx) = &mut self.tx else {
             return Ok(());
         };
@@ -466,7 +669,31 @@ impl EthLink {
     /// are counted and dropped.
     pub fn recv(&mut self, buf: &mut [u8], now: u64) -> Result<Option<Received>, LinkError> {
         loop {
-            let n = match (&*self.file).read(buf) {
+            let r = if self.vnet_hdr {
+                // The (zero) virtio-net header first.
+                let mut hdr = [0u8; VNET_HDR_LEN];
+                let iov = [
+                    libc::iovec {
+                        iov_base: hdr.as_mut_ptr().cast(),
+                        iov_len: VNET_HDR_LEN,
+                    },
+                    libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len(),
+                    },
+                ];
+                // SAFETY: both iovecs point into buffers borrowed mutably
+                // for the call, with their exact lengths.
+                let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok((n as usize).saturating_sub(VNET_HDR_LEN))
+                }
+            } else {
+                (&*self.file).read(buf)
+            };
+            let n = match r {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(source) => {

@@ -26,8 +26,9 @@
 //!
 //! Batching: the `udp` link receives with recvmmsg and sends bursts with
 //! sendmmsg ([`Link::send_queued`] and [`Link::flush`]), the `packet`
-//! link sends bursts with sendmmsg. Not built yet: batching on the `tap`
-//! link (vnet-header GSO). See the README's status table.
+//! link sends bursts with sendmmsg, the `tap` link writes each burst of
+//! one flow as one GSO frame through the TAP's virtio-net header. See the
+//! README's status table.
 
 pub mod eth;
 pub mod neigh;
