@@ -51,7 +51,7 @@ use transport::{
 use crate::{
     Link, LinkError, Received,
     neigh::{NeighError, Neighbours},
-    port::{FramePort, VNET_HDR_LEN, open_tap, write_frame},
+    port::{FramePort, VNET_HDR_LEN, open_tap, read_with_vnet_hdr, write_frame},
     sys::ifreq,
 };
 
@@ -671,25 +671,7 @@ impl EthLink {
         loop {
             let r = if self.vnet_hdr {
                 // The (zero) virtio-net header first.
-                let mut hdr = [0u8; VNET_HDR_LEN];
-                let iov = [
-                    libc::iovec {
-                        iov_base: hdr.as_mut_ptr().cast(),
-                        iov_len: VNET_HDR_LEN,
-                    },
-                    libc::iovec {
-                        iov_base: buf.as_mut_ptr().cast(),
-                        iov_len: buf.len(),
-                    },
-                ];
-                // SAFETY: both iovecs point into buffers borrowed mutably
-                // for the call, with their exact lengths.
-                let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), 2) };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok((n as usize).saturating_sub(VNET_HDR_LEN))
-                }
+                read_with_vnet_hdr(&self.file, &mut [0u8; VNET_HDR_LEN], buf)
             } else {
                 (&*self.file).read(buf)
             };

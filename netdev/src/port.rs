@@ -348,30 +348,14 @@ impl FramePort {
         if !self.vnet {
             return self.read(buf);
         }
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_mut_ptr().cast(),
-                iov_len: VNET_HDR_LEN,
-            },
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            },
-        ];
-        // SAFETY: both iovecs point into buffers borrowed mutably for the
-        // call, with their exact lengths.
-        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(LinkError::Device {
+        match read_with_vnet_hdr(&self.file, hdr, buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(source) => Err(LinkError::Device {
                 name: self.name.clone(),
-                source: e,
-            });
+                source,
+            }),
         }
-        Ok(Some((n as usize).saturating_sub(VNET_HDR_LEN)))
     }
 
     /// Writes one frame, given in up to four parts, with one `writev`
@@ -384,6 +368,32 @@ impl FramePort {
     pub fn mtu(&self) -> Result<u32, LinkError> {
         crate::eth::interface_mtu(&self.name)
     }
+}
+
+/// Reads one frame from a TAP opened with a virtio-net header: the header
+/// into `hdr`, the frame into `buf`, with one `readv`; the frame's length.
+pub(crate) fn read_with_vnet_hdr(
+    file: &File,
+    hdr: &mut [u8; VNET_HDR_LEN],
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_mut_ptr().cast(),
+            iov_len: VNET_HDR_LEN,
+        },
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+    ];
+    // SAFETY: both iovecs point into buffers borrowed mutably for the
+    // call, with their exact lengths.
+    let n = unsafe { libc::readv(file.as_raw_fd(), iov.as_ptr(), 2) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((n as usize).saturating_sub(VNET_HDR_LEN))
 }
 
 /// Writes one frame of up to four parts to `file` with one `writev`.

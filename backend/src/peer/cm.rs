@@ -593,6 +593,11 @@ impl Gsi {
 
     /// Sends a DREQ and waits for the DREP (or the other side's own DREQ).
     pub fn disconnect(&mut self, node: &mut Node, conn: &Conn) -> Result<(), PeerError> {
+        self.disconnect_all(node, std::slice::from_ref(conn))
+    }
+
+    /// A DREQ for `conn`, with a new transaction ID.
+    fn dreq(&mut self, conn: &Conn) -> [u8; MAD_LEN] {
         let tid = self.next_tid();
         let dreq = IdsRepr {
             attr: CmAttr::Dreq,
@@ -602,32 +607,7 @@ impl Gsi {
         };
         let mut mad = [0u8; MAD_LEN];
         dreq.emit(tid, &mut mad);
-        for _ in 0..3 {
-            self.send(node, conn.remote_gid, &mad)?;
-            let until = Instant::now() + RESEND;
-            while let Some((_, m)) =
-                self.wait_mad(node, until.saturating_duration_since(Instant::now()))?
-            {
-                let Ok(h) = MadHeader::parse(&m) else {
-                    continue;
-                };
-                let Ok(r) = IdsRepr::parse(&m) else { continue };
-                if r.remote_comm_id != conn.local_comm_id {
-                    continue;
-                }
-                match h.attr {
-                    CmAttr::Drep => return Ok(()),
-                    CmAttr::Dreq => {
-                        self.drep(node, conn, h.tid)?;
-                        return Ok(());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // The QP is going away either way; a lost DREP is not an error
-        // the user can act on.
-        Ok(())
+        mad
     }
 
     /// Disconnects every connection in `conns` at once, as a process
@@ -639,15 +619,7 @@ impl Gsi {
     pub fn disconnect_all(&mut self, node: &mut Node, conns: &[Conn]) -> Result<(), PeerError> {
         let mut open: Vec<(Conn, [u8; MAD_LEN])> = Vec::with_capacity(conns.len());
         for c in conns {
-            let tid = self.next_tid();
-            let dreq = IdsRepr {
-                attr: CmAttr::Dreq,
-                local_comm_id: c.local_comm_id,
-                remote_comm_id: c.remote_comm_id,
-                extra: c.remote_qpn,
-            };
-            let mut mad = [0u8; MAD_LEN];
-            dreq.emit(tid, &mut mad);
+            let mad = self.dreq(c);
             open.push((*c, mad));
         }
         for _ in 0..3 {
@@ -683,15 +655,7 @@ impl Gsi {
     /// Sends a DREQ for `conn` once, without waiting for the answer (the
     /// other side may answer only when its process exits).
     pub fn disconnect_nowait(&mut self, node: &mut Node, conn: &Conn) -> Result<(), PeerError> {
-        let tid = self.next_tid();
-        let dreq = IdsRepr {
-            attr: CmAttr::Dreq,
-            local_comm_id: conn.local_comm_id,
-            remote_comm_id: conn.remote_comm_id,
-            extra: conn.remote_qpn,
-        };
-        let mut mad = [0u8; MAD_LEN];
-        dreq.emit(tid, &mut mad);
+        let mad = self.dreq(conn);
         self.send(node, conn.remote_gid, &mad)
     }
 }

@@ -1198,6 +1198,17 @@ pub fn run(
         .linger(Duration::from_millis(300), Duration::from_secs(3))
 }
 
+/// What a perftest server prints before the client connects.
+fn waiting_banner(out: &mut dyn Write) -> Result<(), PeerError> {
+    writeln!(
+        out,
+        "\n************************************\n* Waiting for client to connect... *\n************************************"
+    )
+    .map_err(PeerError::Output)?;
+    let _ = out.flush();
+    Ok(())
+}
+
 /// perftest's TCP connection: to the server, or from the client we wait
 /// for.
 fn tcp_setup(
@@ -1209,12 +1220,7 @@ fn tcp_setup(
     match &a.servername {
         Some(server) => oob_connect(server, a.port, opts.connect_timeout),
         None => {
-            writeln!(
-                out,
-                "\n************************************\n* Waiting for client to connect... *\n************************************"
-            )
-            .map_err(PeerError::Output)?;
-            let _ = out.flush();
+            waiting_banner(out)?;
             let port = a.port;
             node.while_blocked(|| oob_accept(port))?
         }
@@ -1327,12 +1333,7 @@ fn cm_setup(
                 .connect_retrying(node, &ctrl, (me, dst, a.port), until)?
         }
         None => {
-            writeln!(
-                out,
-                "\n************************************\n* Waiting for client to connect... *\n************************************"
-            )
-            .map_err(PeerError::Output)?;
-            let _ = out.flush();
+            waiting_banner(out)?;
             let wait = opts.stall_timeout.max(Duration::from_secs(600));
             let (conn, _tid, rep) = c.gsi.accept(node, &ctrl, a.port, wait)?;
             c.gsi.established(node, &conn, &rep, |_| false)?;
