@@ -92,8 +92,9 @@ pub const MAX_PENDING: usize = 64;
 /// Longest header we put in front of a packet: Ethernet + IPv6 + UDP.
 const MAX_HDR: usize = Ethernet2Header::LEN + Ipv6Header::LEN + UdpHeader::LEN;
 
-/// Packets one GSO train holds at most (the kernel's limit was 64 before
-/// Linux 6.2; the 64 KiB of an IP datagram bound it too).
+/// Packets one GSO train holds at most: 64, the kernel's
+/// `UDP_MAX_SEGMENTS` in older kernels (newer ones take more); the 64 KiB
+/// of an IP datagram bound a train too.
 const GSO_MAX_SEGS: usize = 64;
 
 /// The flow a GSO train belongs to: every packet of a train has these.
@@ -227,7 +228,8 @@ fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
 
 impl EthLink {
     /// Opens TAP `name` (creating it if it does not exist) without the
-    /// packet-information header; we are `mac` and own `addrs` on it.
+    /// packet-information header and with a virtio-net header (for GSO
+    /// trains); we are `mac` and own `addrs` on it.
     pub fn tap(name: &str, mac: [u8; 6], addrs: Vec<IpAddr>) -> Result<EthLink, LinkError> {
         // With a virtio-net header, for GSO trains. Without TUNSETOFFLOAD
         // the kernel hands us plain frames (a zero header in front).
