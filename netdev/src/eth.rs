@@ -216,9 +216,10 @@ pub struct EthLink {
     /// Packets queued by `send_queued` on a TAP with a virtio-net header,
     /// for one GSO write.
     gso: GsoTrain,
-    /// Whether `send_queued` gathers GSO trains (a TAP we opened; not a
-    /// port shared with the daemon's switch, whose captures and peers
-    /// expect one frame per packet there).
+    /// Whether `send_queued` gathers GSO trains (a TAP we opened, so with
+    /// a virtio-net header and no `sendmmsg` batch; not a port shared
+    /// with the daemon's switch, whose captures and peers expect one
+    /// frame per packet there).
     gso_on: bool,
 }
 
@@ -441,7 +442,7 @@ impl EthLink {
         // On a TAP with a virtio-net header, a queued packet joins the GSO
         // train (written first if this packet cannot join it); anything
         // else goes out after the train, in order.
-        let train = queue && self.gso_on && self.vnet_hdr && self.tx.is_none();
+        let train = queue && self.gso_on;
         let flow = Flow {
             mac,
             src,
@@ -544,9 +545,9 @@ impl EthLink {
         Ok(())
     }
 
-    /// Like [`EthLink::send`], but on the `packet` link the frame may wait
-    /// for [`EthLink::flush_queued`] to go out with others in one
-    /// `sendmmsg` (on a TAP it is written at once).
+    /// Like [`EthLink::send`], but the packet may wait for
+    /// [`EthLink::flush_queued`]: on the `packet` link to go out with
+    /// others in one `sendmmsg`, on a TAP we opened in a GSO train.
     pub fn send_queued(&mut self, t: &Transmit, ib: &mut [u8], now: u64) -> Result<(), LinkError> {
         self.send_to_neighbour(t, ib, now, true)
     }
@@ -567,12 +568,15 @@ impl EthLink {
         if n > 1 {
             let (v, eth) = (VNET_HDR_LEN, Ethernet2Header::LEN);
             let udp_len = (UdpHeader::LEN + g.buf.len() - v - g.hlen) as u16;
-            let (ip_len, src, dst): (usize, Vec<u8>, Vec<u8>) = match (flow.src, flow.dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => (20, s.octets().to_vec(), d.octets().to_vec()),
-                (IpAddr::V6(s), IpAddr::V6(d)) => (40, s.octets().to_vec(), d.octets().to_vec()),
-                _ => unreachable!("one family per flow"),
-            };
             let ip = v + eth;
+            // The addresses, for the pseudo-header, where the header
+            // already holds them (no copy on the send path).
+            let (ip_len, addrs) = if flow.dst.is_ipv4() {
+                (20, ip + 12..ip + 20)
+            } else {
+                (40, ip + 8..ip + 40)
+            };
+            let pseudo = ones_sum(&[&g.buf[addrs], &[0, 17], &udp_len.to_be_bytes()]);
             if ip_len == 20 {
                 let tot = 20 + udp_len;
                 g.buf[ip + 2..ip + 4].copy_from_slice(&tot.to_be_bytes());
@@ -584,7 +588,6 @@ impl EthLink {
             }
             let udp = ip + ip_len;
             g.buf[udp + 4..udp + 6].copy_from_slice(&udp_len.to_be_bytes());
-            let pseudo = ones_sum(&[&src, &dst, &[0, 17], &udp_len.to_be_bytes()]);
             g.buf[udp + 6..udp + 8].copy_from_slice(&pseudo.to_be_bytes());
             // virtio_net_hdr: NEEDS_CSUM, GSO_UDP_L4, header length, the
             // segment size, where the UDP checksum starts and sits.

@@ -46,7 +46,7 @@ fn capture() -> socket2::Socket {
 /// receiving engine's side): after the kernel cut the sender's GSO
 /// trains back into datagrams, so each RoCEv2 packet is seen once, as it
 /// reached the other engine. `None` when nothing more is waiting.
-fn next_delivered(cap: &socket2::Socket, frame: &mut [u8]) -> Option<usize> {
+fn next_delivered(cap: &socket2::Socket, bridge: i32, frame: &mut [u8]) -> Option<usize> {
     loop {
         // SAFETY: an all-zero sockaddr_ll is valid; recvfrom writes at
         // most `len` bytes into it and into `frame`, both borrowed
@@ -68,7 +68,7 @@ fn next_delivered(cap: &socket2::Socket, frame: &mut [u8]) -> Option<usize> {
         if n < 0 {
             return None;
         }
-        if sll.sll_pkttype == libc::PACKET_OUTGOING && sll.sll_ifindex != bridge_index() {
+        if sll.sll_pkttype == libc::PACKET_OUTGOING && sll.sll_ifindex != bridge {
             return Some(n as usize);
         }
     }
@@ -94,7 +94,8 @@ fn check_captured(cap: &socket2::Socket, family_of: &str) {
     let mut frame = vec![0u8; 65536];
     let mut good = 0;
     let mut batched = 0;
-    while let Some(n) = next_delivered(cap, &mut frame) {
+    let bridge = bridge_index();
+    while let Some(n) = next_delivered(cap, bridge, &mut frame) {
         let f = &frame[..n];
         let Ok(p) = SlicedPacket::from_ethernet(f) else {
             continue;

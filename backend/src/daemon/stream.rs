@@ -75,6 +75,15 @@ impl RdmaSide {
         self.clock.elapsed().as_nanos() as u64
     }
 
+    /// Counts a failed send; the first one that found the link gone is
+    /// kept for the port loop.
+    fn send_failed(&mut self, e: &netdev::LinkError) {
+        self.send_err += 1;
+        if e.is_link_down() && self.link_lost.is_none() {
+            self.link_lost = Some(e.to_string());
+        }
+    }
+
     /// The link is gone: the PVRDMA port goes down (QUERY_PORT says
     /// DOWN) and, as rxe's do, every live QP moves to ERR; the flushed
     /// completions, a fatal event per QP and a port error reach the
@@ -144,17 +153,11 @@ impl RdmaSide {
             // On a `packet` port the frames of a burst go out together
             // (one sendmmsg); on a TAP one by one.
             if let Err(e) = self.link.send_queued(&t, &mut self.buf[..t.len], now) {
-                self.send_err += 1;
-                if e.is_link_down() && self.link_lost.is_none() {
-                    self.link_lost = Some(e.to_string());
-                }
+                self.send_failed(&e);
             }
         }
         if let Err(e) = self.link.flush_queued() {
-            self.send_err += 1;
-            if e.is_link_down() && self.link_lost.is_none() {
-                self.link_lost = Some(e.to_string());
-            }
+            self.send_failed(&e);
         }
         let fx = self.host.device_mut().service();
         self.host.fire(fx);
@@ -581,20 +584,21 @@ impl StreamPort {
                 break;
             }
             let frame = &self.inbuf[at + 4..at + 4 + len];
+            at += 4 + len;
+            if self.link_down {
+                continue;
+            }
             let hdr = [0u8; VNET_HDR_LEN];
-            let r = if self.link_down {
-                Ok(())
-            } else if self.port.vnet_hdr_len() > 0 {
+            let r = if self.port.vnet_hdr_len() > 0 {
                 self.port.write(&[&hdr, frame])
             } else {
                 self.port.write(&[frame])
             };
             match r {
-                Ok(()) if !self.link_down => self.stats.tx_frames += 1,
+                Ok(()) => self.stats.tx_frames += 1,
                 Err(e) if e.is_link_down() => lost = Some(e.to_string()),
-                _ => {}
+                Err(_) => {}
             }
-            at += 4 + len;
         }
         self.inbuf.drain(..at);
         if let Some(why) = lost {

@@ -388,10 +388,7 @@ impl Gsi {
                 Err(PeerError::Rejected(_) | PeerError::Link(netdev::LinkError::Neighbour(_)))
                     if Instant::now() < until =>
                 {
-                    let end = Instant::now() + Duration::from_millis(500);
-                    while Instant::now() < end {
-                        node.progress(Duration::from_millis(20))?;
-                    }
+                    pump_for(node, RETRY_PAUSE)?;
                 }
                 other => return other,
             }
@@ -428,15 +425,9 @@ impl Gsi {
                 continue;
             }
             let req = ReqRepr::parse(&m)?;
-            // A REQ repeated after we answered it (our REP was late or
-            // lost) gets the same REP again, not a new connection.
-            if let Some((to, _, rep)) = self
-                .accepted
-                .iter()
-                .find(|(g, id, _)| *g == Gid(req.local_gid) && *id == req.local_comm_id)
-            {
-                let (to, rep) = (*to, *rep);
-                self.send(node, to, &rep)?;
+            let from = Gid(req.local_gid);
+            if let Some(rep) = answered(&self.accepted, from, req.local_comm_id) {
+                self.send(node, from, &rep)?;
                 continue;
             }
             if req.service_id != RDMA_PS_TCP | u64::from(port) {
@@ -660,6 +651,28 @@ impl Gsi {
     }
 }
 
+/// How long an active side waits before asking again a listener that is
+/// not there yet.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Keeps `node` moving for `d` (ARP, retransmissions, answers).
+fn pump_for(node: &mut Node, d: Duration) -> Result<(), PeerError> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        node.progress(Duration::from_millis(20))?;
+    }
+    Ok(())
+}
+
+/// The answer already sent to the request `id` from `from`, if any: a
+/// repeated REQ or SIDR_REQ (our answer was late or lost) gets it again,
+/// not a second connection.
+fn answered(list: &[(Gid, u32, [u8; MAD_LEN])], from: Gid, id: u32) -> Option<[u8; MAD_LEN]> {
+    list.iter()
+        .find(|(g, i, _)| *g == from && *i == id)
+        .map(|(_, _, m)| *m)
+}
+
 /// The source GID in the 40-byte GRH area of a UD receive: the IPv6
 /// header there, or the IPv4 header in its last 20 bytes.
 pub fn grh_source(grh: &[u8]) -> Gid {
@@ -736,12 +749,7 @@ impl Gsi {
                 }
             }
             match status {
-                Some(SIDR_UNSUPPORTED) if Instant::now() < until => {
-                    let end = Instant::now() + Duration::from_millis(500);
-                    while Instant::now() < end {
-                        node.progress(Duration::from_millis(20))?;
-                    }
-                }
+                Some(SIDR_UNSUPPORTED) if Instant::now() < until => pump_for(node, RETRY_PAUSE)?,
                 Some(st) => {
                     return Err(cm_err(format!(
                         "SIDR: {dst} answered status {st} for port {port} (1: nobody listens)"
@@ -758,15 +766,14 @@ impl Gsi {
 
     /// Passive side: waits up to `wait` for a SIDR_REQ to `port` (UDP
     /// port space) and answers it with our UD QP `qpn` and `qkey`; a
-    /// SIDR_REQ for another port is answered "unsupported". Returns the
-    /// asker's GID and the GID index its request names (ours).
+    /// SIDR_REQ for another port is answered "unsupported".
     pub fn sidr_accept(
         &mut self,
         node: &mut Node,
         (qpn, qkey): (u32, u32),
         port: u16,
         wait: Duration,
-    ) -> Result<(Gid, u8), PeerError> {
+    ) -> Result<(), PeerError> {
         let until = Instant::now() + wait;
         let service_id = RDMA_PS_UDP | u64::from(port);
         loop {
@@ -781,14 +788,7 @@ impl Gsi {
                 continue;
             };
             let tid = MadHeader::parse(&m)?.tid;
-            // A SIDR_REQ repeated after we answered it gets the same
-            // answer, not the next QP.
-            if let Some((_, _, rep)) = self
-                .resolved
-                .iter()
-                .find(|(g, id, _)| *g == src && *id == req.request_id)
-            {
-                let rep = *rep;
+            if let Some(rep) = answered(&self.resolved, src, req.request_id) {
                 self.send(node, src, &rep)?;
                 continue;
             }
@@ -814,7 +814,7 @@ impl Gsi {
             self.send(node, src, &out)?;
             if status == SIDR_SUCCESS {
                 self.resolved.push((src, req.request_id, out));
-                return Ok((src, sgid));
+                return Ok(());
             }
         }
     }

@@ -1017,13 +1017,10 @@ pub fn run(
     // Room for pages up to 64 KiB on the other side.
     let region = t.size.max(65536).next_multiple_of(64);
     let nq = u64::from(t.qps);
+    let halves = 2 * nq * region + 64;
     // With -R, the rdma_cm side's memory follows the QPs' halves.
-    let cm_base = (2 * nq * region + 64).next_multiple_of(4096);
-    let mem_len = if a.rdma_cm {
-        cm_base + CM_MEM
-    } else {
-        2 * nq * region + 64
-    };
+    let cm_base = halves.next_multiple_of(4096);
+    let mem_len = if a.rdma_cm { cm_base + CM_MEM } else { halves };
     let mut node = Node::new(opts, mem_len as usize)?;
     let gid_index = match a.gid_index {
         Some(i) => i,
@@ -1452,14 +1449,19 @@ fn cm_connect_tests(r: &mut Run<'_>) -> Result<(), PeerError> {
     )?;
     if r.t.qp_type == QpType::Ud {
         cm_resolve_ud(r)?;
-        return r
-            .xchg(
-                &zero,
-                PerftestDest::CM_LEN,
-                "Couldn't sync after the rdma_cm QPs",
-            )
-            .map(|_| ());
+    } else {
+        cm_connect_rc(r)?;
     }
+    r.xchg(
+        &zero,
+        PerftestDest::CM_LEN,
+        "Couldn't sync after the rdma_cm QPs",
+    )?;
+    Ok(())
+}
+
+/// With `-R` over RC: one rdma_cm connection per test QP, on the port.
+fn cm_connect_rc(r: &mut Run<'_>) -> Result<(), PeerError> {
     let Oob::Cm(c) = &mut r.oob else {
         return Ok(());
     };
@@ -1483,11 +1485,6 @@ fn cm_connect_tests(r: &mut Run<'_>) -> Result<(), PeerError> {
         };
         c.tests.push(conn);
     }
-    r.xchg(
-        &zero,
-        PerftestDest::CM_LEN,
-        "Couldn't sync after the rdma_cm QPs",
-    )?;
     Ok(())
 }
 
@@ -1516,15 +1513,16 @@ fn prefix(r: &mut Run<'_>) -> Result<(), PeerError> {
     if r.t.qp_type == QpType::Ud && !r.t.all && r.t.size > r.mtu.bytes() as u64 {
         return Err(cfg(" Max message size in UD cannot be greater than MTU "));
     }
-    if r.cm() {
-        cm_connect_tests(r)?;
-    }
     let region = r.t.size.max(r.cycle).next_multiple_of(r.cache_line);
     let n = r.qps.len() as u64;
     r.region = region;
     r.half = n * region;
     for (i, me) in r.mes.iter_mut().enumerate() {
         me.vaddr = IOVA + (n + i as u64) * region;
+    }
+    // After the layout: UD's first SEND and receive use the QPs' halves.
+    if r.cm() {
+        cm_connect_tests(r)?;
     }
     r.info()
 }
