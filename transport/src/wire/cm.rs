@@ -141,6 +141,19 @@ impl MadHeader {
     }
 }
 
+/// Clears `mad`, writes the header of a Send of `attr` with `tid`, and
+/// returns the message body for the caller's fields.
+fn start_send(mad: &mut [u8], attr: CmAttr, tid: u64) -> &mut [u8] {
+    mad[..MAD_LEN].fill(0);
+    MadHeader {
+        method: METHOD_SEND,
+        tid,
+        attr,
+    }
+    .emit(mad);
+    &mut mad[BODY..MAD_LEN]
+}
+
 /// A connection request (the fields an RC connection over RoCE uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReqRepr {
@@ -229,14 +242,7 @@ impl ReqRepr {
 
     /// Writes the REQ (header with `tid` included) into `mad`.
     pub fn emit(&self, tid: u64, mad: &mut [u8]) {
-        mad[..MAD_LEN].fill(0);
-        MadHeader {
-            method: METHOD_SEND,
-            tid,
-            attr: CmAttr::Req,
-        }
-        .emit(mad);
-        let b = &mut mad[BODY..MAD_LEN];
+        let b = start_send(mad, CmAttr::Req, tid);
         b[0..4].copy_from_slice(&self.local_comm_id.to_be_bytes());
         b[8..16].copy_from_slice(&self.service_id.to_be_bytes());
         b[16..24].copy_from_slice(&self.local_ca_guid.to_be_bytes());
@@ -304,14 +310,7 @@ impl RepRepr {
 
     /// Writes the REP (header with `tid` included) into `mad`.
     pub fn emit(&self, tid: u64, mad: &mut [u8]) {
-        mad[..MAD_LEN].fill(0);
-        MadHeader {
-            method: METHOD_SEND,
-            tid,
-            attr: CmAttr::Rep,
-        }
-        .emit(mad);
-        let b = &mut mad[BODY..MAD_LEN];
+        let b = start_send(mad, CmAttr::Rep, tid);
         b[0..4].copy_from_slice(&self.local_comm_id.to_be_bytes());
         b[4..8].copy_from_slice(&self.remote_comm_id.to_be_bytes());
         put24(b, 12, self.local_qpn);
@@ -359,14 +358,7 @@ impl IdsRepr {
 
     /// Writes the message (header with `tid` included) into `mad`.
     pub fn emit(&self, tid: u64, mad: &mut [u8]) {
-        mad[..MAD_LEN].fill(0);
-        MadHeader {
-            method: METHOD_SEND,
-            tid,
-            attr: self.attr,
-        }
-        .emit(mad);
-        let b = &mut mad[BODY..MAD_LEN];
+        let b = start_send(mad, self.attr, tid);
         b[0..4].copy_from_slice(&self.local_comm_id.to_be_bytes());
         b[4..8].copy_from_slice(&self.remote_comm_id.to_be_bytes());
         match self.attr {
@@ -415,14 +407,7 @@ impl SidrReqRepr {
 
     /// Writes the message (header with `tid` included) into `mad`.
     pub fn emit(&self, tid: u64, mad: &mut [u8]) {
-        mad[..MAD_LEN].fill(0);
-        MadHeader {
-            method: METHOD_SEND,
-            tid,
-            attr: CmAttr::SidrReq,
-        }
-        .emit(mad);
-        let b = &mut mad[BODY..MAD_LEN];
+        let b = start_send(mad, CmAttr::SidrReq, tid);
         b[0..4].copy_from_slice(&self.request_id.to_be_bytes());
         b[4..6].copy_from_slice(&self.pkey.to_be_bytes());
         b[8..16].copy_from_slice(&self.service_id.to_be_bytes());
@@ -466,14 +451,7 @@ impl SidrRepRepr {
 
     /// Writes the message (header with `tid` included) into `mad`.
     pub fn emit(&self, tid: u64, mad: &mut [u8]) {
-        mad[..MAD_LEN].fill(0);
-        MadHeader {
-            method: METHOD_SEND,
-            tid,
-            attr: CmAttr::SidrRep,
-        }
-        .emit(mad);
-        let b = &mut mad[BODY..MAD_LEN];
+        let b = start_send(mad, CmAttr::SidrRep, tid);
         b[0..4].copy_from_slice(&self.request_id.to_be_bytes());
         b[4] = self.status;
         put24(b, 8, self.qpn);
