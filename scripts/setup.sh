@@ -19,7 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is not installed. Install a Rust toolchain >= 1.88 (rustup, or Debian's rustc/cargo from trixie) and rerun." >&2
+  echo "setup: cargo is not installed. Install a Rust toolchain >= 1.89 (rustup) and rerun." >&2
   exit 1
 fi
 if command -v rustup >/dev/null 2>&1; then

@@ -477,8 +477,9 @@ impl EthLink {
                 ip.set_payload_len(udp_len)
                     .map_err(|_| LinkError::Unsupported("datagram too long"))?;
                 ip.header_checksum = ip.calc_header_checksum();
-                let crc = icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
-                    .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
+                let crc =
+                    icrc::compute_joined(&ip.to_bytes(), &udp.to_bytes(), &ib[..end], t.ib_crc)
+                        .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
                 ib[end..].copy_from_slice(&crc.to_le_bytes());
                 hdr[..14].copy_from_slice(&eth.to_bytes());
                 hdr[14..34].copy_from_slice(&ip.to_bytes());
@@ -495,8 +496,9 @@ impl EthLink {
                     source: src.octets(),
                     destination: dst.octets(),
                 };
-                let crc = icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
-                    .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
+                let crc =
+                    icrc::compute_joined(&ip.to_bytes(), &udp.to_bytes(), &ib[..end], t.ib_crc)
+                        .map_err(|_| LinkError::Unsupported("malformed transport packet"))?;
                 ib[end..].copy_from_slice(&crc.to_le_bytes());
                 udp.checksum = udp
                     .calc_checksum_ipv6(&ip, ib)

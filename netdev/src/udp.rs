@@ -203,11 +203,11 @@ impl UdpLink {
                 ip.identification = 0;
                 ip.set_payload_len(udp_len)
                     .map_err(|_| LinkError::Unsupported("datagram too long"))?;
-                icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
+                icrc::compute_joined(&ip.to_bytes(), &udp.to_bytes(), &ib[..end], t.ib_crc)
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 let ip = v6_header(src.octets(), dst.octets(), udp_len)?;
-                icrc::compute_parts(&ip.to_bytes(), &udp.to_bytes(), &ib[..end])
+                icrc::compute_joined(&ip.to_bytes(), &udp.to_bytes(), &ib[..end], t.ib_crc)
             }
             _ => {
                 return Err(LinkError::Unsupported(

@@ -115,6 +115,12 @@ pub struct Transmit {
     pub traffic_class: u8,
     /// IP hop limit.
     pub hop_limit: u8,
+    /// The CRC register (see [`crate::crc`]) over the transport packet
+    /// without its ICRC, with the BTH masked as the ICRC masks it, started
+    /// from zero. A link joins it to its own headers' part with
+    /// [`crate::wire::icrc::fill_joined`] instead of reading the payload
+    /// again.
+    pub ib_crc: u32,
 }
 
 /// What the link knows about a received packet besides its transport
@@ -163,6 +169,9 @@ pub enum DropReason {
     /// A connected QP got a packet from another address than its peer's.
     #[error("packet for QP {0} from an address other than its peer")]
     WrongSource(u32),
+    /// The ICRC the engine checked does not match.
+    #[error("bad ICRC")]
+    BadIcrc,
 }
 
 /// The source GID in a raw IPv4 or IPv6 header.
@@ -1082,10 +1091,44 @@ impl<M: Memory> Engine<M> {
         meta: &RxMeta<'_>,
         ib: &[u8],
     ) -> Result<(), DropReason> {
+        self.handle(now, meta, ib, None)
+    }
+
+    /// Handles a transport packet (BTH through ICRC) whose ICRC nobody
+    /// has checked yet: `prefix` is the CRC register after the link's part
+    /// (see [`crate::wire::icrc::prefix_register`]). The engine checks the
+    /// rest, and drops the packet with [`DropReason::BadIcrc`] before it
+    /// changes any state. An RC WRITE middle or last packet that continues
+    /// the expected message is placed while its CRC is computed, in one
+    /// pass; if the check then fails, only bytes of the WRITE's own target
+    /// range that its retransmission rewrites have changed (a WRITE's
+    /// target is undefined until it completes).
+    pub fn handle_packet_unverified(
+        &mut self,
+        now: u64,
+        meta: &RxMeta<'_>,
+        ib: &[u8],
+        prefix: u32,
+    ) -> Result<(), DropReason> {
+        self.handle(now, meta, ib, Some(prefix))
+    }
+
+    fn handle(
+        &mut self,
+        now: u64,
+        meta: &RxMeta<'_>,
+        ib: &[u8],
+        unverified: Option<u32>,
+    ) -> Result<(), DropReason> {
         let pkt = Packet::new_checked(ib)?;
         let repr = PacketRepr::parse(&pkt)?;
         let opcode = repr.bth.opcode;
         if opcode.transport() == Transport::Cnp {
+            if let Some(prefix) = unverified
+                && !crate::wire::icrc::header_register(prefix, pkt.without_icrc())? != pkt.icrc()
+            {
+                return Err(DropReason::BadIcrc);
+            }
             self.counters.cnp_rcvd += 1;
             self.per_op.count(false, opcode.0, ib.len());
             return Err(DropReason::Cnp);
@@ -1120,6 +1163,19 @@ impl<M: Memory> Engine<M> {
         {
             return Err(DropReason::WrongSource(qpn));
         }
+        let mut placed = false;
+        if let Some(prefix) = unverified {
+            let computed = match qp.place_unverified(&mut ctx, &pkt, &repr, prefix) {
+                Some(reg) => {
+                    placed = true;
+                    !reg
+                }
+                None => !crate::wire::icrc::header_register(prefix, pkt.without_icrc())?,
+            };
+            if computed != pkt.icrc() {
+                return Err(DropReason::BadIcrc);
+            }
+        }
         if meta.ecn == 3 {
             // Congestion experienced: tell the sender with a CNP.
             self.counters.ecn_marked += 1;
@@ -1128,7 +1184,7 @@ impl<M: Memory> Engine<M> {
         self.per_op.count(false, opcode.0, ib.len());
         let info = pkt.info();
         if info.request {
-            qp.on_request(&mut ctx, meta, &pkt, &repr);
+            qp.on_request(&mut ctx, meta, &pkt, &repr, placed);
         } else {
             qp.on_response(&mut ctx, now, &pkt, &repr);
         }
@@ -1159,18 +1215,24 @@ impl<M: Memory> Engine<M> {
                 continue;
             };
             let mut tclass = None;
+            let mut crc = None;
             let (len, dest_qp, ah) = if let Some(len) = qp.poll_cnp(now, ctx.attrs, buf) {
                 self.counters.cnp_sent += 1;
                 // CNPs go out with DSCP 48 and ECT(0), as RoCE NICs send them.
                 tclass = Some(0xc2);
                 (len, qp.attrs.dest_qp, qp.attrs.ah)
-            } else if let Some(len) = qp.poll_response(&mut ctx, buf) {
+            } else if let Some(len) = qp.poll_response(&mut ctx, buf, &mut crc) {
                 (len, qp.attrs.dest_qp, qp.attrs.ah)
             } else if let Some(r) = qp.poll_request(&mut ctx, now, buf) {
+                crc = r.crc;
                 (r.len, r.dest_qp, r.ud.map_or(qp.attrs.ah, |u| u.ah))
             } else {
                 continue;
             };
+            let ib_crc = crc.unwrap_or_else(|| {
+                let body = &buf[..len.saturating_sub(crate::wire::ICRC_LEN)];
+                crate::wire::icrc::header_register(0, body).unwrap_or(0)
+            });
             self.next_tx = (i + 1) % n;
             if let Some(&op) = buf.first() {
                 self.per_op.count(true, op, len);
@@ -1189,6 +1251,7 @@ impl<M: Memory> Engine<M> {
                 udp_sport: roce_udp_sport(ah.flow_label, src_qp, dest_qp),
                 traffic_class: tclass.unwrap_or(ah.traffic_class),
                 hop_limit: ah.hop_limit,
+                ib_crc,
             });
         }
         None

@@ -21,6 +21,7 @@
 
 pub mod counters;
 pub mod cq;
+pub mod crc;
 pub mod device;
 pub mod engine;
 pub mod memory;

@@ -19,6 +19,22 @@ pub trait Memory {
     fn read(&self, addr: u64, dst: &mut [u8]) -> Result<(), OutOfRange>;
     /// Copies `src` to `addr`.
     fn write(&mut self, addr: u64, src: &[u8]) -> Result<(), OutOfRange>;
+
+    /// As [`Memory::read`], and returns the CRC register (see
+    /// [`crate::crc`]) after the bytes read, started from `reg`.
+    /// Implementations that can see their bytes should read them once,
+    /// with [`crate::crc::copy_update`].
+    fn read_crc(&self, addr: u64, dst: &mut [u8], reg: u32) -> Result<u32, OutOfRange> {
+        self.read(addr, dst)?;
+        Ok(crate::crc::update(reg, dst))
+    }
+
+    /// As [`Memory::write`], and returns the CRC register after `src`,
+    /// started from `reg`.
+    fn write_crc(&mut self, addr: u64, src: &[u8], reg: u32) -> Result<u32, OutOfRange> {
+        self.write(addr, src)?;
+        Ok(crate::crc::update(reg, src))
+    }
 }
 
 /// Memory backed by a `Vec`, addressed from 0.
@@ -68,6 +84,16 @@ impl Memory for VecMemory {
         self.bytes[r].copy_from_slice(src);
         Ok(())
     }
+
+    fn read_crc(&self, addr: u64, dst: &mut [u8], reg: u32) -> Result<u32, OutOfRange> {
+        let r = self.range(addr, dst.len())?;
+        Ok(crate::crc::copy_update(reg, dst, &self.bytes[r]))
+    }
+
+    fn write_crc(&mut self, addr: u64, src: &[u8], reg: u32) -> Result<u32, OutOfRange> {
+        let r = self.range(addr, src.len())?;
+        Ok(crate::crc::copy_update(reg, &mut self.bytes[r], src))
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +109,18 @@ mod tests {
         assert_eq!(b, [1, 2, 3, 4]);
         assert_eq!(m.write(13, &[0; 4]), Err(OutOfRange { addr: 13, len: 4 }));
         assert!(m.read(u64::MAX, &mut b).is_err());
+    }
+
+    #[test]
+    fn crc_variants_copy_and_count_the_same_bytes() {
+        let mut m = VecMemory::new(8192);
+        let src: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let reg = m.write_crc(100, &src, 0x1234_5678).unwrap();
+        assert_eq!(reg, crate::crc::update(0x1234_5678, &src));
+        let mut back = vec![0u8; 5000];
+        assert_eq!(m.read_crc(100, &mut back, 0x1234_5678).unwrap(), reg);
+        assert_eq!(back, src);
+        assert!(m.write_crc(4000, &src, 0).is_err());
+        assert!(m.read_crc(u64::MAX, &mut back, 0).is_err());
     }
 }

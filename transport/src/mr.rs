@@ -445,6 +445,74 @@ impl MrTable {
             .ok_or(AccessError::OutOfBounds { key, va, len })
     }
 
+    /// As [`MrTable::read_as`], returning the CRC register after the bytes
+    /// read, started from `reg` (see [`Memory::read_crc`]).
+    #[allow(clippy::too_many_arguments)]
+    fn read_as_crc<M: Memory>(
+        &self,
+        mem: &M,
+        key: u32,
+        pd: u32,
+        qpn: Option<u32>,
+        need: Access,
+        va: u64,
+        dst: &mut [u8],
+        mut reg: u32,
+    ) -> Result<u32, AccessError> {
+        let len = dst.len() as u64;
+        let (mr, off) = self.checked(key, pd, qpn, need, va, len)?;
+        let ok = mr.pieces(off, len, |addr, at, n| {
+            mem.read_crc(addr, &mut dst[at..at + n], reg)
+                .map(|r| reg = r)
+                .is_ok()
+        });
+        ok.then_some(reg)
+            .ok_or(AccessError::OutOfBounds { key, va, len })
+    }
+
+    /// A remote read by QP `qpn` that also returns the CRC register after
+    /// the bytes read, started from `reg` (see [`Memory::read_crc`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_read_crc<M: Memory>(
+        &self,
+        mem: &M,
+        key: u32,
+        pd: u32,
+        qpn: u32,
+        need: Access,
+        va: u64,
+        dst: &mut [u8],
+        reg: u32,
+    ) -> Result<u32, AccessError> {
+        self.read_as_crc(mem, key, pd, Some(qpn), need, va, dst, reg)
+    }
+
+    /// A remote write by QP `qpn` that also returns the CRC register after
+    /// `src`, started from `reg` (see [`Memory::write_crc`]): the receive
+    /// side's fused placement and ICRC check.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_write_crc<M: Memory>(
+        &self,
+        mem: &mut M,
+        key: u32,
+        pd: u32,
+        qpn: u32,
+        need: Access,
+        va: u64,
+        src: &[u8],
+        mut reg: u32,
+    ) -> Result<u32, AccessError> {
+        let len = src.len() as u64;
+        let (mr, off) = self.checked(key, pd, Some(qpn), need, va, len)?;
+        let ok = mr.pieces(off, len, |addr, at, n| {
+            mem.write_crc(addr, &src[at..at + n], reg)
+                .map(|r| reg = r)
+                .is_ok()
+        });
+        ok.then_some(reg)
+            .ok_or(AccessError::OutOfBounds { key, va, len })
+    }
+
     /// Checks a local access, then copies `src` to `va`.
     pub fn write<M: Memory>(
         &self,
@@ -498,6 +566,34 @@ pub fn gather<M: Memory>(
     walk(sges, offset, len, |sge, va, at, n| {
         mrs.read(mem, sge.lkey, pd, Access(0), va, &mut dst[at..at + n])
     })
+}
+
+/// As [`gather`], and returns the CRC register after the bytes gathered,
+/// started from `reg`: the send side's fused copy and ICRC.
+pub fn gather_crc<M: Memory>(
+    mem: &M,
+    mrs: &MrTable,
+    pd: u32,
+    sges: &[Sge],
+    offset: u64,
+    dst: &mut [u8],
+    mut reg: u32,
+) -> Result<u32, AccessError> {
+    let len = dst.len();
+    walk(sges, offset, len, |sge, va, at, n| {
+        reg = mrs.read_as_crc(
+            mem,
+            sge.lkey,
+            pd,
+            None,
+            Access(0),
+            va,
+            &mut dst[at..at + n],
+            reg,
+        )?;
+        Ok(())
+    })?;
+    Ok(reg)
 }
 
 /// Copies `src` into the message described by `sges`, starting at byte

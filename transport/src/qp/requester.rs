@@ -11,7 +11,7 @@ use crate::{
     verbs::{QpState, QpType, SendOp, WcStatus},
     wire::{
         AtomicEthRepr, BthRepr, DEFAULT_PKEY, DethRepr, ExtHeaders, IethRepr, ImmDtRepr, Opcode,
-        PacketRepr, RethRepr,
+        PacketRepr, RethRepr, icrc, pad_len,
     },
 };
 
@@ -23,6 +23,9 @@ pub(crate) struct Request {
     pub dest_qp: u32,
     /// UD destination, if any.
     pub ud: Option<crate::verbs::UdDest>,
+    /// The CRC register of the packet without its ICRC, from zero, where
+    /// it was computed while the payload was copied.
+    pub crc: Option<u32>,
 }
 
 /// Opcode of a SEND or WRITE packet by position.
@@ -241,9 +244,11 @@ impl Qp {
         if repr.buffer_len() > buf.len() || repr.emit(buf).is_err() {
             return None;
         }
+        let mut crc = None;
         if payload_len > 0 {
             let at = repr.header_len();
-            let dst = &mut buf[at..at + payload_len];
+            let (head, rest) = buf.split_at_mut(at);
+            let dst = &mut rest[..payload_len];
             let w = self.sq.at(idx);
             let res = if let SendOp::AtomicWrite(v) = w.op {
                 dst.copy_from_slice(&v.to_ne_bytes());
@@ -253,7 +258,16 @@ impl Qp {
                 dst.copy_from_slice(&w.inline_data[o..o + payload_len]);
                 Ok(())
             } else {
-                mr::gather(&*ctx.mem, ctx.mrs, self.pd, &w.sges, offset, dst)
+                // Copy the payload and compute the packet's CRC register
+                // in one pass (the link only adds its headers' part).
+                let reg = icrc::header_register(0, head).unwrap_or(0);
+                mr::gather_crc(&*ctx.mem, ctx.mrs, self.pd, &w.sges, offset, dst, reg).map(|reg| {
+                    let pad = pad_len(payload_len);
+                    crc = Some(crate::crc::update(
+                        reg,
+                        &rest[payload_len..payload_len + pad],
+                    ));
+                })
             };
             if res.is_err() {
                 // A bad lkey: the WQE completes with a protection error and
@@ -307,6 +321,7 @@ impl Qp {
             len: len_out,
             dest_qp,
             ud,
+            crc,
         })
     }
 

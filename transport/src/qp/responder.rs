@@ -200,15 +200,66 @@ impl Qp {
         meta: &RxMeta<'_>,
         pkt: &Packet<&[u8]>,
         repr: &PacketRepr,
+        placed: bool,
     ) {
         if !matches!(self.state, QpState::Rtr | QpState::Rts | QpState::Sqd) {
             return;
         }
         match self.qp_type {
-            QpType::Rc => self.on_rc_request(ctx, pkt, repr),
+            QpType::Rc => self.on_rc_request(ctx, pkt, repr, placed),
             QpType::Uc => self.on_uc_request(ctx, pkt, repr),
             QpType::Ud | QpType::Gsi => self.on_ud_request(ctx, meta, pkt, repr),
         }
+    }
+
+    /// Places the payload of an RC WRITE middle or last packet that
+    /// continues the expected message and passes every check that
+    /// [`Qp::on_request`] makes on it, computing the packet's CRC register
+    /// in the same pass from `prefix` (the link's part). Returns the
+    /// register after the pad, or `None` (nothing placed) for any other
+    /// packet. The caller compares it with the ICRC before it lets the
+    /// packet change any state, and then hands it to `on_request` with
+    /// `placed` set.
+    pub(crate) fn place_unverified<M: Memory>(
+        &self,
+        ctx: &mut Ctx<'_, M>,
+        pkt: &Packet<&[u8]>,
+        repr: &PacketRepr,
+        prefix: u32,
+    ) -> Option<u32> {
+        let op = repr.bth.opcode.0;
+        let w = self.resp.write?;
+        let data = pkt.payload();
+        let n = data.len() as u64;
+        let last = op == 0x08;
+        let fits = self.qp_type == QpType::Rc
+            && matches!(op, 0x07 | 0x08)
+            && matches!(self.state, QpState::Rtr | QpState::Rts | QpState::Sqd)
+            && repr.bth.psn == self.resp.psn
+            && self.resp.recv_offset.is_none()
+            && self.attrs.access.contains(Access::REMOTE_WRITE)
+            && repr.check_mtu(self.attrs.path_mtu).is_ok()
+            && n > 0
+            && n <= w.remaining
+            && (!last || n == w.remaining);
+        if !fits {
+            return None;
+        }
+        let reg = crate::wire::icrc::header_register(prefix, pkt.header()).ok()?;
+        let reg = ctx
+            .mrs
+            .remote_write_crc(
+                ctx.mem,
+                w.rkey,
+                self.pd,
+                self.qpn,
+                Access::REMOTE_WRITE,
+                w.va,
+                data,
+                reg,
+            )
+            .ok()?;
+        Some(crate::crc::update(reg, pkt.pad()))
     }
 
     fn on_rc_request<M: Memory>(
@@ -216,6 +267,7 @@ impl Qp {
         ctx: &mut Ctx<'_, M>,
         pkt: &Packet<&[u8]>,
         repr: &PacketRepr,
+        placed: bool,
     ) {
         let psn = repr.bth.psn;
         let d = psn_diff(psn, self.resp.psn);
@@ -290,7 +342,7 @@ impl Qp {
                 if with_imm && !self.recv_available(ctx) {
                     return self.rnr_nak(psn);
                 }
-                if !self.write_message(ctx, repr, pkt.payload(), last, with_imm) {
+                if !self.write_message(ctx, repr, pkt.payload(), last, with_imm, placed) {
                     return;
                 }
             }
@@ -347,8 +399,9 @@ impl Qp {
         data: &[u8],
         last: bool,
         with_imm: bool,
+        placed: bool,
     ) -> bool {
-        if !self.place_write(ctx, repr, data, last) {
+        if !self.place_write(ctx, repr, data, last, placed) {
             return false;
         }
         if with_imm {
@@ -372,13 +425,14 @@ impl Qp {
     }
 
     /// Places WRITE payload into the MR named by the RETH of the first
-    /// packet.
+    /// packet; `placed`: [`Qp::place_unverified`] already copied it.
     fn place_write<M: Memory>(
         &mut self,
         ctx: &mut Ctx<'_, M>,
         repr: &PacketRepr,
         data: &[u8],
         last: bool,
+        placed: bool,
     ) -> bool {
         if let Some(reth) = repr.ext.reth {
             let len = u64::from(reth.dma_len);
@@ -418,7 +472,7 @@ impl Qp {
             self.nak_error(ctx, NakCode::InvalidRequest, None);
             return false;
         }
-        if n > 0 {
+        if n > 0 && !placed {
             let ok = ctx
                 .mrs
                 .remote_write(
@@ -795,7 +849,7 @@ impl Qp {
                     return;
                 }
                 // A failed write has already dropped the message.
-                let _ = self.write_message(ctx, repr, pkt.payload(), last, with_imm);
+                let _ = self.write_message(ctx, repr, pkt.payload(), last, with_imm, false);
             }
             _ => {}
         }
@@ -862,6 +916,7 @@ impl Qp {
         &mut self,
         ctx: &mut Ctx<'_, M>,
         buf: &mut [u8],
+        crc: &mut Option<u32>,
     ) -> Option<usize> {
         let item = *self.resp.out.front()?;
         let mut bth = BthRepr {
@@ -959,19 +1014,27 @@ impl Qp {
         repr.emit(buf).ok()?;
         if let Some((va, rkey, n)) = payload {
             let at = repr.header_len();
-            let ok = n == 0
-                || ctx
-                    .mrs
-                    .remote_read(
-                        &*ctx.mem,
-                        rkey,
-                        self.pd,
-                        self.qpn,
-                        Access::REMOTE_READ,
-                        va,
-                        &mut buf[at..at + n],
-                    )
-                    .is_ok();
+            // The payload is copied and the packet's CRC register computed
+            // in one pass.
+            let (head, rest) = buf.split_at_mut(at);
+            let reg = crate::wire::icrc::header_register(0, head).unwrap_or(0);
+            let read = ctx.mrs.remote_read_crc(
+                &*ctx.mem,
+                rkey,
+                self.pd,
+                self.qpn,
+                Access::REMOTE_READ,
+                va,
+                &mut rest[..n],
+                reg,
+            );
+            if let Ok(reg) = read {
+                *crc = Some(crate::crc::update(
+                    reg,
+                    &rest[n..n + crate::wire::pad_len(n)],
+                ));
+            }
+            let ok = n == 0 || read.is_ok();
             if !ok {
                 // The region went away under an ongoing READ: NAK, and the
                 // QP goes to ERR as rxe's does.

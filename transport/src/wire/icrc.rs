@@ -47,6 +47,123 @@ pub fn compute_parts(ip_header: &[u8], udp_header: &[u8], ib: &[u8]) -> Result<u
     Ok(h.finalize())
 }
 
+/// The CRC register (see [`crate::crc`]) after the part of the ICRC that
+/// a link owns: the LRH stand-in and the masked IP and UDP headers. An
+/// engine continues it over the transport packet
+/// ([`crate::engine::Engine::handle_packet_unverified`]).
+pub fn prefix_register(ip_header: &[u8], udp_header: &[u8]) -> Result<u32> {
+    let mut masked = [0u8; MAX_IPV4_HEADER + UDP_LEN];
+    let n = masked_prefix(ip_header, udp_header, &mut masked)?;
+    Ok(crate::crc::update(!LRH_STANDIN_CRC, &masked[..n]))
+}
+
+/// The masked IP and UDP headers, as the ICRC covers them, into `out`;
+/// returns their length.
+fn masked_prefix(
+    ip_header: &[u8],
+    udp_header: &[u8],
+    out: &mut [u8; MAX_IPV4_HEADER + UDP_LEN],
+) -> Result<usize> {
+    check_room(udp_header.len(), UDP_LEN)?;
+    let ip_len = masked_ip_header(ip_header, out)?;
+    let udp = &mut out[ip_len..ip_len + UDP_LEN];
+    udp.copy_from_slice(&udp_header[..UDP_LEN]);
+    udp[6..8].fill(0xff);
+    Ok(ip_len + UDP_LEN)
+}
+
+/// [`prefix_register`] with a memory of the last headers: a run of
+/// packets of one flow and size has the same masked headers (IPv4 IDs
+/// aside), so a link keeps one of these per flow direction and pays for a
+/// comparison instead of a CRC.
+#[derive(Debug, Clone)]
+pub struct PrefixCache {
+    key: [u8; MAX_IPV4_HEADER + UDP_LEN],
+    len: usize,
+    reg: u32,
+}
+
+impl Default for PrefixCache {
+    fn default() -> PrefixCache {
+        PrefixCache {
+            key: [0; MAX_IPV4_HEADER + UDP_LEN],
+            len: 0,
+            reg: 0,
+        }
+    }
+}
+
+impl PrefixCache {
+    /// As [`prefix_register`].
+    pub fn register(&mut self, ip_header: &[u8], udp_header: &[u8]) -> Result<u32> {
+        let mut masked = [0u8; MAX_IPV4_HEADER + UDP_LEN];
+        let n = masked_prefix(ip_header, udp_header, &mut masked)?;
+        if n != self.len || masked[..n] != self.key[..n] {
+            self.reg = crate::crc::update(!LRH_STANDIN_CRC, &masked[..n]);
+            self.key = masked;
+            self.len = n;
+        }
+        Ok(self.reg)
+    }
+
+    /// As [`fill_joined`].
+    pub fn fill_joined(&mut self, l3: &mut [u8], ib_crc: u32) -> Result<u32> {
+        let (ip, udp, ib) = split(l3)?;
+        let ib_len = ib.len() - ICRC_LEN;
+        let icrc = join(self.register(ip, udp)?, ib_crc, ib_len);
+        let n = l3.len();
+        l3[n - ICRC_LEN..].copy_from_slice(&icrc.to_le_bytes());
+        Ok(icrc)
+    }
+}
+
+/// The CRC register over transport headers `hdr` (BTH first, its byte 4
+/// masked as the ICRC masks it), started from `reg`.
+pub fn header_register(reg: u32, hdr: &[u8]) -> Result<u32> {
+    check_room(hdr.len(), HEADER_LEN)?;
+    // Headers are short: one masked copy on the stack, one update.
+    let mut masked = [0u8; 64];
+    let n = hdr.len().min(masked.len());
+    masked[..n].copy_from_slice(&hdr[..n]);
+    masked[4] = 0xff;
+    let reg = crate::crc::update(reg, &masked[..n]);
+    Ok(crate::crc::update(reg, &hdr[n..]))
+}
+
+/// Joins a link's prefix register (see [`prefix_register`]) and the
+/// register of a transport packet without its ICRC, computed on its own
+/// from zero over `ib_len` bytes ([`crate::engine::Transmit::ib_crc`]),
+/// into the ICRC.
+pub fn join(prefix: u32, ib_crc: u32, ib_len: usize) -> u32 {
+    !(crate::crc::shift(prefix, ib_len) ^ ib_crc)
+}
+
+/// The ICRC of a transport packet `ib` (without its ICRC) behind the
+/// given IP and UDP headers, from the packet's register `ib_crc` (as
+/// [`crate::engine::Transmit::ib_crc`] carries it): only the headers are
+/// read. Debug builds check the result against [`compute_parts`].
+pub fn compute_joined(ip_header: &[u8], udp_header: &[u8], ib: &[u8], ib_crc: u32) -> Result<u32> {
+    let icrc = join(prefix_register(ip_header, udp_header)?, ib_crc, ib.len());
+    debug_assert_eq!(
+        Ok(icrc),
+        compute_parts(ip_header, udp_header, ib),
+        "the transport packet's register does not match its bytes"
+    );
+    Ok(icrc)
+}
+
+/// Fills in the ICRC of an IP datagram whose transport packet's register
+/// is already known (`ib_crc`, from zero over the packet without its
+/// ICRC): only the headers are read. Returns the value written.
+pub fn fill_joined(l3: &mut [u8], ib_crc: u32) -> Result<u32> {
+    let (ip, udp, ib) = split(l3)?;
+    let ib_len = ib.len() - ICRC_LEN;
+    let icrc = join(prefix_register(ip, udp)?, ib_crc, ib_len);
+    let n = l3.len();
+    l3[n - ICRC_LEN..].copy_from_slice(&icrc.to_le_bytes());
+    Ok(icrc)
+}
+
 /// Copies the IP header into `out` with the variant fields masked and
 /// returns its length.
 fn masked_ip_header(ip: &[u8], out: &mut [u8]) -> Result<usize> {
@@ -184,6 +301,46 @@ mod tests {
             p[i] = v;
             verify(&p).unwrap_or_else(|e| panic!("byte {i}: {e}"));
         }
+    }
+
+    #[test]
+    fn registers_join_to_the_icrc() {
+        let pkt = hex(ACK);
+        let (ip, udp, ib) = split(&pkt).unwrap();
+        let body = &ib[..ib.len() - ICRC_LEN];
+        let whole = compute(&pkt).unwrap();
+        // Receive side: the engine continues the link's register.
+        let reg = header_register(prefix_register(ip, udp).unwrap(), body).unwrap();
+        assert_eq!(!reg, whole);
+        // Send side: the engine's register from zero, joined by the link.
+        let ib_crc = header_register(0, body).unwrap();
+        let mut p = pkt.clone();
+        let n = p.len();
+        p[n - 4..].fill(0);
+        assert_eq!(fill_joined(&mut p, ib_crc).unwrap(), whole);
+        assert_eq!(p, pkt);
+        // The cache gives the same answers, also after the headers change.
+        let mut cache = PrefixCache::default();
+        for _ in 0..2 {
+            assert_eq!(
+                cache.register(ip, udp).unwrap(),
+                prefix_register(ip, udp).unwrap()
+            );
+            let mut other = ip.to_vec();
+            other[15] ^= 1; // destination address
+            assert_eq!(
+                cache.register(&other, udp).unwrap(),
+                prefix_register(&other, udp).unwrap()
+            );
+            // A masked field alone does not change the register.
+            other[8] = 1; // TTL
+            assert_eq!(
+                cache.register(&other, udp).unwrap(),
+                prefix_register(&other, udp).unwrap()
+            );
+        }
+        p[n - 4..].fill(0);
+        assert_eq!(cache.fill_joined(&mut p, ib_crc).unwrap(), whole);
     }
 
     #[test]

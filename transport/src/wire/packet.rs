@@ -77,6 +77,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.info().header_len()
     }
 
+    /// The BTH and the extension headers.
+    pub fn header(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.header_len()]
+    }
+
+    /// The packet without its ICRC (what the ICRC covers of it).
+    pub fn without_icrc(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        &b[..b.len() - ICRC_LEN]
+    }
+
     /// The bytes of one extension header, if the opcode has it.
     pub fn ext_header(&self, which: HeaderSet) -> Option<&[u8]> {
         let info = self.info();
