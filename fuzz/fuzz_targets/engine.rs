@@ -1,6 +1,7 @@
 //! A hostile peer against the engine: the input is a sequence of transport
 //! packets (each `len: u16 LE` then bytes, with the first byte of each
-//! chunk choosing the target QP and forcing a known opcode sometimes) fed
+//! chunk choosing the target QP and the entry point: ICRC checked by the
+//! link, or by the engine with its fused WRITE placement) fed
 //! to connected RC, UC and UD QPs of one engine, whose output is drained
 //! after every packet. Nothing may panic, and the output queue of every
 //! QP must stay bounded.
@@ -13,7 +14,7 @@ use transport::{
     memory::VecMemory,
     sim::{Conn, Pair, connect},
     verbs::{Access, QpAttr, QpCaps, QpState, QpType, RecvWr, Sge},
-    wire::Mtu,
+    wire::{Mtu, icrc},
 };
 
 struct Target {
@@ -98,7 +99,27 @@ fuzz_target!(|data: &[u8]| {
             pkt[2] = 0xff;
             pkt[3] = 0xff;
         }
-        let _ = t.e.handle_packet(now, &RxMeta::NONE, &pkt);
+        // The top bits of the selector choose the entry: the link checked
+        // the ICRC, or the engine checks it (and places RC WRITE payload
+        // while it does), with the ICRC made right or left as it came.
+        let prefix = 0x1234_5678;
+        match sel >> 6 {
+            0 | 1 => {
+                let _ = t.e.handle_packet(now, &RxMeta::NONE, &pkt);
+            }
+            2 => {
+                if pkt.len() >= 16 {
+                    let n = pkt.len() - 4;
+                    if let Ok(reg) = icrc::header_register(prefix, &pkt[..n]) {
+                        pkt[n..].copy_from_slice(&(!reg).to_le_bytes());
+                    }
+                }
+                let _ = t.e.handle_packet_unverified(now, &RxMeta::NONE, &pkt, prefix);
+            }
+            _ => {
+                let _ = t.e.handle_packet_unverified(now, &RxMeta::NONE, &pkt, prefix);
+            }
+        }
         let mut sent = 0;
         while t.e.poll_transmit(now, &mut out).is_some() {
             sent += 1;

@@ -9,18 +9,14 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap, net::IpAddr};
 
-use etherparse::{IpNumber, Ipv4Header, UdpHeader};
+use etherparse::{IpNumber, Ipv4Header};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::{
     device::{DeviceAttrs, Gid},
     engine::{DropReason, Engine, RxMeta, Transmit},
     memory::VecMemory,
-    wire::{
-        ROCE_V2_UDP_PORT,
-        frame::{FrameRepr, IpRepr, RoceFrame},
-        icrc,
-    },
+    wire::{ROCE_V2_UDP_PORT, frame::RoceFrame, icrc},
 };
 
 /// Impairments of the simulated link. Probabilities are per packet.
@@ -492,32 +488,94 @@ impl Pair {
 }
 
 /// Wraps the transport packet at `buf[HEADROOM..]` in IPv4 and UDP
-/// headers as rxe builds them (DF, TTL 64, UDP checksum 0) and fills in
-/// the ICRC. Returns the datagram length.
+/// headers as rxe builds them (DF, TTL 64, ID 0, UDP checksum 0) and fills
+/// in the ICRC. Returns the datagram length. The 28 header bytes are
+/// written directly (a test checks them against etherparse's).
 fn frame_ipv4(buf: &mut [u8], t: &Transmit, from_a: bool, prefix: &mut icrc::PrefixCache) -> usize {
     let (src, dst) = if from_a {
         (ADDR_A, ADDR_B)
     } else {
         (ADDR_B, ADDR_A)
     };
-    let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, src, dst).unwrap_or_default();
-    ip.dont_fragment = true;
-    ip.dscp = etherparse::IpDscp::try_new(t.traffic_class >> 2).unwrap_or_default();
-    ip.ecn = etherparse::IpEcn::try_new(t.traffic_class & 3).unwrap_or_default();
-    let outer = FrameRepr {
-        ethernet: None,
-        vlan: None,
-        ip: IpRepr::V4(ip),
-        udp: UdpHeader {
-            source_port: t.udp_sport,
-            destination_port: ROCE_V2_UDP_PORT,
-            length: 0,
-            checksum: 0,
-        },
-    };
     let total = HEADROOM + t.len;
-    if outer.emit(buf, t.len).is_ok() {
-        let _ = prefix.fill_joined(&mut buf[..total], t.ib_crc);
-    }
+    let (Ok(total16), Some(h)) = (u16::try_from(total), buf.get_mut(..HEADROOM)) else {
+        return total;
+    };
+    h[0] = 0x45;
+    h[1] = t.traffic_class;
+    h[2..4].copy_from_slice(&total16.to_be_bytes());
+    h[4..6].fill(0);
+    h[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
+    h[8] = 64;
+    h[9] = IpNumber::UDP.0;
+    h[10..12].fill(0);
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    let mut sum: u32 = h[..20]
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    h[20..22].copy_from_slice(&t.udp_sport.to_be_bytes());
+    h[22..24].copy_from_slice(&ROCE_V2_UDP_PORT.to_be_bytes());
+    h[24..26].copy_from_slice(&(total16 - 20).to_be_bytes());
+    h[26..28].fill(0);
+    let _ = prefix.fill_joined(&mut buf[..total], t.ib_crc);
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::{FrameRepr, IpRepr};
+    use etherparse::UdpHeader;
+
+    #[test]
+    fn frame_ipv4_writes_what_etherparse_writes() {
+        for (tclass, len, from_a) in [(0u8, 48usize, true), (0xc2, 4124, false), (0x03, 16, true)] {
+            let t = Transmit {
+                len,
+                src_qp: 17,
+                dest_qp: 18,
+                dgid: Gid([0; 16]),
+                sgid_index: 0,
+                sgid: Gid([0; 16]),
+                udp_sport: 0xc123,
+                traffic_class: tclass,
+                hop_limit: 64,
+                ib_crc: 0,
+            };
+            let mut ours = vec![0u8; HEADROOM + len];
+            frame_ipv4(&mut ours, &t, from_a, &mut icrc::PrefixCache::default());
+            let (src, dst) = if from_a {
+                (ADDR_A, ADDR_B)
+            } else {
+                (ADDR_B, ADDR_A)
+            };
+            let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, src, dst).unwrap();
+            ip.dont_fragment = true;
+            ip.dscp = etherparse::IpDscp::try_new(tclass >> 2).unwrap();
+            ip.ecn = etherparse::IpEcn::try_new(tclass & 3).unwrap();
+            let outer = FrameRepr {
+                ethernet: None,
+                vlan: None,
+                ip: IpRepr::V4(ip),
+                udp: UdpHeader {
+                    source_port: 0xc123,
+                    destination_port: ROCE_V2_UDP_PORT,
+                    length: 0,
+                    checksum: 0,
+                },
+            };
+            let mut theirs = vec![0u8; HEADROOM + len];
+            outer.emit(&mut theirs, len).unwrap();
+            assert_eq!(
+                ours[..HEADROOM],
+                theirs[..HEADROOM],
+                "tclass {tclass:#x} len {len}"
+            );
+        }
+    }
 }

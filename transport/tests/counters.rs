@@ -99,7 +99,8 @@ fn a_corrupted_packet_fails_the_icrc_and_counts_as_a_loss() {
     write(&mut s, 1, 4096);
     assert_eq!(run_to_completion(&mut s), vec![WcStatus::Success]);
     let (a, b) = (s.pair.a.counters(), s.pair.b.counters());
-    // The receiving link's ICRC check rejects it; the engine never sees it.
+    // B's engine checks the ICRC (the link only adds its headers' part)
+    // and drops the packet without counting it.
     assert_eq!(s.pair.stats.rejected, 1);
     assert_eq!(b.out_of_seq_request, 2, "{b:?}");
     assert_eq!(
@@ -112,6 +113,36 @@ fn a_corrupted_packet_fails_the_icrc_and_counts_as_a_loss() {
         s.pair.stats.sent,
         s.pair.stats.delivered + s.pair.stats.rejected
     );
+}
+
+/// Each packet of a WRITE in turn, and B's ACK, damaged on the way: the
+/// WRITE still completes with every byte right. A damaged WRITE middle or
+/// last packet is placed while its ICRC is computed (one pass), so this
+/// also shows that such a placement is undone by the retransmission and
+/// never completes the message.
+#[test]
+fn a_damaged_packet_in_any_position_leaves_the_write_intact() {
+    for (from_a, nth) in [(true, 1), (true, 2), (true, 3), (true, 4), (false, 1)] {
+        let mut s = setup(QpType::Rc, LinkConfig::clean(1000), 1, Mtu::Mtu1024, MEM);
+        let src: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8).collect();
+        s.pair.a.memory_mut().as_mut_slice()[..4096].copy_from_slice(&src);
+        s.pair.b.memory_mut().as_mut_slice()[0x1_0000..0x1_1000].fill(0xee);
+        s.pair.corrupt_nth.push((from_a, nth));
+        write(&mut s, 1, 4096);
+        assert_eq!(
+            run_to_completion(&mut s),
+            vec![WcStatus::Success],
+            "packet {nth} from A: {from_a}"
+        );
+        assert_eq!(s.pair.stats.rejected, 1, "packet {nth} from A: {from_a}");
+        assert_eq!(s.pair.stats.undetected, 0);
+        assert_eq!(
+            &s.pair.b.memory().as_slice()[0x1_0000..0x1_1000],
+            &src[..],
+            "packet {nth} from A: {from_a}"
+        );
+        check_link(&s);
+    }
 }
 
 #[test]

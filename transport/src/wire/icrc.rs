@@ -98,7 +98,13 @@ impl PrefixCache {
     pub fn register(&mut self, ip_header: &[u8], udp_header: &[u8]) -> Result<u32> {
         let mut masked = [0u8; MAX_IPV4_HEADER + UDP_LEN];
         let n = masked_prefix(ip_header, udp_header, &mut masked)?;
-        if n != self.len || masked[..n] != self.key[..n] {
+        // Fixed-size comparisons compile to a few vector compares.
+        let same = match n {
+            28 => masked[..28] == self.key[..28],
+            48 => masked[..48] == self.key[..48],
+            _ => masked[..n] == self.key[..n],
+        };
+        if n != self.len || !same {
             self.reg = crate::crc::update(!LRH_STANDIN_CRC, &masked[..n]);
             self.key = masked;
             self.len = n;
