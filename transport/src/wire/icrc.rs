@@ -98,12 +98,13 @@ impl PrefixCache {
     pub fn register(&mut self, ip_header: &[u8], udp_header: &[u8]) -> Result<u32> {
         let mut masked = [0u8; MAX_IPV4_HEADER + UDP_LEN];
         let n = masked_prefix(ip_header, udp_header, &mut masked)?;
-        // Fixed-size comparisons compile to a few vector compares.
-        let same = match n {
-            28 => masked[..28] == self.key[..28],
-            48 => masked[..48] == self.key[..48],
-            _ => masked[..n] == self.key[..n],
-        };
+        // Word by word, without a library call (headers are whole words).
+        let word = |c: &[u8]| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        let same = masked
+            .chunks_exact(4)
+            .zip(self.key.chunks_exact(4))
+            .take(n.div_ceil(4))
+            .all(|(a, b)| word(a) == word(b));
         if n != self.len || !same {
             self.reg = crate::crc::update(!LRH_STANDIN_CRC, &masked[..n]);
             self.key = masked;
