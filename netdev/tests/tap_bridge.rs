@@ -173,12 +173,12 @@ fn two_engines_over_bridged_taps_ipv4_and_ipv6() {
             udp_sport: 0xc000,
             traffic_class: 0,
             hop_limit: 64,
-            ib_crc: 0,
+            ib_crc: None,
         };
         let mut pkt = [0u8; 32];
         pkt[0] = 0x04; // RC SEND Only
         let t = Transmit {
-            ib_crc: transport::wire::icrc::header_register(0, &pkt[..28]).unwrap(),
+            ib_crc: Some(transport::wire::icrc::header_register(0, &pkt[..28]).unwrap()),
             ..t
         };
         l.send(&t, &mut pkt, 0).unwrap();

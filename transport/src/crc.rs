@@ -33,6 +33,22 @@ pub fn update(reg: u32, data: &[u8]) -> u32 {
     !h.finalize()
 }
 
+/// Whether [`copy_update`] of `len` bytes runs as one pass (on this CPU
+/// and at this length); otherwise it is a copy followed by a CRC, and a
+/// caller may as well leave the CRC to whoever needs it.
+#[inline]
+pub fn fused(len: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        len >= simd::MIN_LEN && simd::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = len;
+        false
+    }
+}
+
 /// Copies `src` into `dst` (same length) and returns the register after
 /// `src`, starting from `reg`, reading each byte once.
 #[inline]

@@ -117,10 +117,12 @@ pub struct Transmit {
     pub hop_limit: u8,
     /// The CRC register (see [`crate::crc`]) over the transport packet
     /// without its ICRC, with the BTH masked as the ICRC masks it, started
-    /// from zero. A link joins it to its own headers' part with
-    /// [`crate::wire::icrc::fill_joined`] instead of reading the payload
-    /// again.
-    pub ib_crc: u32,
+    /// from zero, where the engine computed it while it copied a large
+    /// payload in one pass ([`crate::crc::fused`]). A link joins it to its
+    /// own headers' part ([`crate::wire::icrc::compute_joined`]) instead
+    /// of reading the payload again; `None`: the link computes the ICRC
+    /// over the packet.
+    pub ib_crc: Option<u32>,
 }
 
 /// What the link knows about a received packet besides its transport
@@ -1229,10 +1231,7 @@ impl<M: Memory> Engine<M> {
             } else {
                 continue;
             };
-            let ib_crc = crc.unwrap_or_else(|| {
-                let body = &buf[..len.saturating_sub(crate::wire::ICRC_LEN)];
-                crate::wire::icrc::header_register(0, body).unwrap_or(0)
-            });
+            let ib_crc = crc;
             self.next_tx = (i + 1) % n;
             if let Some(&op) = buf.first() {
                 self.per_op.count(true, op, len);

@@ -545,7 +545,7 @@ mod tests {
                 udp_sport: 0xc123,
                 traffic_class: tclass,
                 hop_limit: 64,
-                ib_crc: 0,
+                ib_crc: None,
             };
             let mut ours = vec![0u8; HEADROOM + len];
             frame_ipv4(&mut ours, &t, from_a, &mut icrc::PrefixCache::default());

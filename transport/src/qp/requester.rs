@@ -24,7 +24,7 @@ pub(crate) struct Request {
     /// UD destination, if any.
     pub ud: Option<crate::verbs::UdDest>,
     /// The CRC register of the packet without its ICRC, from zero, where
-    /// it was computed while the payload was copied.
+    /// it was computed while a large payload was copied.
     pub crc: Option<u32>,
 }
 
@@ -257,6 +257,8 @@ impl Qp {
                 let o = offset as usize;
                 dst.copy_from_slice(&w.inline_data[o..o + payload_len]);
                 Ok(())
+            } else if !crate::crc::fused(payload_len) {
+                mr::gather(&*ctx.mem, ctx.mrs, self.pd, &w.sges, offset, dst)
             } else {
                 // Copy the payload and compute the packet's CRC register
                 // in one pass (the link only adds its headers' part).

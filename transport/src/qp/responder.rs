@@ -1014,26 +1014,37 @@ impl Qp {
         repr.emit(buf).ok()?;
         if let Some((va, rkey, n)) = payload {
             let at = repr.header_len();
-            // The payload is copied and the packet's CRC register computed
-            // in one pass.
+            // A large payload is copied and the packet's CRC register
+            // computed in one pass.
             let (head, rest) = buf.split_at_mut(at);
-            let reg = crate::wire::icrc::header_register(0, head).unwrap_or(0);
-            let read = ctx.mrs.remote_read_crc(
-                &*ctx.mem,
-                rkey,
-                self.pd,
-                self.qpn,
-                Access::REMOTE_READ,
-                va,
-                &mut rest[..n],
-                reg,
-            );
-            if let Ok(reg) = read {
-                *crc = Some(crate::crc::update(
-                    reg,
-                    &rest[n..n + crate::wire::pad_len(n)],
-                ));
-            }
+            let read = if crate::crc::fused(n) {
+                let reg = crate::wire::icrc::header_register(0, head).unwrap_or(0);
+                ctx.mrs
+                    .remote_read_crc(
+                        &*ctx.mem,
+                        rkey,
+                        self.pd,
+                        self.qpn,
+                        Access::REMOTE_READ,
+                        va,
+                        &mut rest[..n],
+                        reg,
+                    )
+                    .map(|reg| {
+                        let pad = &rest[n..n + crate::wire::pad_len(n)];
+                        *crc = Some(crate::crc::update(reg, pad));
+                    })
+            } else {
+                ctx.mrs.remote_read(
+                    &*ctx.mem,
+                    rkey,
+                    self.pd,
+                    self.qpn,
+                    Access::REMOTE_READ,
+                    va,
+                    &mut rest[..n],
+                )
+            };
             let ok = n == 0 || read.is_ok();
             if !ok {
                 // The region went away under an ongoing READ: NAK, and the

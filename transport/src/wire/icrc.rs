@@ -113,11 +113,21 @@ impl PrefixCache {
         Ok(self.reg)
     }
 
-    /// As [`fill_joined`].
-    pub fn fill_joined(&mut self, l3: &mut [u8], ib_crc: u32) -> Result<u32> {
+    /// As [`fill_joined`]; without a register, the packet's part is
+    /// computed here, continuing the remembered prefix.
+    pub fn fill_joined(&mut self, l3: &mut [u8], ib_crc: Option<u32>) -> Result<u32> {
         let (ip, udp, ib) = split(l3)?;
-        let ib_len = ib.len() - ICRC_LEN;
-        let icrc = join(self.register(ip, udp)?, ib_crc, ib_len);
+        let ib = &ib[..ib.len() - ICRC_LEN];
+        let prefix = self.register(ip, udp)?;
+        let icrc = match ib_crc {
+            Some(reg) => join(prefix, reg, ib.len()),
+            None => !header_register(prefix, ib)?,
+        };
+        debug_assert_eq!(
+            Ok(icrc),
+            compute_parts(ip, udp, ib),
+            "the transport packet's register does not match its bytes"
+        );
         let n = l3.len();
         l3[n - ICRC_LEN..].copy_from_slice(&icrc.to_le_bytes());
         Ok(icrc)
@@ -146,11 +156,20 @@ pub fn join(prefix: u32, ib_crc: u32, ib_len: usize) -> u32 {
 }
 
 /// The ICRC of a transport packet `ib` (without its ICRC) behind the
-/// given IP and UDP headers, from the packet's register `ib_crc` (as
-/// [`crate::engine::Transmit::ib_crc`] carries it): only the headers are
-/// read. Debug builds check the result against [`compute_parts`].
-pub fn compute_joined(ip_header: &[u8], udp_header: &[u8], ib: &[u8], ib_crc: u32) -> Result<u32> {
-    let icrc = join(prefix_register(ip_header, udp_header)?, ib_crc, ib.len());
+/// given IP and UDP headers. With the packet's register `ib_crc` (as
+/// [`crate::engine::Transmit::ib_crc`] carries it) only the headers are
+/// read, and debug builds check the result against [`compute_parts`];
+/// without it this is [`compute_parts`].
+pub fn compute_joined(
+    ip_header: &[u8],
+    udp_header: &[u8],
+    ib: &[u8],
+    ib_crc: Option<u32>,
+) -> Result<u32> {
+    let Some(reg) = ib_crc else {
+        return compute_parts(ip_header, udp_header, ib);
+    };
+    let icrc = join(prefix_register(ip_header, udp_header)?, reg, ib.len());
     debug_assert_eq!(
         Ok(icrc),
         compute_parts(ip_header, udp_header, ib),
@@ -162,10 +181,9 @@ pub fn compute_joined(ip_header: &[u8], udp_header: &[u8], ib: &[u8], ib_crc: u3
 /// Fills in the ICRC of an IP datagram whose transport packet's register
 /// is already known (`ib_crc`, from zero over the packet without its
 /// ICRC): only the headers are read. Returns the value written.
-pub fn fill_joined(l3: &mut [u8], ib_crc: u32) -> Result<u32> {
+pub fn fill_joined(l3: &mut [u8], ib_crc: Option<u32>) -> Result<u32> {
     let (ip, udp, ib) = split(l3)?;
-    let ib_len = ib.len() - ICRC_LEN;
-    let icrc = join(prefix_register(ip, udp)?, ib_crc, ib_len);
+    let icrc = compute_joined(ip, udp, &ib[..ib.len() - ICRC_LEN], ib_crc)?;
     let n = l3.len();
     l3[n - ICRC_LEN..].copy_from_slice(&icrc.to_le_bytes());
     Ok(icrc)
@@ -324,7 +342,7 @@ mod tests {
         let mut p = pkt.clone();
         let n = p.len();
         p[n - 4..].fill(0);
-        assert_eq!(fill_joined(&mut p, ib_crc).unwrap(), whole);
+        assert_eq!(fill_joined(&mut p, Some(ib_crc)).unwrap(), whole);
         assert_eq!(p, pkt);
         // The cache gives the same answers, also after the headers change.
         let mut cache = PrefixCache::default();
@@ -347,7 +365,11 @@ mod tests {
             );
         }
         p[n - 4..].fill(0);
-        assert_eq!(cache.fill_joined(&mut p, ib_crc).unwrap(), whole);
+        assert_eq!(cache.fill_joined(&mut p, Some(ib_crc)).unwrap(), whole);
+        p[n - 4..].fill(0);
+        assert_eq!(cache.fill_joined(&mut p, None).unwrap(), whole);
+        p[n - 4..].fill(0);
+        assert_eq!(fill_joined(&mut p, None).unwrap(), whole);
     }
 
     #[test]
