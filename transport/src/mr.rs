@@ -436,17 +436,13 @@ impl MrTable {
         va: u64,
         dst: &mut [u8],
     ) -> Result<(), AccessError> {
-        let len = dst.len() as u64;
-        let (mr, off) = self.checked(key, pd, qpn, need, va, len)?;
-        let ok = mr.pieces(off, len, |addr, at, n| {
-            mem.read(addr, &mut dst[at..at + n]).is_ok()
-        });
-        ok.then_some(())
-            .ok_or(AccessError::OutOfBounds { key, va, len })
+        self.read_as_crc(mem, key, pd, qpn, need, va, dst, None)
+            .map(|_| ())
     }
 
-    /// As [`MrTable::read_as`], returning the CRC register after the bytes
-    /// read, started from `reg` (see [`Memory::read_crc`]).
+    /// As [`MrTable::read_as`]; with a register, also returns the CRC
+    /// register after the bytes read, started from it (see
+    /// [`Memory::read_crc`]).
     #[allow(clippy::too_many_arguments)]
     fn read_as_crc<M: Memory>(
         &self,
@@ -457,14 +453,17 @@ impl MrTable {
         need: Access,
         va: u64,
         dst: &mut [u8],
-        mut reg: u32,
-    ) -> Result<u32, AccessError> {
+        mut reg: Option<u32>,
+    ) -> Result<Option<u32>, AccessError> {
         let len = dst.len() as u64;
         let (mr, off) = self.checked(key, pd, qpn, need, va, len)?;
         let ok = mr.pieces(off, len, |addr, at, n| {
-            mem.read_crc(addr, &mut dst[at..at + n], reg)
-                .map(|r| reg = r)
-                .is_ok()
+            let dst = &mut dst[at..at + n];
+            match reg {
+                Some(r) => mem.read_crc(addr, dst, r).map(|r| reg = Some(r)),
+                None => mem.read(addr, dst),
+            }
+            .is_ok()
         });
         ok.then_some(reg)
             .ok_or(AccessError::OutOfBounds { key, va, len })
@@ -484,7 +483,8 @@ impl MrTable {
         dst: &mut [u8],
         reg: u32,
     ) -> Result<u32, AccessError> {
-        self.read_as_crc(mem, key, pd, Some(qpn), need, va, dst, reg)
+        self.read_as_crc(mem, key, pd, Some(qpn), need, va, dst, Some(reg))
+            .map(|r| r.unwrap_or(reg))
     }
 
     /// A remote write by QP `qpn` that also returns the CRC register after
@@ -500,17 +500,10 @@ impl MrTable {
         need: Access,
         va: u64,
         src: &[u8],
-        mut reg: u32,
+        reg: u32,
     ) -> Result<u32, AccessError> {
-        let len = src.len() as u64;
-        let (mr, off) = self.checked(key, pd, Some(qpn), need, va, len)?;
-        let ok = mr.pieces(off, len, |addr, at, n| {
-            mem.write_crc(addr, &src[at..at + n], reg)
-                .map(|r| reg = r)
-                .is_ok()
-        });
-        ok.then_some(reg)
-            .ok_or(AccessError::OutOfBounds { key, va, len })
+        self.write_as_crc(mem, key, pd, Some(qpn), need, va, src, Some(reg))
+            .map(|r| r.unwrap_or(reg))
     }
 
     /// Checks a local access, then copies `src` to `va`.
@@ -537,12 +530,35 @@ impl MrTable {
         va: u64,
         src: &[u8],
     ) -> Result<(), AccessError> {
+        self.write_as_crc(mem, key, pd, qpn, need, va, src, None)
+            .map(|_| ())
+    }
+
+    /// As [`MrTable::write_as`]; with a register, also returns the CRC
+    /// register after `src`, started from it (see [`Memory::write_crc`]).
+    #[allow(clippy::too_many_arguments)]
+    fn write_as_crc<M: Memory>(
+        &self,
+        mem: &mut M,
+        key: u32,
+        pd: u32,
+        qpn: Option<u32>,
+        need: Access,
+        va: u64,
+        src: &[u8],
+        mut reg: Option<u32>,
+    ) -> Result<Option<u32>, AccessError> {
         let len = src.len() as u64;
         let (mr, off) = self.checked(key, pd, qpn, need, va, len)?;
         let ok = mr.pieces(off, len, |addr, at, n| {
-            mem.write(addr, &src[at..at + n]).is_ok()
+            let src = &src[at..at + n];
+            match reg {
+                Some(r) => mem.write_crc(addr, src, r).map(|r| reg = Some(r)),
+                None => mem.write(addr, src),
+            }
+            .is_ok()
         });
-        ok.then_some(())
+        ok.then_some(reg)
             .ok_or(AccessError::OutOfBounds { key, va, len })
     }
 }
@@ -562,10 +578,7 @@ pub fn gather<M: Memory>(
     offset: u64,
     dst: &mut [u8],
 ) -> Result<(), AccessError> {
-    let len = dst.len();
-    walk(sges, offset, len, |sge, va, at, n| {
-        mrs.read(mem, sge.lkey, pd, Access(0), va, &mut dst[at..at + n])
-    })
+    gather_as(mem, mrs, pd, sges, offset, dst, None).map(|_| ())
 }
 
 /// As [`gather`], and returns the CRC register after the bytes gathered,
@@ -577,20 +590,24 @@ pub fn gather_crc<M: Memory>(
     sges: &[Sge],
     offset: u64,
     dst: &mut [u8],
-    mut reg: u32,
+    reg: u32,
 ) -> Result<u32, AccessError> {
+    gather_as(mem, mrs, pd, sges, offset, dst, Some(reg)).map(|r| r.unwrap_or(reg))
+}
+
+fn gather_as<M: Memory>(
+    mem: &M,
+    mrs: &MrTable,
+    pd: u32,
+    sges: &[Sge],
+    offset: u64,
+    dst: &mut [u8],
+    mut reg: Option<u32>,
+) -> Result<Option<u32>, AccessError> {
     let len = dst.len();
     walk(sges, offset, len, |sge, va, at, n| {
-        reg = mrs.read_as_crc(
-            mem,
-            sge.lkey,
-            pd,
-            None,
-            Access(0),
-            va,
-            &mut dst[at..at + n],
-            reg,
-        )?;
+        let piece = &mut dst[at..at + n];
+        reg = mrs.read_as_crc(mem, sge.lkey, pd, None, Access(0), va, piece, reg)?;
         Ok(())
     })?;
     Ok(reg)
