@@ -14,8 +14,6 @@
 //! registers that are stored to the destination) where the CPU has it,
 //! and falls back to a copy followed by `crc32fast` elsewhere.
 
-use std::sync::OnceLock;
-
 /// The reflected IEEE polynomial.
 const POLY: u32 = 0xedb8_8320;
 /// x^0 in the reflected representation.
@@ -115,22 +113,26 @@ fn x8n_slow(n: usize) -> u32 {
 /// Shifts up to this many bytes come from a table.
 const TABLE_LEN: usize = 4352;
 
-fn x8n(n: usize) -> u32 {
-    static TABLE: OnceLock<Box<[u32]>> = OnceLock::new();
-    if n >= TABLE_LEN {
-        return x8n_slow(n);
+/// x^(8n) mod P for n below [`TABLE_LEN`], built at compile time (no
+/// allocation or first-use cost on the packet path).
+static X8N: [u32; TABLE_LEN] = {
+    let mut t = [0u32; TABLE_LEN];
+    let step = X2K[3]; // x^8
+    let mut p = ONE;
+    let mut i = 0;
+    while i < TABLE_LEN {
+        t[i] = p;
+        p = mul_mod(step, p);
+        i += 1;
     }
-    let t = TABLE.get_or_init(|| {
-        let step = X2K[3]; // x^8
-        let mut v = Vec::with_capacity(TABLE_LEN);
-        let mut p = ONE;
-        for _ in 0..TABLE_LEN {
-            v.push(p);
-            p = mul_mod(step, p);
-        }
-        v.into_boxed_slice()
-    });
-    t[n]
+    t
+};
+
+fn x8n(n: usize) -> u32 {
+    match X8N.get(n) {
+        Some(&x) => x,
+        None => x8n_slow(n),
+    }
 }
 
 /// The register after `n` zero bytes, starting from `reg`.
