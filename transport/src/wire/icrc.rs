@@ -178,9 +178,10 @@ pub fn compute_joined(
     Ok(icrc)
 }
 
-/// Fills in the ICRC of an IP datagram whose transport packet's register
-/// is already known (`ib_crc`, from zero over the packet without its
-/// ICRC): only the headers are read. Returns the value written.
+/// Fills in the ICRC of an IP datagram. With its transport packet's
+/// register (`ib_crc`, from zero over the packet without its ICRC) only
+/// the headers are read; without it the whole packet is. Returns the
+/// value written.
 pub fn fill_joined(l3: &mut [u8], ib_crc: Option<u32>) -> Result<u32> {
     let (ip, udp, ib) = split(l3)?;
     let icrc = compute_joined(ip, udp, &ib[..ib.len() - ICRC_LEN], ib_crc)?;
