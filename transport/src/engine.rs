@@ -176,6 +176,18 @@ pub enum DropReason {
     BadIcrc,
 }
 
+/// Checks a packet's ICRC from the link's prefix register (see
+/// [`Engine::handle_packet_unverified`]).
+#[inline]
+fn check_icrc(prefix: u32, pkt: &Packet<&[u8]>) -> Result<(), DropReason> {
+    let reg = crate::wire::icrc::header_register(prefix, pkt.without_icrc())?;
+    if !reg == pkt.icrc() {
+        Ok(())
+    } else {
+        Err(DropReason::BadIcrc)
+    }
+}
+
 /// The source GID in a raw IPv4 or IPv6 header.
 fn source_gid(ip: &[u8]) -> Option<Gid> {
     match (ip.first()? >> 4, ip.len()) {
@@ -1126,10 +1138,8 @@ impl<M: Memory> Engine<M> {
         let repr = PacketRepr::parse(&pkt)?;
         let opcode = repr.bth.opcode;
         if opcode.transport() == Transport::Cnp {
-            if let Some(prefix) = unverified
-                && !crate::wire::icrc::header_register(prefix, pkt.without_icrc())? != pkt.icrc()
-            {
-                return Err(DropReason::BadIcrc);
+            if let Some(prefix) = unverified {
+                check_icrc(prefix, &pkt)?;
             }
             self.counters.cnp_rcvd += 1;
             self.per_op.count(false, opcode.0, ib.len());
@@ -1167,15 +1177,10 @@ impl<M: Memory> Engine<M> {
         }
         let mut placed = false;
         if let Some(prefix) = unverified {
-            let computed = match qp.place_unverified(&mut ctx, &pkt, &repr, prefix) {
-                Some(reg) => {
-                    placed = true;
-                    !reg
-                }
-                None => !crate::wire::icrc::header_register(prefix, pkt.without_icrc())?,
-            };
-            if computed != pkt.icrc() {
-                return Err(DropReason::BadIcrc);
+            match qp.place_unverified(&mut ctx, &pkt, &repr, prefix) {
+                Some(reg) if !reg == pkt.icrc() => placed = true,
+                Some(_) => return Err(DropReason::BadIcrc),
+                None => check_icrc(prefix, &pkt)?,
             }
         }
         if meta.ecn == 3 {
@@ -1231,7 +1236,6 @@ impl<M: Memory> Engine<M> {
             } else {
                 continue;
             };
-            let ib_crc = crc;
             self.next_tx = (i + 1) % n;
             if let Some(&op) = buf.first() {
                 self.per_op.count(true, op, len);
@@ -1250,7 +1254,7 @@ impl<M: Memory> Engine<M> {
                 udp_sport: roce_udp_sport(ah.flow_label, src_qp, dest_qp),
                 traffic_class: tclass.unwrap_or(ah.traffic_class),
                 hop_limit: ah.hop_limit,
-                ib_crc,
+                ib_crc: crc,
             });
         }
         None
