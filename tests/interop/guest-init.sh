@@ -11,6 +11,13 @@
 #   through ifb0; the host kernel here has no netem) vur.pci=1 (list the
 #   PCI functions as "VUR-PCI <addr> <vendor> <device> <class>")
 #   vur.dev=rxe|pvrdma (default rxe); the suite's steps name the device $DEV
+#   vur.netcheck=reset|abort: after a failed step, ping vur.peer; if the
+#   NIC has stopped, "reset" rebinds virtio_net once (a device reset in
+#   QEMU), brings eth0 and rxe0 back and runs the step again on port+1000
+#   ("VUR-CHECK <n> reset ok"), while "abort" (and a reset that fails, or
+#   a second one) prints "VUR-ABORT" and skips the remaining steps
+#   vur.inject=N: before step N, drop all of eth0's egress (netem loss
+#   100%), a stand-in for a stalled NIC to test vur.netcheck with
 # The NIC is virtio-net or vmxnet3, whichever QEMU gives.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
@@ -22,7 +29,7 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 
-V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss= V_pci=0 V_dev=rxe
+V_ip=10.77.0.1/24 V_ip6= V_mtu=1500 V_peer= V_shell=0 V_loss= V_pci=0 V_dev=rxe V_netcheck= V_inject=
 for x in $(cat /proc/cmdline); do
   case "$x" in
     vur.*=*) k=${x%%=*}; k=${k#vur.}; v=${x#*=}; eval "V_$k=\$v" ;;
@@ -41,11 +48,23 @@ fi
 modprobe virtio_pci
 modprobe virtio_net
 modprobe vmxnet3
-i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+eth_up() { # eth0's MTU and addresses (again after a NIC reset)
+  i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  ip link set eth0 mtu "$V_mtu" up
+  ip addr add "$V_ip" dev eth0
+  [ -n "$V_ip6" ] && ip -6 addr add "$V_ip6" dev eth0 nodad
+}
+rxe_up() {
+  rdma link add rxe0 type rxe netdev eth0
+  ibv_devinfo -d rxe0 | grep -E 'state|active_mtu'
+}
+loss_up() {
+  tc qdisc add dev eth0 root netem loss "$V_loss"
+  tc qdisc add dev eth0 handle ffff: ingress
+  tc filter add dev eth0 parent ffff: matchall action mirred egress redirect dev ifb0
+}
 ip link set lo up
-ip link set eth0 mtu "$V_mtu" up
-ip addr add "$V_ip" dev eth0
-[ -n "$V_ip6" ] && ip -6 addr add "$V_ip6" dev eth0 nodad
+eth_up
 modprobe ib_uverbs
 modprobe rdma_ucm
 if [ "$V_dev" = pvrdma ]; then
@@ -58,8 +77,7 @@ if [ "$V_dev" = pvrdma ]; then
 else
   DEV=rxe0
   modprobe rdma_rxe
-  rdma link add rxe0 type rxe netdev eth0
-  ibv_devinfo -d rxe0 | grep -E 'state|active_mtu'
+  rxe_up
 fi
 log "$DEV on eth0 $(cat /sys/class/net/eth0/address) mtu $V_mtu"
 sleep 0.5
@@ -75,17 +93,63 @@ fi
 if [ -n "$V_loss" ]; then
   modprobe ifb numifbs=1
   ip link set ifb0 up
-  tc qdisc add dev eth0 root netem loss "$V_loss"
-  tc qdisc add dev eth0 handle ffff: ingress
-  tc filter add dev eth0 parent ffff: matchall action mirred egress redirect dev ifb0
+  loss_up
   tc qdisc add dev ifb0 root netem loss "$V_loss"
   log "netem loss $V_loss on eth0 egress and ingress (ifb0)"
   tc -s qdisc show dev eth0 | head -3
 fi
 
-# step N server|client TIMEOUT CMD...: run one tool; a client retries
-# while the server is not listening yet (the tools exit at once then).
+# Does the network still carry anything? Any reply of three counts (the
+# loss suite drops 2% each way).
+net_ok() { ping -c 3 -i 0.5 -W 2 "$V_peer" >/dev/null 2>&1; }
+# A device reset of the guest's virtio-net: rxe0 off, virtio_net unbound
+# and bound again (QEMU resets the device and drops what its queues held),
+# then eth0, rxe0 and netem as they were. Only for rxe on virtio-net.
+nic_reset() {
+  d=$(readlink -f /sys/class/net/eth0/device) || return 1
+  [ "$(basename "$(readlink -f "$d/driver")")" = virtio_net ] && [ "$DEV" = rxe0 ] || return 1
+  rdma link delete rxe0
+  i=0; while [ -e /sys/class/infiniband/rxe0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  echo "${d##*/}" >/sys/bus/virtio/drivers/virtio_net/unbind || return 1
+  echo "${d##*/}" >/sys/bus/virtio/drivers/virtio_net/bind || return 1
+  eth_up && rxe_up || return 1
+  [ -z "$V_loss" ] || loss_up
+  i=0; until net_ok || [ $i -ge 5 ]; do i=$((i+1)); done
+  net_ok
+}
+ABORT=0 RESETS=0
+# step N server|client TIMEOUT CMD...: run one tool (see run_step); with
+# vur.netcheck, a failed step is followed by a look at the network.
 step() {
+  if [ "$ABORT" = 1 ]; then echo "VUR-STEP $1 rc=255 wall=0 (not run: aborted)"; return; fi
+  if [ "$1" = "$V_inject" ]; then
+    tc qdisc replace dev eth0 root netem loss 100%
+    log "VUR-INJECT $1: eth0 drops all egress"
+  fi
+  run_step "$@"
+  [ "$rc" = 0 ] || [ -z "$V_netcheck" ] && return
+  if net_ok; then echo "VUR-CHECK $1 net ok"; return; fi
+  log "VUR-CHECK $1 no reply from $V_peer: the NIC has stopped"
+  if [ "$V_netcheck" = reset ] && [ "$RESETS" = 0 ] && nic_reset; then
+    RESETS=1
+    echo "VUR-CHECK $1 reset ok"
+    # Again, on port+1000 (as the host's peer does).
+    n=$1 r=$2 t=$3; shift 3
+    a=""; prev=""
+    for x in "$@"; do
+      [ "$prev" = -p ] && x=$((x + 1000))
+      a="$a $x"; prev=$x
+    done
+    # shellcheck disable=SC2086
+    run_step "$n" "$r" "$t" $a
+  else
+    ABORT=1
+    echo "VUR-ABORT after step $1: the NIC has stopped (netcheck=$V_netcheck, resets so far $RESETS)"
+  fi
+}
+# run_step N server|client TIMEOUT CMD...: a client retries while the
+# server is not listening yet (the tools exit at once then).
+run_step() {
   n=$1 role=$2 tmo=$3; shift 3
   log "VUR-RUN $n $role: $*"
   s=$(up); tries=0
