@@ -1134,7 +1134,8 @@ impl<M: Memory> Engine<M> {
         ib: &[u8],
         unverified: Option<u32>,
     ) -> Result<(), DropReason> {
-        let pkt = Packet::new_checked(ib)?;
+        // `PacketRepr::parse` runs `Packet::check_len` first.
+        let pkt = Packet::new_unchecked(ib);
         let repr = PacketRepr::parse(&pkt)?;
         let opcode = repr.bth.opcode;
         if opcode.transport() == Transport::Cnp {

@@ -186,12 +186,14 @@ pub struct OpcodeInfo {
     pub position: Position,
     /// Whether a requester sends it (as opposed to a responder).
     pub request: bool,
+    /// BTH plus extension headers, computed once with the table.
+    header_len: usize,
 }
 
 impl OpcodeInfo {
     /// Length of the BTH plus the extension headers.
     pub const fn header_len(&self) -> usize {
-        super::bth::HEADER_LEN + self.headers.len()
+        self.header_len
     }
 
     /// The transport of this opcode.
@@ -215,6 +217,7 @@ const fn row(
         payload,
         position,
         request,
+        header_len: super::bth::HEADER_LEN + headers.len(),
     }
 }
 

@@ -259,22 +259,39 @@ impl PacketRepr {
         packet.check_len()?;
         let bth = BthRepr::parse(&packet.bth())?;
         let info = packet.info();
-        let ext = ExtHeaders {
-            deth: packet.deth().map(|h| DethRepr::parse(&h)).transpose()?,
-            feth: packet.feth().map(|h| FethRepr::parse(&h)).transpose()?,
-            reth: packet.reth().map(|h| RethRepr::parse(&h)).transpose()?,
-            atomic_eth: packet
-                .atomic_eth()
-                .map(|h| AtomicEthRepr::parse(&h))
-                .transpose()?,
-            aeth: packet.aeth().map(|h| AethRepr::parse(&h)).transpose()?,
-            atomic_ack_eth: packet
-                .atomic_ack_eth()
-                .map(|h| AtomicAckEthRepr::parse(&h))
-                .transpose()?,
-            imm_dt: packet.imm_dt().map(|h| ImmDtRepr::parse(&h)).transpose()?,
-            ieth: packet.ieth().map(|h| IethRepr::parse(&h)).transpose()?,
-        };
+        // One walk over the opcode's headers in wire order (most data
+        // packets have none).
+        let mut ext = ExtHeaders::default();
+        let mut off = HEADER_LEN;
+        let buf = packet.buffer.as_ref();
+        for &(h, len, _) in HeaderSet::ORDER.iter() {
+            if info.headers.is_empty() {
+                break;
+            }
+            if !info.headers.contains(h) {
+                continue;
+            }
+            let b = &buf[off..off + len];
+            off += len;
+            if h == HeaderSet::DETH {
+                ext.deth = Some(DethRepr::parse(&Deth::new_unchecked(b))?);
+            } else if h == HeaderSet::FETH {
+                ext.feth = Some(FethRepr::parse(&Feth::new_unchecked(b))?);
+            } else if h == HeaderSet::RETH {
+                ext.reth = Some(RethRepr::parse(&Reth::new_unchecked(b))?);
+            } else if h == HeaderSet::ATOMIC_ETH {
+                ext.atomic_eth = Some(AtomicEthRepr::parse(&AtomicEth::new_unchecked(b))?);
+            } else if h == HeaderSet::AETH {
+                ext.aeth = Some(AethRepr::parse(&Aeth::new_unchecked(b))?);
+            } else if h == HeaderSet::ATOMIC_ACK_ETH {
+                ext.atomic_ack_eth =
+                    Some(AtomicAckEthRepr::parse(&AtomicAckEth::new_unchecked(b))?);
+            } else if h == HeaderSet::IMM_DT {
+                ext.imm_dt = Some(ImmDtRepr::parse(&ImmDt::new_unchecked(b))?);
+            } else if h == HeaderSet::IETH {
+                ext.ieth = Some(IethRepr::parse(&Ieth::new_unchecked(b))?);
+            }
+        }
         let payload_len = packet.payload_len();
         check_payload_rule(info, payload_len)?;
         Ok(PacketRepr {
