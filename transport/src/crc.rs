@@ -333,15 +333,44 @@ mod simd {
                 _mm_xor_si128(fold128(l0, F384), fold128(l1, F256)),
                 _mm_xor_si128(fold128(l2, F128), l3),
             );
-            // The remaining 128 bits, then the tail, the slow way: the
-            // register of the whole so far is the CRC of `r` from zero.
+            // The register of the whole so far is that of `r` from zero;
+            // then the tail (under 64 bytes), if any.
+            let reg = reduce128(r);
             let tail = &src[p..];
+            if tail.is_empty() {
+                return reg;
+            }
             dst[p..].copy_from_slice(tail);
-            let mut last = [0u8; 16 + 64];
-            _mm_storeu_si128(last.as_mut_ptr().cast(), r);
-            last[16..16 + tail.len()].copy_from_slice(tail);
-            super::update(0, &last[..16 + tail.len()])
+            super::update(reg, tail)
         }
+    }
+
+    /// x^64 mod P, for the step from 64 to 32 bits.
+    const K64: u64 = k(64);
+    /// The polynomial (reflected, with its x^32 term) and its Barrett
+    /// constant floor(x^64 / P) (reflected), for the last step.
+    const P_X: u64 = ((super::POLY as u64) << 1) | 1;
+    const MU: u64 = 0x1_f701_1641;
+
+    /// The register after the 16 bytes of `x` from register zero, with no
+    /// trip through memory: 128 to 64 bits, 64 to 32 bits (folds), then
+    /// a Barrett reduction.
+    #[target_feature(enable = "pclmulqdq,sse4.1")]
+    pub(super) fn reduce128(x: __m128i) -> u32 {
+        let low32 = _mm_set_epi32(0, 0, 0, -1);
+        let x = _mm_xor_si128(
+            _mm_clmulepi64_si128::<0x00>(x, _mm_cvtsi64_si128(k(96) as i64)),
+            _mm_srli_si128::<8>(x),
+        );
+        let x = _mm_xor_si128(
+            _mm_clmulepi64_si128::<0x00>(_mm_and_si128(x, low32), _mm_cvtsi64_si128(K64 as i64)),
+            _mm_srli_si128::<4>(x),
+        );
+        let t1 =
+            _mm_clmulepi64_si128::<0x00>(_mm_and_si128(x, low32), _mm_cvtsi64_si128(MU as i64));
+        let t2 =
+            _mm_clmulepi64_si128::<0x00>(_mm_and_si128(t1, low32), _mm_cvtsi64_si128(P_X as i64));
+        _mm_extract_epi32::<1>(_mm_xor_si128(x, t2)) as u32
     }
 }
 
@@ -374,6 +403,23 @@ mod tests {
         assert_eq!(simd::k(480), 0x1_c6e4_1596);
         assert_eq!(simd::k(160), 0x1_7519_97d0);
         assert_eq!(simd::k(96), 0x0_ccaa_009e);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn reduce128_is_the_register_of_16_bytes_from_zero() {
+        if !std::is_x86_feature_detected!("pclmulqdq") || !std::is_x86_feature_detected!("sse4.1") {
+            return;
+        }
+        // crc32fast's constants for the same steps.
+        assert_eq!(simd::k(64), 0x1_63cd_6124);
+        for seed in 0..2000 {
+            let b = bytes(16, seed);
+            // SAFETY: the features were checked above; the load reads 16 bytes.
+            let got =
+                unsafe { simd::reduce128(std::arch::x86_64::_mm_loadu_si128(b.as_ptr().cast())) };
+            assert_eq!(got, update(0, &b), "seed {seed}");
+        }
     }
 
     #[test]
