@@ -378,14 +378,20 @@ impl Pair {
 
     fn push(&mut self, buf: usize, len: usize, to_b: bool, at: u64, damaged: bool) {
         self.seq += 1;
-        self.queue.push(Reverse(InFlight {
+        let p = InFlight {
             at,
             seq: self.seq,
             to_b,
             buf,
             len,
             damaged,
-        }));
+        };
+        if at <= self.now && self.queue.is_empty() {
+            // Due now and nothing ahead of it: handed over at once.
+            self.deliver(p);
+        } else {
+            self.queue.push(Reverse(p));
+        }
     }
 
     /// Delivers every packet due by `now`.
@@ -399,6 +405,14 @@ impl Pair {
                 break;
             };
             any = true;
+            self.deliver(p);
+        }
+        any
+    }
+
+    /// Hands one packet to its receiver and counts its fate.
+    fn deliver(&mut self, p: InFlight) {
+        {
             let len = p.len;
             // Take the buffer out of the pool while the engine reads it.
             let buf = std::mem::take(&mut self.pool[p.buf]);
@@ -440,7 +454,6 @@ impl Pair {
             self.pool[p.buf] = buf;
             self.free.push(p.buf);
         }
-        any
     }
 
     /// One round: transmit, deliver what is due, run expired timers.

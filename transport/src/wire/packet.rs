@@ -355,12 +355,19 @@ impl PacketRepr {
     }
 
     fn ext_len(&self) -> usize {
-        let cnp = if self.bth.opcode == Opcode::CNP {
-            HeaderSet::CNP_RESERVED.len()
-        } else {
-            0
-        };
-        self.ext.set().len() + cnp
+        // The sizes of the headers present, summed without building their
+        // set (this runs for every packet sent).
+        let e = &self.ext;
+        let n = |present: bool, len: usize| if present { len } else { 0 };
+        n(e.deth.is_some(), 8)
+            + n(e.feth.is_some(), 4)
+            + n(e.reth.is_some(), 16)
+            + n(e.atomic_eth.is_some(), 28)
+            + n(e.aeth.is_some(), 4)
+            + n(e.atomic_ack_eth.is_some(), 8)
+            + n(e.imm_dt.is_some(), 4)
+            + n(e.ieth.is_some(), 4)
+            + n(self.bth.opcode == Opcode::CNP, 16)
     }
 
     /// Length of the whole packet: headers, payload, pad and ICRC.
@@ -473,6 +480,53 @@ mod tests {
                 ..Default::default()
             },
             payload_len,
+        }
+    }
+
+    #[test]
+    fn header_len_is_that_of_the_header_set() {
+        // Every combination of extension headers, and the CNP.
+        for bits in 0u16..256 {
+            let has = |i: u16| bits & (1 << i) != 0;
+            let mut r = write_imm(0);
+            r.ext = ExtHeaders {
+                deth: has(0).then_some(DethRepr { qkey: 1, src_qp: 2 }),
+                feth: has(1).then_some(FethRepr {
+                    placement_type: 1,
+                    selectivity_level: 0,
+                }),
+                reth: has(2).then_some(RethRepr {
+                    va: 1,
+                    rkey: 2,
+                    dma_len: 3,
+                }),
+                atomic_eth: has(3).then_some(AtomicEthRepr {
+                    va: 8,
+                    rkey: 1,
+                    swap_add: 2,
+                    compare: 3,
+                }),
+                aeth: has(4).then_some(AethRepr {
+                    syndrome: AethSyndrome::Ack { credits: 0 },
+                    msn: 1,
+                }),
+                atomic_ack_eth: has(5).then_some(AtomicAckEthRepr { orig: 5 }),
+                imm_dt: has(6).then_some(ImmDtRepr { imm: 1 }),
+                ieth: has(7).then_some(IethRepr { rkey: 1 }),
+            };
+            for op in [0x0b, 0x81] {
+                r.bth.opcode = Opcode(op);
+                let cnp = if op == 0x81 {
+                    HeaderSet::CNP_RESERVED.len()
+                } else {
+                    0
+                };
+                assert_eq!(
+                    r.header_len(),
+                    HEADER_LEN + r.ext.set().len() + cnp,
+                    "headers {bits:#x}, opcode {op:#x}"
+                );
+            }
         }
     }
 
