@@ -418,13 +418,11 @@ impl Pair {
             let buf = std::mem::take(&mut self.pool[p.buf]);
             // The link computes its headers' part of the ICRC; the engine
             // checks the rest while it takes the packet.
-            let parsed = RoceFrame::parse_ip(&buf[..len]).and_then(|rf| {
-                let ip_len = rf.repr.ip.header_len();
-                let udp = rf.l3.get(ip_len..ip_len + 8).unwrap_or_default();
+            let parsed = RoceFrame::locate_ip(&buf[..len]).and_then(|rf| {
                 let cache = &mut self.prefix[usize::from(!p.to_b)];
                 cache
-                    .register(&rf.l3[..ip_len], udp)
-                    .map(|reg| (rf, ip_len, reg))
+                    .register(rf.ip_header(), rf.udp_header())
+                    .map(|reg| (rf, rf.ip_len, reg))
             });
             // Taken: the engine checked the ICRC and acted on the packet.
             // Dropped before that (no QP, wrong source, ...): left alone.
@@ -432,7 +430,7 @@ impl Pair {
                 Ok((rf, ip_len, reg)) => {
                     let meta = RxMeta {
                         ip_header: &rf.l3[..ip_len],
-                        ecn: rf.repr.ip.ecn(),
+                        ecn: rf.ecn,
                     };
                     let engine = if p.to_b { &mut self.b } else { &mut self.a };
                     match engine.handle_packet_unverified(self.now, &meta, rf.ib, reg) {

@@ -92,6 +92,51 @@ fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
     inner.as_ptr() as usize - outer.as_ptr() as usize
 }
 
+/// The parts of a RoCEv2 IP datagram, located without building its
+/// headers ([`RoceFrame::locate_ip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoceDatagram<'a> {
+    /// The IP datagram: IP header through ICRC.
+    pub l3: &'a [u8],
+    /// Length of the IP header.
+    pub ip_len: usize,
+    /// The ECN bits of the IP header.
+    pub ecn: u8,
+    /// The transport packet: BTH through ICRC.
+    pub ib: &'a [u8],
+}
+
+impl RoceDatagram<'_> {
+    /// The IP header.
+    pub fn ip_header(&self) -> &[u8] {
+        &self.l3[..self.ip_len]
+    }
+
+    /// The UDP header.
+    pub fn udp_header(&self) -> &[u8] {
+        &self.l3[self.ip_len..self.ip_len + UdpHeader::LEN]
+    }
+}
+
+/// The length of an IPv4 header without options.
+const PLAIN_IP: usize = 20;
+
+/// The common case in a few comparisons: an IPv4 header without options,
+/// not fragmented, whose total length is the datagram's and which carries
+/// exactly one UDP datagram to port 4791. Anything else takes the general
+/// path, which gives the same result for these (a unit test compares the
+/// two on damaged frames).
+fn is_plain_ipv4(d: &[u8]) -> bool {
+    const IP: usize = PLAIN_IP;
+    d.len() >= IP + UdpHeader::LEN
+        && d[0] == 0x45
+        && d[9] == IpNumber::UDP.0
+        && usize::from(u16::from_be_bytes([d[2], d[3]])) == d.len()
+        && u16::from_be_bytes([d[6], d[7]]) & 0x3fff == 0
+        && usize::from(u16::from_be_bytes([d[24], d[25]])) == d.len() - IP
+        && u16::from_be_bytes([d[22], d[23]]) == ROCE_V2_UDP_PORT
+}
+
 impl<'a> RoceFrame<'a> {
     /// Parses an Ethernet II frame. Returns `NotRoce` for a well-formed
     /// frame that is not UDP to port 4791 (ARP, TCP, other UDP...), and
@@ -126,21 +171,31 @@ impl<'a> RoceFrame<'a> {
         Self::from_sliced(datagram, None, None, sliced)
     }
 
-    /// The common case in a few comparisons: an IPv4 header without
-    /// options, not fragmented, whose total length is the datagram's and
-    /// which carries exactly one UDP datagram to port 4791. Anything else
-    /// is `None` and takes the general path, which gives the same result
-    /// for these (a unit test compares the two on damaged frames).
+    /// Where the parts of a bare IP datagram lie, as [`RoceFrame::parse_ip`]
+    /// finds them but without building the outer headers: what a link's
+    /// receive path needs.
+    pub fn locate_ip(datagram: &'a [u8]) -> Result<RoceDatagram<'a>> {
+        if is_plain_ipv4(datagram) {
+            return Ok(RoceDatagram {
+                l3: datagram,
+                ip_len: PLAIN_IP,
+                ecn: datagram[1] & 3,
+                ib: &datagram[PLAIN_IP + UdpHeader::LEN..],
+            });
+        }
+        let f = Self::parse_ip_sliced(datagram)?;
+        Ok(RoceDatagram {
+            l3: f.l3,
+            ip_len: f.repr.ip.header_len(),
+            ecn: f.repr.ip.ecn(),
+            ib: f.ib,
+        })
+    }
+
+    /// A datagram [`is_plain_ipv4`] accepts, with its headers built.
     fn plain_ipv4(d: &'a [u8]) -> Option<RoceFrame<'a>> {
-        const IP: usize = 20;
-        if d.len() < IP + UdpHeader::LEN
-            || d[0] != 0x45
-            || d[9] != IpNumber::UDP.0
-            || usize::from(u16::from_be_bytes([d[2], d[3]])) != d.len()
-            || u16::from_be_bytes([d[6], d[7]]) & 0x3fff != 0
-            || usize::from(u16::from_be_bytes([d[24], d[25]])) != d.len() - IP
-            || u16::from_be_bytes([d[22], d[23]]) != ROCE_V2_UDP_PORT
-        {
+        const IP: usize = PLAIN_IP;
+        if !is_plain_ipv4(d) {
             return None;
         }
         let (ip, _) = Ipv4Header::from_slice(&d[..IP]).ok()?;
@@ -309,6 +364,20 @@ mod tests {
             if let Some(fast) = RoceFrame::plain_ipv4(f) {
                 taken += 1;
                 assert_eq!(Ok(fast), RoceFrame::parse_ip_sliced(f), "{f:02x?}");
+            }
+            // locate_ip finds what parse_ip finds, on every frame.
+            let located = RoceFrame::locate_ip(f);
+            match RoceFrame::parse_ip(f) {
+                Ok(p) => {
+                    let l = located.expect("parse_ip took it");
+                    assert_eq!(
+                        (l.l3, l.ip_len, l.ecn, l.ib),
+                        (p.l3, p.repr.ip.header_len(), p.repr.ip.ecn(), p.ib),
+                        "{f:02x?}"
+                    );
+                    assert_eq!(l.udp_header(), &p.l3[l.ip_len..l.ip_len + 8]);
+                }
+                Err(e) => assert_eq!(located, Err(e), "{f:02x?}"),
             }
         }
         assert!(
