@@ -512,27 +512,29 @@ fn frame_ipv4(buf: &mut [u8], t: &Transmit, from_a: bool, prefix: &mut icrc::Pre
     let (Ok(total16), Some(h)) = (u16::try_from(total), buf.get_mut(..HEADROOM)) else {
         return total;
     };
-    h[0] = 0x45;
-    h[1] = t.traffic_class;
-    h[2..4].copy_from_slice(&total16.to_be_bytes());
-    h[4..6].fill(0);
-    h[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
-    h[8] = 64;
-    h[9] = IpNumber::UDP.0;
-    h[10..12].fill(0);
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
-    let mut sum: u32 = h[..20]
-        .chunks_exact(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
+    // The header's 16-bit words, summed for the checksum; then the 28
+    // bytes written as whole words (the ICRC reads them back as words
+    // right away, which narrow stores would stall).
+    let be16 = |a: u8, b: u8| u32::from(u16::from_be_bytes([a, b]));
+    let mut sum = be16(0x45, t.traffic_class)
+        + u32::from(total16)
+        + 0x4000 // DF
+        + be16(64, IpNumber::UDP.0)
+        + be16(src[0], src[1])
+        + be16(src[2], src[3])
+        + be16(dst[0], dst[1])
+        + be16(dst[2], dst[3]);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
-    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    h[20..22].copy_from_slice(&t.udp_sport.to_be_bytes());
-    h[22..24].copy_from_slice(&ROCE_V2_UDP_PORT.to_be_bytes());
-    h[24..26].copy_from_slice(&(total16 - 20).to_be_bytes());
-    h[26..28].fill(0);
+    let [t0, t1] = total16.to_be_bytes();
+    let [c0, c1] = (!(sum as u16)).to_be_bytes();
+    let [s0, s1] = t.udp_sport.to_be_bytes();
+    let [d0, d1] = ROCE_V2_UDP_PORT.to_be_bytes();
+    let [l0, l1] = (total16 - 20).to_be_bytes();
+    h[..8].copy_from_slice(&[0x45, t.traffic_class, t0, t1, 0, 0, 0x40, 0]);
+    h[8..16].copy_from_slice(&[64, IpNumber::UDP.0, c0, c1, src[0], src[1], src[2], src[3]]);
+    h[16..24].copy_from_slice(&[dst[0], dst[1], dst[2], dst[3], s0, s1, d0, d1]);
+    h[24..28].copy_from_slice(&[l0, l1, 0, 0]);
     let _ = prefix.fill_joined(&mut buf[..total], t.ib_crc);
     total
 }
