@@ -1216,8 +1216,14 @@ impl<M: Memory> Engine<M> {
     /// goes before new requests.
     pub fn poll_transmit(&mut self, now: u64, buf: &mut [u8]) -> Option<Transmit> {
         let n = self.qps.len();
+        // `next_tx < n`, so one subtraction wraps (no division per QP).
+        let start = self.next_tx.min(n);
         for k in 0..n {
-            let i = (self.next_tx + k) % n;
+            let i = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
             let mut ctx = ctx!(self);
             let Some(Some(qp)) = self.qps.get_mut(i) else {
                 continue;
@@ -1237,7 +1243,7 @@ impl<M: Memory> Engine<M> {
             } else {
                 continue;
             };
-            self.next_tx = (i + 1) % n;
+            self.next_tx = if i + 1 == n { 0 } else { i + 1 };
             if let Some(&op) = buf.first() {
                 self.per_op.count(true, op, len);
             }

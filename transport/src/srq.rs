@@ -40,7 +40,7 @@ impl Srq {
 
     /// Capacity.
     pub fn max_wr(&self) -> u32 {
-        self.ring.slots.len() as u32
+        self.ring.capacity() as u32
     }
 
     /// The armed limit (0: not armed).

@@ -53,18 +53,24 @@ pub(crate) fn rnr_timeout_ns(code: u8) -> u64 {
     US_X100[(code & 31) as usize] * 10_000
 }
 
-/// A fixed-capacity ring addressed by ever-increasing u64 counters.
+/// A fixed-capacity ring addressed by ever-increasing u64 counters. It
+/// has a power-of-two number of slots (at least its capacity), so that a
+/// counter finds its slot with a mask rather than a division (which the
+/// send path did several times per packet).
 #[derive(Debug, Clone)]
 pub(crate) struct Ring<T> {
     pub slots: Vec<T>,
+    cap: u64,
     pub head: u64,
     pub tail: u64,
 }
 
 impl<T: Default> Ring<T> {
     pub fn new(cap: usize) -> Ring<T> {
+        let n = cap.checked_next_power_of_two().unwrap_or(cap).max(1);
         Ring {
-            slots: (0..cap).map(|_| T::default()).collect(),
+            slots: (0..n).map(|_| T::default()).collect(),
+            cap: cap as u64,
             head: 0,
             tail: 0,
         }
@@ -75,15 +81,23 @@ impl<T> Ring<T> {
     pub fn len(&self) -> u64 {
         self.tail - self.head
     }
+    pub fn capacity(&self) -> u64 {
+        self.cap
+    }
     pub fn is_full(&self) -> bool {
-        self.len() == self.slots.len() as u64
+        self.len() >= self.cap
+    }
+    fn slot(&self, i: u64) -> usize {
+        // At most `cap` counters are live, and `cap` <= the slot count,
+        // so live counters never share a slot.
+        (i & (self.slots.len() as u64 - 1)) as usize
     }
     pub fn at(&self, i: u64) -> &T {
-        &self.slots[(i % self.slots.len() as u64) as usize]
+        &self.slots[self.slot(i)]
     }
     pub fn at_mut(&mut self, i: u64) -> &mut T {
-        let n = self.slots.len() as u64;
-        &mut self.slots[(i % n) as usize]
+        let s = self.slot(i);
+        &mut self.slots[s]
     }
 }
 
