@@ -220,21 +220,28 @@ mod simd {
     /// Shorter copies are not worth the setup.
     pub(super) const MIN_LEN: usize = 256;
 
-    /// Whether the CPU has AVX-512F and VPCLMULQDQ (cached).
+    static HAVE: AtomicU8 = AtomicU8::new(0);
+
+    /// Whether the CPU has AVX-512F and VPCLMULQDQ (cached: one load
+    /// inline, the detection out of line the first time).
+    #[inline]
     pub(super) fn available() -> bool {
-        static HAVE: AtomicU8 = AtomicU8::new(0);
         match HAVE.load(Ordering::Relaxed) {
             1 => false,
             2 => true,
-            _ => {
-                let yes = std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512dq")
-                    && std::is_x86_feature_detected!("vpclmulqdq")
-                    && std::is_x86_feature_detected!("pclmulqdq");
-                HAVE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
-            }
+            _ => detect(),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn detect() -> bool {
+        let yes = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("vpclmulqdq")
+            && std::is_x86_feature_detected!("pclmulqdq");
+        HAVE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+        yes
     }
 
     /// x^n mod P in the normal representation.

@@ -86,6 +86,9 @@ pub struct PrefixCache {
     key: [u8; MAX_IPV4_HEADER + UDP_LEN],
     len: usize,
     reg: u32,
+    /// `reg` moved over `shifted.0` zero bytes, for [`join`]: a run of
+    /// same-size packets needs the same shift.
+    shifted: (usize, u32),
 }
 
 impl Default for PrefixCache {
@@ -96,6 +99,7 @@ impl Default for PrefixCache {
             key: [0; MAX_IPV4_HEADER + UDP_LEN],
             len: 0,
             reg: 0,
+            shifted: (usize::MAX, 0),
         }
     }
 }
@@ -149,6 +153,7 @@ impl PrefixCache {
                 bytes[16..20].copy_from_slice(&w32.to_ne_bytes());
                 bytes[20..].copy_from_slice(&w[2].to_ne_bytes());
                 self.reg = crate::crc::update(!LRH_STANDIN_CRC, &bytes);
+                self.shifted.0 = usize::MAX;
                 self.words = w;
                 self.word32 = w32;
                 // No byte key (see below) is 28 bytes long.
@@ -167,6 +172,7 @@ impl PrefixCache {
             .all(|(a, b)| word(a) == word(b));
         if n != self.len || !same {
             self.reg = crate::crc::update(!LRH_STANDIN_CRC, &masked[..n]);
+            self.shifted.0 = usize::MAX;
             self.key = masked;
             self.len = n;
         }
@@ -180,7 +186,13 @@ impl PrefixCache {
         let ib = &ib[..ib.len() - ICRC_LEN];
         let prefix = self.register(ip, udp)?;
         let icrc = match ib_crc {
-            Some(reg) => join(prefix, reg, ib.len()),
+            Some(reg) => {
+                if self.shifted.0 != ib.len() {
+                    self.shifted = (ib.len(), crate::crc::shift(prefix, ib.len()));
+                }
+                // As `join`, with the prefix's shift remembered.
+                !(self.shifted.1 ^ reg)
+            }
             None => !header_register(prefix, ib)?,
         };
         debug_assert_eq!(
