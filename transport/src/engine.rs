@@ -188,17 +188,15 @@ fn check_icrc(prefix: u32, pkt: &Packet<&[u8]>) -> Result<(), DropReason> {
     }
 }
 
-/// The source GID in a raw IPv4 or IPv6 header.
-fn source_gid(ip: &[u8]) -> Option<Gid> {
+/// Whether the source address in a raw IPv4 or IPv6 header is `gid`
+/// (an IPv4 source as its IPv4-mapped GID); `None` for neither header.
+/// Compared in place: a GID built on the stack and read back as one wide
+/// word stalled the receive path.
+fn source_is(ip: &[u8], gid: &Gid) -> Option<bool> {
+    const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
     match (ip.first()? >> 4, ip.len()) {
-        (4, 20..) => Some(Gid::from_ip(std::net::IpAddr::from([
-            ip[12], ip[13], ip[14], ip[15],
-        ]))),
-        (6, 40..) => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&ip[8..24]);
-            Some(Gid(a))
-        }
+        (4, 20..) => Some(gid.0[..12] == MAPPED && gid.0[12..] == ip[12..16]),
+        (6, 40..) => Some(gid.0[..] == ip[8..24]),
         _ => None,
     }
 }
@@ -1171,8 +1169,7 @@ impl<M: Memory> Engine<M> {
         // A connected QP only takes packets from its peer (rxe
         // `check_addr`).
         if matches!(qp.qp_type, QpType::Rc | QpType::Uc)
-            && let Some(src) = source_gid(meta.ip_header)
-            && src != qp.attrs.ah.dgid
+            && source_is(meta.ip_header, &qp.attrs.ah.dgid) == Some(false)
         {
             return Err(DropReason::WrongSource(qpn));
         }
@@ -1292,5 +1289,28 @@ mod tests {
         // Frame 1 of the rxe capture: QP 17 to QP 17 uses port 49441.
         assert_eq!(roce_udp_sport(0, 17, 17), 49441);
         assert_eq!(roce_udp_sport(0, 0x12, 0x13), 0xc000 | (0x12 * 0x13));
+    }
+
+    #[test]
+    fn source_is_compares_ipv4_mapped_and_ipv6_sources() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[8..24].copy_from_slice(&[0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let a = Gid::from_ip("10.0.0.1".parse().unwrap());
+        let b = Gid::from_ip("10.0.0.2".parse().unwrap());
+        let c = Gid::from_ip("fd77::1".parse().unwrap());
+        // An IPv6 GID whose last four bytes are the IPv4 source.
+        let d = Gid::from_ip("fd77::a00:1".parse().unwrap());
+        assert_eq!(source_is(&v4, &a), Some(true));
+        assert_eq!(source_is(&v4, &b), Some(false));
+        assert_eq!(source_is(&v4, &d), Some(false));
+        assert_eq!(source_is(&v6, &c), Some(true));
+        assert_eq!(source_is(&v6, &a), Some(false));
+        assert_eq!(source_is(&v4[..19], &a), None);
+        assert_eq!(source_is(&[0x55; 40], &a), None);
+        assert_eq!(source_is(&[], &a), None);
     }
 }

@@ -255,6 +255,7 @@ impl PacketRepr {
     /// the payload length against the opcode's rule. The payload against
     /// the path MTU is checked separately by [`PacketRepr::check_mtu`],
     /// since only the receiving QP knows its MTU.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<PacketRepr> {
         packet.check_len()?;
         let bth = BthRepr::parse(&packet.bth())?;
