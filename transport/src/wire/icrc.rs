@@ -124,24 +124,19 @@ impl PrefixCache {
             (ip_header.first_chunk::<20>(), udp_header.first_chunk::<8>())
             && ip[0] == 0x45
         {
+            // Whole-word loads (`ip` and `udp` are arrays: the conversions
+            // cannot fail).
             let u64_at = |b: &[u8], i: usize| {
-                u64::from_ne_bytes([
-                    b[i],
-                    b[i + 1],
-                    b[i + 2],
-                    b[i + 3],
-                    b[i + 4],
-                    b[i + 5],
-                    b[i + 6],
-                    b[i + 7],
-                ])
+                b.get(i..i + 8)
+                    .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                    .map_or(0, u64::from_ne_bytes)
             };
             let w = [
                 u64_at(ip, 0) | IPV4_MASKS[0],
                 u64_at(ip, 8) | IPV4_MASKS[1],
                 u64_at(udp, 0) | IPV4_MASKS[2],
             ];
-            let w32 = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+            let w32 = u32::from_ne_bytes(*ip.last_chunk::<4>().unwrap_or(&[0; 4]));
             let differ = (w[0] ^ self.words[0])
                 | (w[1] ^ self.words[1])
                 | (w[2] ^ self.words[2])
