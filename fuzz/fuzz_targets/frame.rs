@@ -5,6 +5,9 @@
 //! ICRC check, `check_mtu` for every MTU).
 //!
 //! Properties asserted, beyond "never panics":
+//! - `RoceFrame::locate_ip` finds what `parse_ip` finds (the same
+//!   datagram, IP header length, ECN bits and transport packet) or fails
+//!   with the same error;
 //! - the transport packet `ib` is the tail of the IP datagram `l3`;
 //! - the outer headers round-trip: `FrameRepr::emit` writes exactly
 //!   `header_len()` bytes in front of the original transport packet, the
@@ -25,8 +28,20 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(f) = RoceFrame::parse_ethernet(data) {
         check_frame(&f);
     }
-    if let Ok(f) = RoceFrame::parse_ip(data) {
-        check_frame(&f);
+    let located = RoceFrame::locate_ip(data);
+    match RoceFrame::parse_ip(data) {
+        Ok(f) => {
+            let l =
+                located.unwrap_or_else(|e| panic!("locate_ip failed where parse_ip did not: {e}"));
+            assert_eq!(
+                (l.l3, l.ip_len, l.ecn, l.ib),
+                (f.l3, f.repr.ip.header_len(), f.repr.ip.ecn(), f.ib),
+                "locate_ip and parse_ip disagree"
+            );
+            assert_eq!(l.udp_header().len(), 8);
+            check_frame(&f);
+        }
+        Err(e) => assert_eq!(located, Err(e), "locate_ip and parse_ip fail differently"),
     }
 });
 
@@ -84,7 +99,11 @@ fn check_transport(ib: &[u8]) {
     }
     repr.check()
         .unwrap_or_else(|e| panic!("parsed repr fails check(): {e}: {repr:?}"));
-    assert_eq!(repr.buffer_len(), ib.len(), "buffer_len() != original length: {repr:?}");
+    assert_eq!(
+        repr.buffer_len(),
+        ib.len(),
+        "buffer_len() != original length: {repr:?}"
+    );
 
     let mut buf = vec![0u8; repr.buffer_len()];
     repr.emit(&mut buf)
