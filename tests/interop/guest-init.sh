@@ -148,14 +148,27 @@ step() {
   fi
 }
 # run_step N server|client TIMEOUT CMD...: a client retries while the
-# server is not listening yet (the tools exit at once then).
+# server is not listening yet (the tools exit at once then), and only
+# then: once it has reached its server (a remote address exchanged, rping
+# data echoed, or perftest's report failing after the traffic), that
+# server has moved on, and a retry would leave the two sides a step apart
+# for the rest of the suite (seen in CI: a client whose perftest could
+# not calibrate its clock under TCG retried for 32 s, and every later
+# step of that run failed). A client's output is collected and then
+# printed; a server's goes straight to the console.
 run_step() {
   n=$1 role=$2 tmo=$3; shift 3
   log "VUR-RUN $n $role: $*"
   s=$(up); tries=0
   while :; do
-    timeout "$tmo" "$@"; rc=$?
+    if [ "$role" = client ]; then
+      timeout "$tmo" "$@" >/tmp/step.out 2>&1; rc=$?
+      cat /tmp/step.out
+    else
+      timeout "$tmo" "$@"; rc=$?
+    fi
     [ "$role" = client ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $tries -lt 30 ] &&
+      ! grep -qE "remote address|ping data|Can't produce a report" /tmp/step.out &&
       [ "$(echo "$(up) $s" | awk '{print ($1-$2 < 60)}')" = 1 ] || break
     tries=$((tries+1)); sleep 1
   done
