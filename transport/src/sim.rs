@@ -412,46 +412,44 @@ impl Pair {
 
     /// Hands one packet to its receiver and counts its fate.
     fn deliver(&mut self, p: InFlight) {
-        {
-            let len = p.len;
-            // Take the buffer out of the pool while the engine reads it.
-            let buf = std::mem::take(&mut self.pool[p.buf]);
-            // The link computes its headers' part of the ICRC; the engine
-            // checks the rest while it takes the packet.
-            let parsed = RoceFrame::locate_ip(&buf[..len]).and_then(|rf| {
-                let cache = &mut self.prefix[usize::from(!p.to_b)];
-                cache
-                    .register(rf.ip_header(), rf.udp_header())
-                    .map(|reg| (rf, rf.ip_len, reg))
-            });
-            // Taken: the engine checked the ICRC and acted on the packet.
-            // Dropped before that (no QP, wrong source, ...): left alone.
-            let (taken, refused) = match parsed {
-                Ok((rf, ip_len, reg)) => {
-                    let meta = RxMeta {
-                        ip_header: &rf.l3[..ip_len],
-                        ecn: rf.ecn,
-                    };
-                    let engine = if p.to_b { &mut self.b } else { &mut self.a };
-                    match engine.handle_packet_unverified(self.now, &meta, rf.ib, reg) {
-                        Ok(()) | Err(DropReason::Cnp) => (true, false),
-                        Err(DropReason::BadIcrc | DropReason::Malformed(_)) => (false, true),
-                        Err(_) => (false, false),
-                    }
-                }
-                Err(_) => (false, true),
-            };
-            if refused || (p.damaged && !taken) {
-                self.stats.rejected += 1;
-            } else {
-                self.stats.delivered += 1;
-                if p.damaged {
-                    self.stats.undetected += 1;
+        let len = p.len;
+        // Take the buffer out of the pool while the engine reads it.
+        let buf = std::mem::take(&mut self.pool[p.buf]);
+        // The link computes its headers' part of the ICRC; the engine
+        // checks the rest while it takes the packet.
+        let parsed = RoceFrame::locate_ip(&buf[..len]).and_then(|rf| {
+            let cache = &mut self.prefix[usize::from(!p.to_b)];
+            cache
+                .register(rf.ip_header(), rf.udp_header())
+                .map(|reg| (rf, rf.ip_len, reg))
+        });
+        // Taken: the engine checked the ICRC and acted on the packet.
+        // Dropped before that (no QP, wrong source, ...): left alone.
+        let (taken, refused) = match parsed {
+            Ok((rf, ip_len, reg)) => {
+                let meta = RxMeta {
+                    ip_header: &rf.l3[..ip_len],
+                    ecn: rf.ecn,
+                };
+                let engine = if p.to_b { &mut self.b } else { &mut self.a };
+                match engine.handle_packet_unverified(self.now, &meta, rf.ib, reg) {
+                    Ok(()) | Err(DropReason::Cnp) => (true, false),
+                    Err(DropReason::BadIcrc | DropReason::Malformed(_)) => (false, true),
+                    Err(_) => (false, false),
                 }
             }
-            self.pool[p.buf] = buf;
-            self.free.push(p.buf);
+            Err(_) => (false, true),
+        };
+        if refused || (p.damaged && !taken) {
+            self.stats.rejected += 1;
+        } else {
+            self.stats.delivered += 1;
+            if p.damaged {
+                self.stats.undetected += 1;
+            }
         }
+        self.pool[p.buf] = buf;
+        self.free.push(p.buf);
     }
 
     /// One round: transmit, deliver what is due, run expired timers.

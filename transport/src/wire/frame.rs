@@ -127,13 +127,12 @@ const PLAIN_IP: usize = 20;
 /// path, which gives the same result for these (a unit test compares the
 /// two on damaged frames).
 fn is_plain_ipv4(d: &[u8]) -> bool {
-    const IP: usize = PLAIN_IP;
-    d.len() >= IP + UdpHeader::LEN
+    d.len() >= PLAIN_IP + UdpHeader::LEN
         && d[0] == 0x45
         && d[9] == IpNumber::UDP.0
         && usize::from(u16::from_be_bytes([d[2], d[3]])) == d.len()
         && u16::from_be_bytes([d[6], d[7]]) & 0x3fff == 0
-        && usize::from(u16::from_be_bytes([d[24], d[25]])) == d.len() - IP
+        && usize::from(u16::from_be_bytes([d[24], d[25]])) == d.len() - PLAIN_IP
         && u16::from_be_bytes([d[22], d[23]]) == ROCE_V2_UDP_PORT
 }
 
@@ -194,12 +193,11 @@ impl<'a> RoceFrame<'a> {
 
     /// A datagram [`is_plain_ipv4`] accepts, with its headers built.
     fn plain_ipv4(d: &'a [u8]) -> Option<RoceFrame<'a>> {
-        const IP: usize = PLAIN_IP;
         if !is_plain_ipv4(d) {
             return None;
         }
-        let (ip, _) = Ipv4Header::from_slice(&d[..IP]).ok()?;
-        let (udp, _) = UdpHeader::from_slice(&d[IP..IP + UdpHeader::LEN]).ok()?;
+        let (ip, _) = Ipv4Header::from_slice(&d[..PLAIN_IP]).ok()?;
+        let (udp, _) = UdpHeader::from_slice(&d[PLAIN_IP..PLAIN_IP + UdpHeader::LEN]).ok()?;
         Some(RoceFrame {
             repr: FrameRepr {
                 ethernet: None,
@@ -208,7 +206,7 @@ impl<'a> RoceFrame<'a> {
                 udp,
             },
             l3: d,
-            ib: &d[IP + UdpHeader::LEN..],
+            ib: &d[PLAIN_IP + UdpHeader::LEN..],
         })
     }
 

@@ -204,18 +204,14 @@ impl PrefixCache {
 /// The CRC register over transport headers `hdr` (BTH first, its byte 4
 /// masked as the ICRC masks it), started from `reg`.
 pub fn header_register(reg: u32, hdr: &[u8]) -> Result<u32> {
-    let Some(bth) = hdr.first_chunk::<HEADER_LEN>() else {
-        return Err(Error::Truncated {
-            need: HEADER_LEN,
-            have: hdr.len(),
-        });
-    };
+    check_room(hdr.len(), HEADER_LEN)?;
+    let (bth, rest) = hdr.split_at(HEADER_LEN);
     // The BTH as two words in registers, byte 4 set to ones there (a
     // masked copy in memory, read back wider than it was written, stalls).
     let w0 = u64::from_le_bytes([bth[0], bth[1], bth[2], bth[3], 0xff, bth[5], bth[6], bth[7]]);
     let w1 = u32::from_le_bytes([bth[8], bth[9], bth[10], bth[11]]);
     let reg = crate::crc::update_u32(crate::crc::update_u64(reg, w0), w1);
-    Ok(crate::crc::update(reg, &hdr[HEADER_LEN..]))
+    Ok(crate::crc::update(reg, rest))
 }
 
 /// Joins a link's prefix register (see [`prefix_register`]) and the

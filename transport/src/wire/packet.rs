@@ -358,17 +358,27 @@ impl PacketRepr {
     fn ext_len(&self) -> usize {
         // The sizes of the headers present, summed without building their
         // set (this runs for every packet sent).
+        // The sizes come from `HeaderSet::ORDER`, at compile time.
         let e = &self.ext;
         let n = |present: bool, len: usize| if present { len } else { 0 };
-        n(e.deth.is_some(), 8)
-            + n(e.feth.is_some(), 4)
-            + n(e.reth.is_some(), 16)
-            + n(e.atomic_eth.is_some(), 28)
-            + n(e.aeth.is_some(), 4)
-            + n(e.atomic_ack_eth.is_some(), 8)
-            + n(e.imm_dt.is_some(), 4)
-            + n(e.ieth.is_some(), 4)
-            + n(self.bth.opcode == Opcode::CNP, 16)
+        n(e.deth.is_some(), const { HeaderSet::DETH.len() })
+            + n(e.feth.is_some(), const { HeaderSet::FETH.len() })
+            + n(e.reth.is_some(), const { HeaderSet::RETH.len() })
+            + n(
+                e.atomic_eth.is_some(),
+                const { HeaderSet::ATOMIC_ETH.len() },
+            )
+            + n(e.aeth.is_some(), const { HeaderSet::AETH.len() })
+            + n(
+                e.atomic_ack_eth.is_some(),
+                const { HeaderSet::ATOMIC_ACK_ETH.len() },
+            )
+            + n(e.imm_dt.is_some(), const { HeaderSet::IMM_DT.len() })
+            + n(e.ieth.is_some(), const { HeaderSet::IETH.len() })
+            + n(
+                self.bth.opcode == Opcode::CNP,
+                const { HeaderSet::CNP_RESERVED.len() },
+            )
     }
 
     /// Length of the whole packet: headers, payload, pad and ICRC.
