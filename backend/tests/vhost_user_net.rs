@@ -337,6 +337,21 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the log shows `what` within 3 s: the daemon may write its
+    /// line just after the effect the test saw (a buffer returned).
+    fn log_shows(&self, what: &str) -> bool {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.log().contains(what) {
+                return true;
+            }
+            if t0.elapsed() > Duration::from_secs(3) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -674,7 +689,7 @@ fn frames_flow_both_ways_and_bad_descriptors_are_refused() {
             );
             assert!(d.alive(), "daemon died on a chain that {what}");
             assert!(
-                d.log().contains(what),
+                d.log_shows(what),
                 "no log line for a chain that {what}:\n{}",
                 d.log()
             );
@@ -696,7 +711,7 @@ fn frames_flow_both_ways_and_bad_descriptors_are_refused() {
             g.rx.wait_used(&g.mem, Duration::from_secs(3))
                 .expect("RX returned");
         assert_eq!(len, 0);
-        assert!(d.log().contains("read-only descriptor"));
+        assert!(d.log_shows("read-only descriptor"), "{}", d.log());
         g.rx.push(&g.mem, &[(MEM_SIZE as u64 - 100, 2048, true)]);
         g.rx.kick();
         host.send_to_guest(&frame_to_guest(300, 4));
@@ -717,9 +732,8 @@ fn frames_flow_both_ways_and_bad_descriptors_are_refused() {
         g.mem
             .set_u16(g.tx.avail + 2, g.tx.avail_idx.wrapping_add(QSIZE + 10));
         g.tx.kick();
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(d.log_shows("queue is broken"), "{}", d.log());
         assert!(d.alive());
-        assert!(d.log().contains("queue is broken"), "{}", d.log());
         drop(g);
         std::thread::sleep(Duration::from_millis(300));
         let mut g = Guest::connect(&d.socket, features);

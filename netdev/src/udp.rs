@@ -10,7 +10,11 @@
 //! socket never shows. The link therefore reads datagrams through a raw
 //! `IPPROTO_UDP` socket (needs CAP_NET_RAW), which delivers the whole IP
 //! packet, keeps those for our address and port 4791, and checks the ICRC
-//! over the real header. The UDP socket only holds the port, so the
+//! over the real header. A BPF filter on the raw socket ([`raw_filter`])
+//! lets only unfragmented datagrams to our address and port 4791 in, so
+//! other UDP traffic on the host neither wakes the link nor fills its
+//! queue (the same test runs again in user space, so a kernel without the
+//! filter would only cost time). The UDP socket only holds the port, so the
 //! kernel does not answer with ICMP port unreachable; a BPF filter that
 //! drops everything keeps the kernel from queueing its copies at all.
 //! The raw socket is read with `recvmmsg`, up to 32 datagrams per call,
@@ -52,6 +56,38 @@ pub struct UdpLinkStats {
     pub received: u64,
     /// Datagrams for us whose ICRC or headers were bad.
     pub bad: u64,
+    /// IPv4 datagrams the raw socket delivered that were not for our address
+    /// and port (the BPF filter keeps this at zero).
+    pub foreign: u64,
+}
+
+/// The classic BPF program for the raw IPv4 socket, which sees each
+/// datagram from its IP header on: accept it whole if it is not a
+/// non-first fragment, is addressed to `local` and has UDP destination
+/// port 4791; drop anything else.
+pub fn raw_filter(local: std::net::Ipv4Addr) -> [libc::sock_filter; 9] {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // Opcodes (linux/filter.h): LD|H|ABS, JMP|JSET|K, LD|W|ABS, JMP|JEQ|K,
+    // LDX|B|MSH, LD|H|IND, RET|K. Jumps count from the next instruction;
+    // the drop is the last one (index 8).
+    const LDH_ABS: u16 = 0x28;
+    const JSET: u16 = 0x45;
+    const LD_ABS: u16 = 0x20;
+    const JEQ: u16 = 0x15;
+    const LDX_MSH: u16 = 0xb1;
+    const LDH_IND: u16 = 0x48;
+    const RET: u16 = 0x06;
+    [
+        op(LDH_ABS, 0, 0, 6),                       // 0: flags, fragment offset
+        op(JSET, 6, 0, 0x1fff),                     // 1: a later fragment: drop
+        op(LD_ABS, 0, 0, 16),                       // 2: destination address
+        op(JEQ, 0, 4, u32::from(local)),            // 3: not ours: drop
+        op(LDX_MSH, 0, 0, 0),                       // 4: X = IP header length
+        op(LDH_IND, 0, 0, 2),                       // 5: UDP destination port
+        op(JEQ, 0, 1, u32::from(ROCE_V2_UDP_PORT)), // 6: not 4791: drop
+        op(RET, 0, 0, 0x0004_0000),                 // 7: accept it whole
+        op(RET, 0, 0, 0),                           // 8: drop
+    ]
 }
 
 /// A UDP link on one local IPv4 or IPv6 address.
@@ -87,7 +123,7 @@ impl UdpLink {
             .map_err(setup("UDP"))?;
         udp.set_nonblocking(true).map_err(setup("UDP"))?;
         let raw = match local {
-            IpAddr::V4(_) => {
+            IpAddr::V4(v4) => {
                 set_int(
                     udp.as_raw_fd(),
                     libc::IPPROTO_IP,
@@ -107,6 +143,8 @@ impl UdpLink {
                 let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
                     .map_err(setup("raw UDP (needs CAP_NET_RAW)"))?;
                 raw.set_nonblocking(true).map_err(setup("raw UDP"))?;
+                attach_filter(raw.as_raw_fd(), &raw_filter(v4))
+                    .map_err(setup("raw UDP (BPF filter)"))?;
                 // Bursts of full-MTU datagrams: a larger queue means fewer
                 // drops (and retransmissions) when the engine falls behind.
                 let _ = raw.set_recv_buffer_size(4 << 20);
@@ -250,13 +288,19 @@ impl UdpLink {
             };
             let frame = match RoceFrame::parse_ip(&buf[..n]) {
                 Ok(f) => f,
-                Err(_) => continue, // not RoCEv2: another UDP user's datagram
+                Err(_) => {
+                    // The filter let only our address and port in, so
+                    // this is a malformed datagram sent to us.
+                    self.stats.bad += 1;
+                    continue;
+                }
             };
             let for_us = match &frame.repr.ip {
                 transport::wire::frame::IpRepr::V4(h) => h.destination == local.octets(),
                 transport::wire::frame::IpRepr::V6(_) => false,
             };
             if !for_us {
+                self.stats.foreign += 1;
                 continue;
             }
             if frame.verify_icrc().is_err() {

@@ -1,7 +1,10 @@
 //! Two engines over the real UDP link on loopback (127.0.0.1 and
-//! 127.0.0.2, and fd00:77::1 and ::2 in a private namespace; port 4791), in real time: random SENDs, WRITEs, READs and
-//! atomics, with every byte and completion checked against a shadow model,
-//! and every datagram's ICRC checked over the header the kernel sent.
+//! 127.0.0.2, and fd00:77::1 and ::2; port 4791), each pair in a private
+//! network namespace of its own, in real time: random SENDs, WRITEs,
+//! READs and atomics, with every byte and completion checked against a
+//! shadow model, and every datagram's ICRC checked over the header the
+//! kernel sent. Also: the IPv4 link's raw socket takes in only datagrams
+//! for its own address and port.
 
 mod common;
 
@@ -22,14 +25,72 @@ fn links(a: &str, b: &str) -> [UdpLink; 2] {
     })
 }
 
+/// In a private namespace: the raw sockets would otherwise see every
+/// UDP datagram of the host's loopback (other tests, other users), and
+/// the port could be taken.
 #[test]
 fn two_engines_over_udp_loopback() {
-    common::run(
-        links("127.0.0.1", "127.0.0.2"),
-        "127.0.0.1",
-        "127.0.0.2",
-        100,
-    );
+    in_private_v4_netns(|| {
+        common::run(
+            links("127.0.0.1", "127.0.0.2"),
+            "127.0.0.1",
+            "127.0.0.2",
+            100,
+        );
+    })
+}
+
+/// The IPv4 link's raw socket is filtered in the kernel: datagrams to
+/// another port or another local address never reach it, while an
+/// unfiltered raw socket beside it (the witness) sees them all. A bad
+/// datagram to our own address and port still gets in, and is counted.
+#[test]
+fn ipv4_raw_socket_takes_only_our_address_and_port() {
+    in_private_v4_netns(|| {
+        let mut link = UdpLink::bind("127.0.0.2".parse().unwrap()).unwrap();
+        let witness = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        witness.set_nonblocking(true).unwrap();
+        let from = std::net::UdpSocket::bind("127.0.0.1:5002").unwrap();
+        // Not ours: another port on our address, and port 4791 on
+        // another address.
+        for i in 0..50u8 {
+            from.send_to(&[i; 40], "127.0.0.2:5555").unwrap();
+            from.send_to(&[i; 40], "127.0.0.3:4791").unwrap();
+        }
+        // Ours, but with a zero ICRC: RC SEND Only to QP 0x11.
+        let mut pkt = vec![0x04, 0, 0xff, 0xff, 0, 0, 0, 0x11, 0, 0, 0, 5];
+        pkt.extend_from_slice(&[0xab; 16]);
+        pkt.extend_from_slice(&[0; 4]);
+        from.send_to(&pkt, "127.0.0.2:4791").unwrap();
+        let mut buf = vec![0u8; 65536];
+        let t0 = Instant::now();
+        while link.stats().bad == 0 && t0.elapsed().as_secs() < 10 {
+            assert_eq!(link.recv(&mut buf).unwrap(), None);
+        }
+        let mut seen = 0;
+        while std::io::Read::read(&mut &witness, &mut buf).is_ok() {
+            seen += 1;
+        }
+        let st = link.stats();
+        assert_eq!(seen, 101, "the witness sees every datagram");
+        assert_eq!(st.bad, 1, "{st:?}");
+        assert_eq!(st.foreign, 0, "{st:?}");
+        assert_eq!(st.received, 0, "{st:?}");
+    })
+}
+
+/// Runs `f` on a new thread in a private network namespace whose loopback
+/// is up (127.0.0.0/8 is local there).
+fn in_private_v4_netns(f: impl FnOnce() + Send + 'static) {
+    common::in_private_netns(|| {
+        common::ip(&["link", "set", "lo", "up"]);
+        f();
+    });
 }
 
 /// The same over IPv6, in a private network namespace of a thread of its

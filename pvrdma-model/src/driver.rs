@@ -534,7 +534,8 @@ impl<B: Bus> Driver<B> {
     /// The transitions an application makes for a connected QP (RC when
     /// `rc`, else UC): RESET→INIT→RTR→RTS towards `dest_qpn` at `dgid`,
     /// path MTU code `mtu` (1 = 256 … 5 = 4096), PSNs `sq_psn`/`rq_psn`,
-    /// with only the attributes the IBTA allows each type.
+    /// with only the attributes the IBTA allows each type. An RC QP gets
+    /// the local ACK timeout 14 (4.096 µs × 2^14, 67 ms).
     #[allow(clippy::too_many_arguments)]
     pub fn connect(
         &mut self,
@@ -545,6 +546,23 @@ impl<B: Bus> Driver<B> {
         mtu: u32,
         sq_psn: u32,
         rq_psn: u32,
+    ) -> Result<(), Refused> {
+        self.connect_with_timeout(qp, rc, dest_qpn, dgid, mtu, sq_psn, rq_psn, 14)
+    }
+
+    /// [`Driver::connect`] with the RC local ACK timeout `timeout`
+    /// (4.096 µs × 2^timeout).
+    #[allow(clippy::too_many_arguments)]
+    pub fn connect_with_timeout(
+        &mut self,
+        qp: u32,
+        rc: bool,
+        dest_qpn: u32,
+        dgid: [u8; 16],
+        mtu: u32,
+        sq_psn: u32,
+        rq_psn: u32,
+        timeout: u8,
     ) -> Result<(), Refused> {
         let mut a = QpAttr {
             qp_state: 1.into(),
@@ -576,7 +594,7 @@ impl<B: Bus> Driver<B> {
         // STATE | SQ_PSN
         let mut rts = 1 | 1 << 16;
         if rc {
-            a.timeout = 14;
+            a.timeout = timeout;
             a.retry_cnt = 7;
             a.rnr_retry = 7;
             a.max_rd_atomic = 16;
