@@ -18,34 +18,16 @@ use std::{
 use crate::{
     LinkError,
     eth::EthLink,
-    sys::{attach_filter, ifreq, set_int},
+    sys::{
+        attach_filter,
+        bpf::{JEQ_K, JSET_K, LD_B_ABS, LD_H_ABS, LD_H_IND, LDX_MSH, RET_K, jump, stmt},
+        ifreq, set_int,
+    },
 };
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> LinkError {
     move |source| LinkError::Setup { what, source }
 }
-
-const fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-// Classic BPF opcodes.
-const LD_H_ABS: u16 = 0x28;
-const LD_B_ABS: u16 = 0x30;
-const LD_H_IND: u16 = 0x48;
-const LDX_MSH: u16 = 0xb1;
-const JEQ_K: u16 = 0x15;
-const JSET_K: u16 = 0x45;
-const RET_K: u16 = 0x06;
 
 /// ARP, ICMPv6, and UDP to port 4791 over unfragmented IPv4 or IPv6.
 const FILTER: [libc::sock_filter; 17] = [

@@ -45,6 +45,34 @@ pub(crate) fn ifreq(name: &str) -> Result<[u8; IFREQ_LEN], LinkError> {
     Ok(ifr)
 }
 
+/// Classic BPF (linux/filter.h): the instructions and opcodes of the
+/// links' socket filters.
+pub(crate) mod bpf {
+    /// An instruction that does not jump.
+    pub(crate) const fn stmt(code: u16, k: u32) -> libc::sock_filter {
+        libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    /// A conditional jump: `jt` or `jf` instructions on from the next.
+    pub(crate) const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    pub(crate) const LD_W_ABS: u16 = 0x20;
+    pub(crate) const LD_H_ABS: u16 = 0x28;
+    pub(crate) const LD_B_ABS: u16 = 0x30;
+    pub(crate) const LD_H_IND: u16 = 0x48;
+    pub(crate) const LDX_MSH: u16 = 0xb1;
+    pub(crate) const JEQ_K: u16 = 0x15;
+    pub(crate) const JSET_K: u16 = 0x45;
+    pub(crate) const RET_K: u16 = 0x06;
+}
+
 /// Attaches the classic BPF program `prog` to socket `fd`.
 pub(crate) fn attach_filter(fd: RawFd, prog: &[libc::sock_filter]) -> std::io::Result<()> {
     let fprog = libc::sock_fprog {

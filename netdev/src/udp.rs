@@ -13,8 +13,7 @@
 //! over the real header. A BPF filter on the raw socket ([`raw_filter`])
 //! lets only unfragmented datagrams to our address and port 4791 in, so
 //! other UDP traffic on the host neither wakes the link nor fills its
-//! queue (the same test runs again in user space, so a kernel without the
-//! filter would only cost time). The UDP socket only holds the port, so the
+//! queue. The UDP socket only holds the port, so the
 //! kernel does not answer with ICMP port unreachable; a BPF filter that
 //! drops everything keeps the kernel from queueing its copies at all.
 //! The raw socket is read with `recvmmsg`, up to 32 datagrams per call,
@@ -62,31 +61,23 @@ pub struct UdpLinkStats {
 }
 
 /// The classic BPF program for the raw IPv4 socket, which sees each
-/// datagram from its IP header on: accept it whole if it is not a
-/// non-first fragment, is addressed to `local` and has UDP destination
+/// datagram from its IP header on (reassembled): accept it whole if it is
+/// not a fragment, is addressed to `local` and has UDP destination
 /// port 4791; drop anything else.
 pub fn raw_filter(local: std::net::Ipv4Addr) -> [libc::sock_filter; 9] {
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    // Opcodes (linux/filter.h): LD|H|ABS, JMP|JSET|K, LD|W|ABS, JMP|JEQ|K,
-    // LDX|B|MSH, LD|H|IND, RET|K. Jumps count from the next instruction;
-    // the drop is the last one (index 8).
-    const LDH_ABS: u16 = 0x28;
-    const JSET: u16 = 0x45;
-    const LD_ABS: u16 = 0x20;
-    const JEQ: u16 = 0x15;
-    const LDX_MSH: u16 = 0xb1;
-    const LDH_IND: u16 = 0x48;
-    const RET: u16 = 0x06;
+    use crate::sys::bpf::{
+        JEQ_K, JSET_K, LD_H_ABS, LD_H_IND, LD_W_ABS, LDX_MSH, RET_K, jump, stmt,
+    };
     [
-        op(LDH_ABS, 0, 0, 6),                       // 0: flags, fragment offset
-        op(JSET, 6, 0, 0x1fff),                     // 1: a later fragment: drop
-        op(LD_ABS, 0, 0, 16),                       // 2: destination address
-        op(JEQ, 0, 4, u32::from(local)),            // 3: not ours: drop
-        op(LDX_MSH, 0, 0, 0),                       // 4: X = IP header length
-        op(LDH_IND, 0, 0, 2),                       // 5: UDP destination port
-        op(JEQ, 0, 1, u32::from(ROCE_V2_UDP_PORT)), // 6: not 4791: drop
-        op(RET, 0, 0, 0x0004_0000),                 // 7: accept it whole
-        op(RET, 0, 0, 0),                           // 8: drop
+        stmt(LD_H_ABS, 6),                              // 0: flags, fragment offset
+        jump(JSET_K, 0x3fff, 6, 0),                     // 1: a fragment: drop
+        stmt(LD_W_ABS, 16),                             // 2: destination address
+        jump(JEQ_K, u32::from(local), 0, 4),            // 3: not ours: drop
+        stmt(LDX_MSH, 0),                               // 4: X = IP header length
+        stmt(LD_H_IND, 2),                              // 5: UDP destination port
+        jump(JEQ_K, u32::from(ROCE_V2_UDP_PORT), 0, 1), // 6: not 4791: drop
+        stmt(RET_K, 0x4_0000),                          // 7: accept it whole
+        stmt(RET_K, 0),                                 // 8: drop
     ]
 }
 
