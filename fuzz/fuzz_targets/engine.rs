@@ -52,7 +52,12 @@ fn target() -> Target {
             .unwrap();
         if t == QpType::Ud {
             for st in [QpState::Init, QpState::Rtr] {
-                let a = QpAttr { state: Some(st), qkey: Some(0x1111_1111), ..Default::default() };
+                let a = QpAttr {
+                    state: Some(st),
+                    pkey_index: Some(0),
+                    qkey: Some(0x1111_1111),
+                    ..Default::default()
+                };
                 e.modify_qp(qp, &a, 0).unwrap();
             }
             let a = QpAttr { state: Some(QpState::Rts), sq_psn: Some(0), ..Default::default() };

@@ -149,28 +149,37 @@ pub fn connect(
     qp: u32,
     c: Conn,
 ) -> Result<(), crate::verbs::VerbsError> {
-    use crate::verbs::{Access, AhAttr, QpAttr, QpState};
+    use crate::verbs::{Access, AhAttr, QpAttr, QpState, QpType};
     let remote = Access::REMOTE_WRITE
         .with(Access::REMOTE_READ)
         .with(Access::REMOTE_ATOMIC)
         .with(Access::FLUSH_GLOBAL)
         .with(Access::FLUSH_PERSISTENT);
+    let ty = e
+        .qp(qp)
+        .map(|q| q.qp_type())
+        .ok_or(crate::verbs::VerbsError::NoSuchObject {
+            kind: "QP",
+            handle: qp,
+        })?;
+    // Each transition with exactly the attributes its QP type takes.
+    let (rc, connected) = (ty == QpType::Rc, matches!(ty, QpType::Rc | QpType::Uc));
     let steps = [
         QpAttr {
             state: Some(QpState::Init),
-            access: Some(remote),
+            access: connected.then_some(remote),
             pkey_index: Some(0),
-            qkey: Some(0x1111_1111),
+            qkey: (!connected).then_some(0x1111_1111),
             ..Default::default()
         },
         QpAttr {
             state: Some(QpState::Rtr),
-            dest_qp_num: Some(c.dest),
-            rq_psn: Some(c.rq_psn),
-            path_mtu: Some(c.mtu),
-            max_dest_rd_atomic: Some(16),
-            min_rnr_timer: Some(1),
-            ah: Some(AhAttr {
+            dest_qp_num: connected.then_some(c.dest),
+            rq_psn: connected.then_some(c.rq_psn),
+            path_mtu: connected.then_some(c.mtu),
+            max_dest_rd_atomic: rc.then_some(16),
+            min_rnr_timer: rc.then_some(1),
+            ah: connected.then_some(AhAttr {
                 dgid: c.dgid,
                 hop_limit: 64,
                 ..Default::default()
@@ -180,10 +189,10 @@ pub fn connect(
         QpAttr {
             state: Some(QpState::Rts),
             sq_psn: Some(c.sq_psn),
-            timeout: Some(c.timeout),
-            retry_cnt: Some(c.retry),
-            rnr_retry: Some(c.rnr_retry),
-            max_rd_atomic: Some(16),
+            timeout: rc.then_some(c.timeout),
+            retry_cnt: rc.then_some(c.retry),
+            rnr_retry: rc.then_some(c.rnr_retry),
+            max_rd_atomic: rc.then_some(16),
             ..Default::default()
         },
     ];

@@ -359,6 +359,8 @@ fn posting_in_the_wrong_state() {
             qp,
             &QpAttr {
                 state: Some(QpState::Init),
+                pkey_index: Some(0),
+                access: Some(transport::verbs::Access::REMOTE_WRITE),
                 ..Default::default()
             },
             0,
@@ -367,6 +369,31 @@ fn posting_in_the_wrong_state() {
     assert_eq!(
         s.pair.a.post_send(qp, &wr),
         Err(VerbsError::WrongState(QpState::Init))
+    );
+    // RTR receives but does not send.
+    s.pair
+        .a
+        .modify_qp(
+            qp,
+            &QpAttr {
+                state: Some(QpState::Rtr),
+                dest_qp_num: Some(s.b.qp),
+                rq_psn: Some(0),
+                path_mtu: Some(Mtu::Mtu1024),
+                max_dest_rd_atomic: Some(1),
+                min_rnr_timer: Some(1),
+                ah: Some(transport::verbs::AhAttr {
+                    dgid: transport::sim::Pair::gid_b(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        s.pair.a.post_send(qp, &wr),
+        Err(VerbsError::WrongState(QpState::Rtr))
     );
     s.pair
         .a
@@ -531,6 +558,84 @@ fn cq_overflow_raises_an_async_event() {
     s.pair.drive(SEC, |_| false);
     assert_eq!(s.pair.a.poll_event(), Some(AsyncEvent::CqErr(s.a.cq)));
     assert_eq!(drain(&mut s.pair.a, s.a.cq).len(), 2);
+    // A full send CQ loses completions but, as in rxe, leaves the QP be.
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Rts);
+}
+
+/// A full receive CQ is a class G error, as in rxe: the CQ raises its
+/// event and the responder's QP goes to ERR without acknowledging the
+/// request that found it full. Every earlier message was delivered,
+/// completed and acknowledged, so the requester completes those with
+/// success, retries the unacknowledged one until its retries run out and
+/// flushes the rest.
+#[test]
+fn receive_cq_overflow_moves_the_responder_to_error() {
+    let mut s = setup_with(QpType::Rc, clean(), 12, Mtu::Mtu1024, MEM, 4, |c| {
+        c.retry = 2
+    });
+    for i in 0..6u64 {
+        let r = [Sge {
+            addr: 0x10_000 + i * 0x100,
+            length: 0x100,
+            lkey: s.b.key,
+        }];
+        s.pair
+            .b
+            .post_recv(
+                s.b.qp,
+                &RecvWr {
+                    wr_id: 100 + i,
+                    sges: &r,
+                },
+            )
+            .unwrap();
+    }
+    for i in 0..6u64 {
+        s.pair.a.memory_mut().as_mut_slice()[i as usize * 0x100..][..0x40].fill(i as u8 + 1);
+        let sge = [Sge {
+            addr: i * 0x100,
+            length: 0x40,
+            lkey: s.a.key,
+        }];
+        s.pair
+            .a
+            .post_send(s.a.qp, &SendWr::new(i, SendOp::Send, &sge))
+            .unwrap();
+    }
+    // A's CQ is as small as B's: take its completions as they come.
+    let mut wa = Vec::new();
+    let a_cq = s.a.cq;
+    s.pair.drive(10 * SEC, |p| {
+        wa.extend(drain(&mut p.a, a_cq));
+        false
+    });
+    wa.extend(drain(&mut s.pair.a, a_cq));
+    assert_eq!(
+        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        vec![
+            (0, WcStatus::Success),
+            (1, WcStatus::Success),
+            (2, WcStatus::Success),
+            (3, WcStatus::Success),
+            (4, WcStatus::RetryExcErr),
+            (5, WcStatus::WrFlushErr),
+        ]
+    );
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
+    assert_eq!(s.pair.b.poll_event(), Some(AsyncEvent::CqErr(s.b.cq)));
+    assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
+    let wb = drain(&mut s.pair.b, s.b.cq);
+    assert_eq!(
+        wb.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        (100..104)
+            .map(|i| (i, WcStatus::Success))
+            .collect::<Vec<_>>()
+    );
+    let m = s.pair.b.memory().as_slice();
+    for i in 0..4 {
+        let at = 0x10_000 + i * 0x100;
+        assert!(m[at..at + 0x40].iter().all(|&b| b == i as u8 + 1));
+    }
 }
 
 /// The link under a port fails: every live QP moves to ERR and flushes

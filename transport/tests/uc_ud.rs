@@ -116,10 +116,11 @@ fn ud_send_places_the_grh_and_checks_the_qkey() {
         "source address"
     );
     assert_eq!(&m[at + 40..at + 340], &data[..]);
-    // Longer than the path MTU is refused at post time.
+    // Longer than the MTU is refused at post time. A UD QP takes no path
+    // MTU (ib_core refuses one) and uses the port's, as rxe does.
     let big = [Sge {
         addr: 0,
-        length: 1025,
+        length: s.pair.a.attrs().max_mtu.bytes() as u32 + 1,
         lkey: s.a.key,
     }];
     let mut wr = SendWr::new(3, SendOp::Send, &big);
@@ -378,6 +379,7 @@ fn gsi_qp1_exchanges_mads() {
                 &QpAttr {
                     state: Some(st),
                     pkey_index: Some(0),
+                    qkey: Some(transport::wire::GSI_QKEY),
                     ..Default::default()
                 },
                 0,

@@ -148,6 +148,7 @@ impl Gsi {
             let a = QpAttr {
                 state: Some(st),
                 pkey_index: Some(0),
+                qkey: Some(transport::wire::GSI_QKEY),
                 ..Default::default()
             };
             e.modify_qp(qp, &a, 0)

@@ -260,7 +260,7 @@ pub fn run(
     let init = QpAttr {
         state: Some(QpState::Init),
         pkey_index: Some(0),
-        access: Some(Access(0)),
+        access: (!ud).then_some(Access(0)),
         qkey: ud.then_some(QKEY),
         ..Default::default()
     };

@@ -8,6 +8,7 @@
 pub(crate) mod completer;
 pub(crate) mod requester;
 pub(crate) mod responder;
+mod transition;
 
 use std::collections::VecDeque;
 
@@ -197,15 +198,25 @@ pub(crate) struct Ctx<'a, M: Memory> {
 }
 
 impl<M: Memory> Ctx<'_, M> {
-    /// Posts a completion to CQ `cq`; a full CQ raises `CqErr`.
-    pub fn complete(&mut self, cq: u32, wc: Wc, solicited: bool) {
+    /// Posts a completion to CQ `cq`; a full CQ raises `CqErr` and loses
+    /// it. Returns whether it was stored. As in rxe, only the responder
+    /// acts on a loss (its QP goes to ERR); the requester's and the
+    /// flushes' completions are lost with the event alone.
+    pub fn complete(&mut self, cq: u32, wc: Wc, solicited: bool) -> bool {
         let Some(Some(q)) = self.cqs.get_mut(cq as usize) else {
-            return;
+            return false;
         };
         match q.push(wc, solicited) {
-            Pushed::Stored { notify: true } => self.notifications.push_back(CqNotification(cq)),
-            Pushed::Stored { notify: false } => {}
-            Pushed::Overflow => self.events.push_back(AsyncEvent::CqErr(cq)),
+            Pushed::Stored { notify } => {
+                if notify {
+                    self.notifications.push_back(CqNotification(cq));
+                }
+                true
+            }
+            Pushed::Overflow => {
+                self.events.push_back(AsyncEvent::CqErr(cq));
+                false
+            }
         }
     }
 }
@@ -434,76 +445,18 @@ impl Qp {
     }
 
     /// Applies `modify_qp`, validating the transition and the attributes
-    /// it requires (IBTA 11.2.4.2, as rxe checks them).
+    /// it requires and allows ([`transition`]: IBTA 11.2.4.2, as rxe
+    /// checks them through ib_core) and their ranges.
     pub(crate) fn modify(
         &mut self,
         a: &QpAttr,
         dev: &DeviceAttrs,
     ) -> Result<Option<QpState>, VerbsError> {
-        use QpState::{Init, Reset, Rtr, Rts, Sqd, Sqe};
+        use QpState::Reset;
         let from = self.state;
         let to = a.state.unwrap_or(from);
         let bad = |why| VerbsError::BadTransition { from, to, why };
-        let allowed = matches!(
-            (from, to),
-            (_, Reset)
-                | (_, QpState::Err)
-                | (Reset, Init)
-                | (Init, Init)
-                | (Init, Rtr)
-                | (Rtr, Rts)
-                | (Rts, Rts)
-                | (Rts, Sqd)
-                | (Sqd, Sqd)
-                | (Sqd, Rts)
-                | (Sqe, Rts)
-        );
-        if !allowed {
-            return Err(bad("transition not allowed"));
-        }
-        let connected = matches!(self.qp_type, QpType::Rc | QpType::Uc);
-        if to == Rtr && from == Init && connected {
-            if a.dest_qp_num.is_none() || a.rq_psn.is_none() || a.path_mtu.is_none() {
-                return Err(bad("RTR needs dest_qp_num, rq_psn and path_mtu"));
-            }
-            if a.ah.is_none() {
-                return Err(bad("RTR needs an address vector"));
-            }
-        }
-        if to == Rts && from == Rtr && a.sq_psn.is_none() {
-            return Err(bad("RTS needs sq_psn"));
-        }
-        // Attributes a transition may not change (IBTA 11.2.4.2, as
-        // ib_core's state table): the path and receive side are set going
-        // to RTR, the send side going to RTS, and both again only in SQD.
-        let to_rtr = from == Init && to == Rtr;
-        let to_rts = from == Rtr && to == Rts;
-        let in_sqd = from == Sqd && to == Sqd;
-        let path_ok = to_rtr || in_sqd;
-        let send_ok = to_rts || in_sqd;
-        let fixed = [
-            (a.dest_qp_num.is_some(), path_ok, "dest_qp_num"),
-            (a.rq_psn.is_some(), path_ok, "rq_psn"),
-            (a.path_mtu.is_some(), path_ok, "path_mtu"),
-            (a.ah.is_some(), path_ok, "the address vector"),
-            (
-                a.max_dest_rd_atomic.is_some(),
-                path_ok,
-                "max_dest_rd_atomic",
-            ),
-            (a.sq_psn.is_some(), send_ok, "sq_psn"),
-            (a.timeout.is_some(), send_ok, "timeout"),
-            (a.retry_cnt.is_some(), send_ok, "retry_cnt"),
-            (a.rnr_retry.is_some(), send_ok, "rnr_retry"),
-            (a.max_rd_atomic.is_some(), send_ok, "max_rd_atomic"),
-        ];
-        if !matches!(to, Reset | QpState::Err) {
-            for (given, allowed, _name) in fixed {
-                if given && !allowed {
-                    return Err(bad("attribute not modifiable in this transition"));
-                }
-            }
-        }
+        transition::check(from, a, self.qp_type).map_err(bad)?;
         if let Some(m) = a.path_mtu
             && m > dev.max_mtu
         {
@@ -744,8 +697,16 @@ impl Qp {
         self.flush(ctx);
     }
 
-    /// Flushes every outstanding WQE of a QP in ERR.
+    /// Flushes every outstanding WQE of a QP in ERR and drops the
+    /// responder's pending output.
     pub(crate) fn flush<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) {
+        self.flush_queues(ctx);
+        self.resp.clear_output();
+    }
+
+    /// Flushes every outstanding WQE of a QP in ERR, stops the requester
+    /// and its timers, and leaves the responder's queued output alone.
+    pub(crate) fn flush_queues<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>) {
         while self.sq.len() > 0 {
             let w = self.sq.at(self.sq.head);
             let wc = self.send_wc(w, WcStatus::WrFlushErr);
@@ -771,7 +732,6 @@ impl Qp {
         self.req.rd_inflight = 0;
         self.req.rnr_until = None;
         self.comp.retrans_at = None;
-        self.resp.clear_output();
     }
 
     /// Builds a CNP for the sender of an ECN-marked packet, at most one per

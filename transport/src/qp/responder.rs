@@ -14,7 +14,7 @@ use crate::{
     verbs::{Access, QpState, QpType, Wc, WcOpcode, WcStatus},
     wire::{
         AethRepr, AethSyndrome, AtomicAckEthRepr, BthRepr, DEFAULT_PKEY, ExtHeaders,
-        INVALID_CREDITS, NakCode, Opcode, Packet, PacketRepr,
+        INVALID_CREDITS, NakCode, Opcode, PSN_MASK, Packet, PacketRepr,
     },
 };
 
@@ -89,6 +89,8 @@ pub(crate) struct RespState {
     pub(crate) cur: super::RecvWqe,
     /// Whether `cur` holds a WQE.
     pub(crate) have_cur: bool,
+    /// A receive completion of this packet found the CQ full.
+    cq_overflow: bool,
 }
 
 impl RespState {
@@ -99,6 +101,7 @@ impl RespState {
                 ..Default::default()
             },
             have_cur: false,
+            cq_overflow: false,
             psn: 0,
             msn: 0,
             ack_psn: 0,
@@ -205,10 +208,37 @@ impl Qp {
         if !matches!(self.state, QpState::Rtr | QpState::Rts | QpState::Sqd) {
             return;
         }
+        let msn = self.resp.msn;
         match self.qp_type {
             QpType::Rc => self.on_rc_request(ctx, pkt, repr, placed),
             QpType::Uc => self.on_uc_request(ctx, pkt, repr),
             QpType::Ud | QpType::Gsi => self.on_ud_request(ctx, meta, pkt, repr),
+        }
+        if std::mem::take(&mut self.resp.cq_overflow) {
+            self.on_recv_cq_overflow(ctx, repr.bth.psn, msn);
+        }
+    }
+
+    /// A receive completion for the packet with `psn` found the CQ full: a
+    /// class G error (rxe RESPST_ERR_CQ_OVERFLOW). The CQ has raised its
+    /// event; the QP goes to ERR and flushes its queues. rxe acknowledges
+    /// packet by packet, so everything before this one had its ACK and
+    /// this one gets none: the ACK queued for it is replaced by one for
+    /// the packet before (`msn` as it was then), and responses already
+    /// queued for earlier requests still go out.
+    fn on_recv_cq_overflow<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, psn: u32, msn: u32) {
+        self.state = QpState::Err;
+        self.flush_queues(ctx);
+        self.resp.recv_offset = None;
+        self.resp.write = None;
+        if self.qp_type == QpType::Rc {
+            if let Some(RespOut::Ack { psn: p, .. }) = self.resp.out.back()
+                && *p == psn
+            {
+                self.resp.out.pop_back();
+            }
+            self.resp.msn = msn;
+            self.resp.queue_ack(psn_add(psn, PSN_MASK), ACK);
         }
     }
 
@@ -779,7 +809,7 @@ impl Qp {
             ip_version: None,
         };
         self.resp.recv_offset = None;
-        ctx.complete(self.recv_cq, wc, solicited);
+        self.resp.cq_overflow |= !ctx.complete(self.recv_cq, wc, solicited);
     }
 
     fn on_uc_request<M: Memory>(
@@ -907,7 +937,7 @@ impl Qp {
                 _ => None,
             },
         };
-        ctx.complete(self.recv_cq, wc, repr.bth.solicited);
+        self.resp.cq_overflow |= !ctx.complete(self.recv_cq, wc, repr.bth.solicited);
     }
 
     /// Builds the next responder packet (ACK, NAK, READ response or atomic
