@@ -129,6 +129,14 @@ fn stale_key_after_reregistration() {
         drain(&mut s.pair.a, s.a.cq)[0].status,
         WcStatus::RemAccessErr
     );
+    // A class C error on both sides, as rxe's: each QP goes to ERR.
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
+    assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
+    assert_eq!(
+        &s.pair.b.memory().as_slice()[0x1000..0x1010],
+        &[0u8; 16],
+        "nothing written through the stale key"
+    );
 }
 
 #[test]
@@ -141,16 +149,22 @@ fn out_of_bounds_remote_access() {
             swap: 1,
         },
     ] {
-        let (wa, _, sa, sb) = run_write_error(MEM as u64, |k| k, op);
-        assert_eq!(wa[0], WcStatus::RemAccessErr, "{op:?}");
+        let (wa, wb, sa, sb) = run_write_error(MEM as u64, |k| k, op);
+        assert_eq!(
+            wa,
+            vec![WcStatus::RemAccessErr, WcStatus::WrFlushErr],
+            "{op:?}"
+        );
+        assert_eq!(wb, vec![WcStatus::WrFlushErr], "{op:?}");
         assert_eq!((sa, sb), (QpState::Err, QpState::Err));
     }
 }
 
 #[test]
 fn misaligned_atomic_is_an_invalid_request() {
-    let (wa, _, sa, sb) = run_write_error(0x1004, |k| k, SendOp::FetchAdd { add: 1 });
-    assert_eq!(wa[0], WcStatus::RemInvReqErr);
+    let (wa, wb, sa, sb) = run_write_error(0x1004, |k| k, SendOp::FetchAdd { add: 1 });
+    assert_eq!(wa, vec![WcStatus::RemInvReqErr, WcStatus::WrFlushErr]);
+    assert_eq!(wb, vec![WcStatus::WrFlushErr]);
     assert_eq!((sa, sb), (QpState::Err, QpState::Err));
 }
 
@@ -177,6 +191,8 @@ fn mr_without_remote_write_access() {
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(wa[0].status, WcStatus::RemAccessErr);
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
+    assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
     // READ through the same key is allowed.
     let mut s = setup(QpType::Rc, clean(), 3, Mtu::Mtu1024, MEM);
     let ro = s
@@ -226,6 +242,7 @@ fn qp_without_remote_access_flags_rejects_rdma() {
         drain(&mut s.pair.a, s.a.cq)[0].status,
         WcStatus::RemInvReqErr
     );
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
     assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
 }
 
@@ -683,4 +700,52 @@ fn port_down_moves_live_qps_to_error() {
     assert_eq!(s.pair.a.poll_event(), None);
     // Nothing more goes out from a port that is down.
     assert!(s.pair.a.poll_transmit(0, &mut [0u8; 4096]).is_none());
+}
+
+/// A receive WQE whose SGE names no valid local key: the SEND cannot be
+/// placed, which rxe calls a malformed WQE. The requester gets the remote
+/// operational error NAK (REM_OP_ERR), the responder's receive completes
+/// with LOC_QP_OP_ERR, and both QPs go to ERR.
+#[test]
+fn send_into_a_receive_with_a_bad_lkey_is_a_remote_operational_error() {
+    let mut s = setup(QpType::Rc, clean(), 13, Mtu::Mtu1024, MEM);
+    let bad = [Sge {
+        addr: 0x8000,
+        length: 64,
+        lkey: s.b.key ^ 0x100,
+    }];
+    s.pair
+        .b
+        .post_recv(
+            s.b.qp,
+            &RecvWr {
+                wr_id: 100,
+                sges: &bad,
+            },
+        )
+        .unwrap();
+    let sge = [Sge {
+        addr: 0,
+        length: 16,
+        lkey: s.a.key,
+    }];
+    for id in [1, 2] {
+        s.pair
+            .a
+            .post_send(s.a.qp, &SendWr::new(id, SendOp::Send, &sge))
+            .unwrap();
+    }
+    s.pair.drive(SEC, |_| false);
+    let wa = drain(&mut s.pair.a, s.a.cq);
+    assert_eq!(
+        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        vec![(1, WcStatus::RemOpErr), (2, WcStatus::WrFlushErr)]
+    );
+    let wb = drain(&mut s.pair.b, s.b.cq);
+    assert_eq!(
+        wb.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        vec![(100, WcStatus::LocQpOpErr)]
+    );
+    assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
+    assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
 }

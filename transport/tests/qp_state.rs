@@ -379,3 +379,27 @@ fn error_flushes_everything_and_reset_empties() {
     assert!(common::drain(&mut e, cq).is_empty());
     assert_eq!(e.qp(qp).unwrap().state(), QpState::Reset);
 }
+
+/// A path MTU above the port's is refused going to RTR.
+#[test]
+fn path_mtu_above_the_port_mtu_is_refused() {
+    let dev = transport::device::DeviceAttrs {
+        max_mtu: Mtu::Mtu1024,
+        ..Default::default()
+    };
+    let mut e = Engine::new(dev, VecMemory::new(1 << 16));
+    let (qp, _, _) = new_qp(&mut e, QpType::Rc);
+    e.modify_qp(qp, &attr_for(QpState::Reset, QpState::Init), 0)
+        .unwrap();
+    let mut rtr = attr_for(QpState::Init, QpState::Rtr);
+    rtr.path_mtu = Some(Mtu::Mtu2048);
+    assert!(matches!(
+        e.modify_qp(qp, &rtr, 0),
+        Err(transport::verbs::VerbsError::BadTransition {
+            why: "path MTU above the port MTU",
+            ..
+        })
+    ));
+    rtr.path_mtu = Some(Mtu::Mtu1024);
+    e.modify_qp(qp, &rtr, 0).unwrap();
+}

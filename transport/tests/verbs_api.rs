@@ -149,6 +149,48 @@ fn work_request_checks() {
     let mut inline = SendWr::new(1, SendOp::Read, one);
     inline.inline = true;
     assert!(s.pair.a.post_send(s.a.qp, &inline).is_err(), "inline READ");
+    // Inline data beyond the QP's max_inline_data (256 here), and a QP
+    // asking for more than the device's 512 bytes.
+    let long = [Sge {
+        addr: 0,
+        length: 257,
+        lkey: s.a.key,
+    }];
+    let mut inline = SendWr::new(1, SendOp::Send, &long);
+    inline.inline = true;
+    assert_eq!(
+        s.pair.a.post_send(s.a.qp, &inline),
+        Err(VerbsError::Invalid(
+            "inline data too long or not a SEND/WRITE"
+        ))
+    );
+    assert!(matches!(
+        s.pair.a.create_qp(&QpInit {
+            qp_type: QpType::Rc,
+            pd: s.a.pd,
+            send_cq: cq,
+            recv_cq: cq,
+            caps: caps(1, 513),
+            sq_sig_all: false,
+            srq: None
+        }),
+        Err(VerbsError::Limit {
+            what: "inline data",
+            ..
+        })
+    ));
+    // A message beyond max_msg_size (2^31 bytes, as rxe).
+    let huge = [Sge {
+        addr: 0,
+        length: 0x8000_0000,
+        lkey: s.a.key,
+    }; 2];
+    assert_eq!(
+        s.pair
+            .a
+            .post_send(s.a.qp, &SendWr::new(1, SendOp::Write, &huge).remote(0, 0)),
+        Err(VerbsError::Invalid("message too long"))
+    );
     let two = [Sge {
         addr: 0,
         length: 4,
