@@ -248,6 +248,18 @@ impl Pair {
         Gid::from_ip(IpAddr::from(ADDR_B))
     }
 
+    /// Makes room for `packets` packets in flight at once: the buffers
+    /// and the queue grow now instead of when the link first carries that
+    /// many (for tests that count allocations).
+    pub fn reserve(&mut self, packets: usize) {
+        while self.pool.len() < packets {
+            self.free.push(self.pool.len());
+            self.pool.push(vec![0; 4096 + 256]);
+        }
+        self.free.reserve(packets);
+        self.queue.reserve(packets.saturating_sub(self.queue.len()));
+    }
+
     fn take_buf(&mut self) -> usize {
         match self.free.pop() {
             Some(i) => i,

@@ -75,7 +75,7 @@ impl CmAttr {
 fn bad(what: &'static str) -> Error {
     Error::Malformed {
         layer: "CM MAD",
-        reason: what.into(),
+        reason: super::Reason::Fixed(what),
     }
 }
 

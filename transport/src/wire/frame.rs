@@ -11,7 +11,7 @@ use etherparse::{
     SingleVlanHeader, SlicedPacket, TransportSlice, UdpHeader,
 };
 
-use super::{Error, ROCE_V2_UDP_PORT, Result, check_room, icrc};
+use super::{Error, ROCE_V2_UDP_PORT, Reason, Result, check_room, icrc};
 
 /// The IP header of a RoCEv2 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,11 +80,21 @@ pub struct RoceFrame<'a> {
     pub ib: &'a [u8],
 }
 
-fn malformed(e: impl std::fmt::Display) -> Error {
+fn malformed(reason: Reason) -> Error {
     Error::Malformed {
         layer: "Ethernet/IP/UDP",
-        reason: e.to_string(),
+        reason,
     }
+}
+
+/// etherparse's report on a frame or datagram it could not slice.
+fn unsliced(e: etherparse::err::packet::SliceError) -> Error {
+    malformed(Reason::Outer(e))
+}
+
+/// The UDP length of a frame being built does not fit its headers.
+fn too_long<E>(_: E) -> Error {
+    malformed(Reason::Fixed("UDP payload too long for the IP header"))
 }
 
 /// Byte offset of `inner` within `outer`; `inner` must be a subslice.
@@ -141,7 +151,7 @@ impl<'a> RoceFrame<'a> {
     /// frame that is not UDP to port 4791 (ARP, TCP, other UDP...), and
     /// `Malformed` for truncated or inconsistent outer headers.
     pub fn parse_ethernet(frame: &'a [u8]) -> Result<RoceFrame<'a>> {
-        let sliced = SlicedPacket::from_ethernet(frame).map_err(malformed)?;
+        let sliced = SlicedPacket::from_ethernet(frame).map_err(unsliced)?;
         let ethernet = match &sliced.link {
             Some(LinkSlice::Ethernet2(e)) => Some(e.to_header()),
             _ => return Err(Error::NotRoce("not an Ethernet II frame")),
@@ -166,7 +176,7 @@ impl<'a> RoceFrame<'a> {
     /// The general path of [`RoceFrame::parse_ip`], through etherparse's
     /// slicing.
     fn parse_ip_sliced(datagram: &'a [u8]) -> Result<RoceFrame<'a>> {
-        let sliced = SlicedPacket::from_ip(datagram).map_err(malformed)?;
+        let sliced = SlicedPacket::from_ip(datagram).map_err(unsliced)?;
         Self::from_sliced(datagram, None, None, sliced)
     }
 
@@ -219,7 +229,7 @@ impl<'a> RoceFrame<'a> {
         let (ip, ip_start) = match &sliced.net {
             Some(NetSlice::Ipv4(v4)) => {
                 if v4.is_payload_fragmented() {
-                    return Err(malformed("fragmented IPv4 datagram"));
+                    return Err(malformed(Reason::Fixed("fragmented IPv4 datagram")));
                 }
                 let h = v4.header();
                 (IpRepr::V4(h.to_header()), offset_in(whole, h.slice()))
@@ -229,7 +239,9 @@ impl<'a> RoceFrame<'a> {
                     if v6.payload().ip_number != IpNumber::UDP {
                         return Err(Error::NotRoce("not UDP"));
                     }
-                    return Err(malformed("IPv6 extension headers in a RoCEv2 packet"));
+                    return Err(malformed(Reason::Fixed(
+                        "IPv6 extension headers in a RoCEv2 packet",
+                    )));
                 }
                 let h = v6.header();
                 (IpRepr::V6(h.to_header()), offset_in(whole, h.slice()))
@@ -292,18 +304,18 @@ impl FrameRepr {
         match &self.ip {
             IpRepr::V4(h) => {
                 let mut h = h.clone();
-                h.set_payload_len(udp_len).map_err(malformed)?;
+                h.set_payload_len(udp_len).map_err(too_long)?;
                 h.header_checksum = h.calc_header_checksum();
                 put(&h.to_bytes());
             }
             IpRepr::V6(h) => {
                 let mut h = h.clone();
-                h.set_payload_length(udp_len).map_err(malformed)?;
+                h.set_payload_length(udp_len).map_err(too_long)?;
                 put(&h.to_bytes());
             }
         }
         let mut udp = self.udp.clone();
-        udp.length = u16::try_from(udp_len).map_err(malformed)?;
+        udp.length = u16::try_from(udp_len).map_err(too_long)?;
         put(&udp.to_bytes());
         Ok(hlen)
     }

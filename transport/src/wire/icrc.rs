@@ -14,7 +14,7 @@
 //!
 //! It is written after the pad, least-significant byte first.
 
-use super::{Error, ICRC_LEN, Result, bth::HEADER_LEN, check_room};
+use super::{Error, ICRC_LEN, Reason, Result, bth::HEADER_LEN, check_room};
 
 const UDP_LEN: usize = 8;
 const MAX_IPV4_HEADER: usize = 60;
@@ -267,7 +267,7 @@ fn masked_ip_header(ip: &[u8], out: &mut [u8]) -> Result<usize> {
             if len < 20 {
                 return Err(Error::Malformed {
                     layer: "IPv4",
-                    reason: format!("header length {len} is below 20"),
+                    reason: Reason::Value("header length below 20:", len as u64),
                 });
             }
             check_room(ip.len(), len)?;
@@ -287,7 +287,7 @@ fn masked_ip_header(ip: &[u8], out: &mut [u8]) -> Result<usize> {
         }
         v => Err(Error::Malformed {
             layer: "IP",
-            reason: format!("version {v}"),
+            reason: Reason::Value("version", u64::from(v)),
         }),
     }
 }
@@ -303,7 +303,7 @@ fn split(l3: &[u8]) -> Result<(&[u8], &[u8], &[u8])> {
         v => {
             return Err(Error::Malformed {
                 layer: "IP",
-                reason: format!("version {v}"),
+                reason: Reason::Value("version", u64::from(v)),
             });
         }
     };

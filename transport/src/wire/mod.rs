@@ -222,8 +222,28 @@ pub enum Error {
         /// Which layer.
         layer: &'static str,
         /// What etherparse or our own check reported.
-        reason: String,
+        reason: Reason,
     },
+}
+
+/// What is wrong with a malformed header. Every variant a received packet
+/// can produce is built without allocating, so a stream of damaged or
+/// hostile packets costs no allocation; only checks of what the caller
+/// builds (`PacketRepr::check`) spell out a longer text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    /// etherparse's report on the outer headers, kept as it was.
+    #[error("{0}")]
+    Outer(etherparse::err::packet::SliceError),
+    /// A fixed description.
+    #[error("{0}")]
+    Fixed(&'static str),
+    /// A description and the value that broke it.
+    #[error("{0} {1}")]
+    Value(&'static str, u64),
+    /// A longer text, for checks of reprs the caller built.
+    #[error("{0}")]
+    Text(String),
 }
 
 /// Result type of the wire layer.

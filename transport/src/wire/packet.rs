@@ -12,8 +12,8 @@
 use super::{
     Aeth, AethRepr, AtomicAckEth, AtomicAckEthRepr, AtomicEth, AtomicEthRepr, Bth, BthRepr, Deth,
     DethRepr, Error, Feth, FethRepr, HeaderSet, ICRC_LEN, Ieth, IethRepr, ImmDt, ImmDtRepr, Mtu,
-    Opcode, OpcodeInfo, PayloadRule, Position, Result, Reth, RethRepr, bth::HEADER_LEN, check_room,
-    pad_len,
+    Opcode, OpcodeInfo, PayloadRule, Position, Reason, Result, Reth, RethRepr, bth::HEADER_LEN,
+    check_room, pad_len,
 };
 
 /// A read/write view of a whole transport packet, BTH through ICRC.
@@ -314,12 +314,12 @@ impl PacketRepr {
         if self.ext.set() != info.headers.without(HeaderSet::CNP_RESERVED) {
             return Err(Error::Malformed {
                 layer: "transport",
-                reason: format!(
+                reason: Reason::Text(format!(
                     "{} needs headers [{}], the repr has [{}]",
                     self.bth.opcode,
                     info.headers.names().collect::<Vec<_>>().join(" "),
                     self.ext.set().names().collect::<Vec<_>>().join(" ")
-                ),
+                )),
             });
         }
         check_payload_rule(info, self.payload_len)
