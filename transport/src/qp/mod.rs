@@ -198,8 +198,8 @@ pub(crate) struct Ctx<'a, M: Memory> {
 }
 
 impl<M: Memory> Ctx<'_, M> {
-    /// Posts a completion to CQ `cq`; a full CQ raises `CqErr` and loses
-    /// it. Returns whether it was stored. As in rxe, only the responder
+    /// Posts a completion to CQ `cq`; a full CQ raises `CqErr` (once for
+    /// consecutive losses) and loses it. Returns whether it was stored. As in rxe, only the responder
     /// acts on a loss (its QP goes to ERR); the requester's and the
     /// flushes' completions are lost with the event alone.
     pub fn complete(&mut self, cq: u32, wc: Wc, solicited: bool) -> bool {
@@ -214,7 +214,11 @@ impl<M: Memory> Ctx<'_, M> {
                 true
             }
             Pushed::Overflow => {
-                self.events.push_back(AsyncEvent::CqErr(cq));
+                // One event for a run of lost completions (a flush into a
+                // full CQ loses one per WQE), so the queue stays short.
+                if self.events.back() != Some(&AsyncEvent::CqErr(cq)) {
+                    self.events.push_back(AsyncEvent::CqErr(cq));
+                }
                 false
             }
         }
