@@ -989,9 +989,16 @@ impl<M: Memory> Engine<M> {
         if len > self.attrs.max_msg_size {
             return Err(VerbsError::Invalid("message too long"));
         }
-        if u64::from(crate::qp::packets_for(len, qp.attrs.path_mtu)) >= 1 << 23 {
+        // A message's PSNs must stay within half the 24-bit PSN space, so
+        // that serial-number comparisons place them. 2^23 packets (2^31
+        // bytes at MTU 256) fit; a READ takes its response PSNs at once
+        // and its last one would sit exactly half the space ahead of the
+        // completer, so a READ stops one packet short (as the responder
+        // checks).
+        let packets = u64::from(crate::qp::packets_for(len, qp.attrs.path_mtu));
+        if packets > 1 << 23 || (wr.op == crate::verbs::SendOp::Read && packets >= 1 << 23) {
             return Err(VerbsError::Invalid(
-                "message needs 2^23 packets or more at this path MTU",
+                "message needs more packets than half the PSN space at this path MTU",
             ));
         }
         if ud && len > qp.attrs.path_mtu.bytes() as u64 {

@@ -2,7 +2,7 @@
 //! each placed on purpose: the max_rd_atomic bound on READs in flight
 //! (set through SQD), rnr_retry 7 retrying forever at the responder's
 //! min_rnr_timer, a duplicate atomic answered from the responder's cache,
-//! ACK coalescing, and UD's privileged Q_Key.
+//! ACK coalescing, UD's privileged Q_Key, and the largest message.
 
 mod common;
 
@@ -254,5 +254,63 @@ fn ud_privileged_qkey_sends_the_qps_own() {
             (1, WcStatus::Success, WcOpcode::Recv)
         ],
         "the two privileged sends arrive, the third's Q_Key is wrong"
+    );
+}
+
+/// The largest message, 2^31 bytes, as one RDMA WRITE at path MTU 256:
+/// 2^23 packets, exactly half the PSN space, starting 16 PSNs before the
+/// wrap. B's 2 GiB are all written (A's untouched pages stay
+/// unallocated); about 10 s here.
+#[test]
+fn the_largest_message_at_mtu_256() {
+    const LEN: u64 = 1 << 31;
+    let mut s = common::setup(
+        QpType::Rc,
+        LinkConfig::clean(1_000),
+        6,
+        Mtu::Mtu256,
+        LEN as usize + 4096,
+    );
+    // Marks at the start, the middle, near the end and in the last bytes.
+    let marks = [0, LEN / 2 - 3, LEN - 300, LEN - 8];
+    for (i, &at) in marks.iter().enumerate() {
+        s.pair.a.memory_mut().as_mut_slice()[at as usize..at as usize + 8]
+            .copy_from_slice(&(0x1111_2222_3333_4444 + i as u64).to_le_bytes());
+    }
+    let sge = [Sge {
+        addr: 0,
+        length: 0x8000_0000,
+        lkey: s.a.key,
+    }];
+    s.pair
+        .a
+        .post_send(
+            s.a.qp,
+            &SendWr::new(1, SendOp::Write, &sge).remote(0, s.b.key),
+        )
+        .unwrap();
+    s.pair.drive(1_000 * SEC, |_| false);
+    let wa = drain(&mut s.pair.a, s.a.cq);
+    assert_eq!(
+        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        vec![(1, WcStatus::Success)]
+    );
+    assert_eq!(s.pair.launched.0, 1 << 23, "one packet per 256 bytes");
+    let m = s.pair.b.memory().as_slice();
+    for (i, &at) in marks.iter().enumerate() {
+        assert_eq!(
+            u64::from_le_bytes(m[at as usize..at as usize + 8].try_into().unwrap()),
+            0x1111_2222_3333_4444 + i as u64
+        );
+    }
+    // A READ of the same size would be one PSN too many.
+    assert!(
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(2, SendOp::Read, &sge).remote(0, s.b.key)
+            )
+            .is_err()
     );
 }
