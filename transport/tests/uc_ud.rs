@@ -568,3 +568,54 @@ fn address_handles() {
     assert!(s.pair.a.destroy_ah(ah).is_err());
     assert_eq!(s.pair.a.ah(ah), None);
 }
+
+/// UC after a lost packet in the middle of a message: the responder drops
+/// the rest of that message (its receive is not completed and is used by
+/// the next message instead), takes the next message whole, and sends
+/// nothing back; the requester completes both, as UC does.
+#[test]
+fn uc_loss_drops_the_message_up_to_the_next() {
+    let mut s = setup(QpType::Uc, LinkConfig::clean(1000), 7, Mtu::Mtu256, MEM);
+    post_recvs(&mut s, 2, 4096, 0);
+    for (i, seq) in [10u64, 11].into_iter().enumerate() {
+        let data = message(seq, 1000);
+        s.pair.a.memory_mut().as_mut_slice()[i * 1000..(i + 1) * 1000].copy_from_slice(&data);
+    }
+    // A's second packet: the middle of the first message (4 packets).
+    s.pair.drop_nth.push((true, 2));
+    for i in 0..2u64 {
+        let sge = [Sge {
+            addr: i * 1000,
+            length: 1000,
+            lkey: s.a.key,
+        }];
+        s.pair
+            .a
+            .post_send(s.a.qp, &SendWr::new(i, SendOp::Send, &sge))
+            .unwrap();
+    }
+    s.pair.drive(SEC, |_| false);
+    let wa = drain(&mut s.pair.a, s.a.cq);
+    assert_eq!(
+        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        vec![(0, WcStatus::Success), (1, WcStatus::Success)]
+    );
+    let wb = drain(&mut s.pair.b, s.b.cq);
+    assert_eq!(
+        wb.iter()
+            .map(|w| (w.wr_id, w.status, w.byte_len))
+            .collect::<Vec<_>>(),
+        vec![(0, WcStatus::Success, 1000)],
+        "only the second message completes, in the first receive"
+    );
+    let m = s.pair.b.memory().as_slice();
+    assert_eq!(
+        &m[RBUF as usize..RBUF as usize + 1000],
+        &message(11, 1000)[..]
+    );
+    assert_eq!(s.pair.launched, (8, 0), "no ACKs, no retransmission");
+    assert_eq!(
+        s.pair.b.qp(s.b.qp).unwrap().state(),
+        transport::verbs::QpState::Rts
+    );
+}
