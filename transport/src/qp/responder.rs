@@ -226,6 +226,8 @@ impl Qp {
     /// this one gets none: the ACK queued for it is replaced by one for
     /// the packet before (`msn` as it was then), and responses already
     /// queued for earlier requests still go out.
+    #[cold]
+    #[inline(never)]
     fn on_recv_cq_overflow<M: Memory>(&mut self, ctx: &mut Ctx<'_, M>, psn: u32, msn: u32) {
         self.state = QpState::Err;
         self.flush_queues(ctx);
