@@ -167,16 +167,7 @@ fn steady_state_traffic_does_not_allocate() {
 /// either.
 #[test]
 fn recovery_paths_do_not_allocate() {
-    let link = LinkConfig {
-        loss: 0.05,
-        duplicate: 0.01,
-        reorder: 0.05,
-        corrupt: 0.005,
-        delay_ns: 2_000,
-        reorder_delay_ns: 5_000,
-        ecn_mark: 0.0,
-    };
-    let mut s = setup(QpType::Rc, link, 2, Mtu::Mtu1024, 1 << 20);
+    let mut s = setup(QpType::Rc, common::impaired(), 2, Mtu::Mtu1024, 1 << 20);
     // Duplicates and retransmissions can put more packets in flight than
     // the warm-up did; the simulated link (test support, not the engine)
     // makes room for them beforehand.

@@ -34,15 +34,7 @@ fn impaired() -> LinkConfig {
     if std::env::var("SOAK_CLEAN").is_ok() {
         return LinkConfig::clean(2_000);
     }
-    LinkConfig {
-        loss: 0.05,
-        duplicate: 0.01,
-        reorder: 0.05,
-        corrupt: 0.005,
-        delay_ns: 2_000,
-        reorder_delay_ns: 5_000,
-        ecn_mark: 0.0,
-    }
+    common::impaired()
 }
 
 fn seed() -> u64 {

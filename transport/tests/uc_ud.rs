@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Setup, drain, setup};
+use common::{Setup, drain, impaired, setup};
 use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 use transport::{
     sim::{LinkConfig, Pair},
@@ -15,18 +15,6 @@ use transport::{
 const SEC: u64 = 1_000_000_000;
 const MEM: usize = 8 << 20;
 const RBUF: u64 = 4 << 20;
-
-fn impaired() -> LinkConfig {
-    LinkConfig {
-        loss: 0.05,
-        duplicate: 0.01,
-        reorder: 0.05,
-        corrupt: 0.005,
-        delay_ns: 2_000,
-        reorder_delay_ns: 5_000,
-        ecn_mark: 0.0,
-    }
-}
 
 /// The bytes of message `seq`: its number, then seeded noise.
 fn message(seq: u64, len: usize) -> Vec<u8> {

@@ -59,6 +59,20 @@ pub fn make_side(e: &mut Engine<VecMemory>, qp_type: QpType, mem: u64, cq_depth:
 
 pub use transport::sim::Conn;
 
+/// The link the soaks run on (as the issue sets it): 5% loss, 5%
+/// reordering, 1% duplication, 0.5% corruption, 2 µs delay.
+pub fn impaired() -> LinkConfig {
+    LinkConfig {
+        loss: 0.05,
+        duplicate: 0.01,
+        reorder: 0.05,
+        corrupt: 0.005,
+        delay_ns: 2_000,
+        reorder_delay_ns: 5_000,
+        ecn_mark: 0.0,
+    }
+}
+
 /// Connects a QP (see `transport::sim::connect`); panics on failure.
 pub fn connect(e: &mut Engine<VecMemory>, qp: u32, c: Conn) {
     transport::sim::connect(e, qp, c).expect("connect QP");
