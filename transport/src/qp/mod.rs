@@ -199,9 +199,10 @@ pub(crate) struct Ctx<'a, M: Memory> {
 
 impl<M: Memory> Ctx<'_, M> {
     /// Posts a completion to CQ `cq`; a full CQ raises `CqErr` (once for
-    /// consecutive losses) and loses it. Returns whether it was stored. As in rxe, only the responder
-    /// acts on a loss (its QP goes to ERR); the requester's and the
-    /// flushes' completions are lost with the event alone.
+    /// consecutive losses) and loses it. Returns whether it was stored.
+    /// As in rxe, only the responder acts on a loss (its QP goes to ERR);
+    /// the requester's and the flushes' completions are lost with the
+    /// event alone.
     pub fn complete(&mut self, cq: u32, wc: Wc, solicited: bool) -> bool {
         let Some(Some(q)) = self.cqs.get_mut(cq as usize) else {
             return false;
