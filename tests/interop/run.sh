@@ -63,6 +63,14 @@ PIDS=()
 # been reused by some other process).
 mine() { [ "$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')" = "$$" ]; }
 cleanup() {
+  # Our side of the step in progress (run_peer in a subshell): its
+  # timeout first (which passes the signal on to the peer), then the
+  # subshell, so that nothing writes into $WORK after it is removed.
+  if [ -n "${rp:-}" ] && mine "$rp"; then
+    pkill -TERM -P "$rp" 2>/dev/null || true
+    kill "$rp" 2>/dev/null || true
+    wait "$rp" 2>/dev/null || true
+  fi
   for p in "${PIDS[@]}"; do mine "$p" && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
