@@ -37,25 +37,6 @@ fn impaired() -> LinkConfig {
     common::impaired()
 }
 
-fn seed() -> u64 {
-    std::env::var("SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
-
-fn ops() -> usize {
-    std::env::var("SOAK_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000)
-}
-
 /// A message size: mostly small, sometimes up to `max`.
 fn size(rng: &mut SmallRng, max: u64) -> u64 {
     let r: f64 = rng.random();
@@ -96,9 +77,9 @@ struct Pending {
 
 #[test]
 fn rc_soak() {
-    let seed = seed();
-    let n = ops();
-    eprintln!("rc_soak: seed {seed}, {n} operations (rerun with SOAK_SEED={seed})");
+    let seed = common::soak_seed("rc_soak");
+    let n = common::soak_ops() as usize;
+    eprintln!("rc_soak: {n} operations");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mtu = Mtu::ALL[rng.random_range(0..5)];
     let mut s = setup(QpType::Rc, impaired(), seed, mtu, MEM);

@@ -25,30 +25,6 @@ fn message(seq: u64, len: usize) -> Vec<u8> {
     v
 }
 
-/// The soaks' seed: `SOAK_SEED`, or else the clock. Printed, so that a
-/// failure can be rerun.
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{test}: seed {seed} (rerun with SOAK_SEED={seed})");
-    seed
-}
-
-/// The soaks' operation count: `SOAK_OPS`, or 100,000.
-fn ops() -> u64 {
-    std::env::var("SOAK_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000)
-}
-
 fn ud_dest(s: &Setup) -> UdDest {
     UdDest {
         ah: AhAttr {
@@ -142,14 +118,14 @@ fn ud_send_places_the_grh_and_checks_the_qkey() {
 
 #[test]
 fn ud_soak_losses_visible_corruption_never() {
-    let seed = seed("ud_soak");
+    let seed = common::soak_seed("ud_soak");
     let mut rng = SmallRng::seed_from_u64(seed);
     // A UD QP sends at the port MTU (4096 here); it takes no path MTU.
     let mut s = setup(QpType::Ud, impaired(), seed, Mtu::Mtu4096, MEM);
     const SLOT: u64 = 8192;
     post_recvs(&mut s, 64, SLOT as u32, 0);
     let mut next_recv = 64;
-    let n = ops();
+    let n = common::soak_ops();
     let mut imms = 0u64;
     let mut sent = 0u64;
     let mut got = 0u64;
@@ -264,7 +240,7 @@ fn uc_send_and_write_with_imm() {
 
 #[test]
 fn uc_soak_losses_visible_corruption_never() {
-    let seed = seed("uc_soak");
+    let seed = common::soak_seed("uc_soak");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mtu = Mtu::ALL[rng.random_range(0..5)];
     let mut s = setup(QpType::Uc, impaired(), seed, mtu, MEM);
@@ -276,7 +252,7 @@ fn uc_soak_losses_visible_corruption_never() {
     const WPLAIN: u64 = 0x30_0000;
     post_recvs(&mut s, 64, SLOT as u32, 0);
     let mut next_recv = 64;
-    let n = ops();
+    let n = common::soak_ops();
     let mut plain = 0u64;
     let mut sent = 0u64;
     let mut delivered = 0u64;

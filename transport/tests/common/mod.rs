@@ -149,3 +149,27 @@ pub fn drain(e: &mut Engine<VecMemory>, cq: u32) -> Vec<Wc> {
         }
     }
 }
+
+/// The soaks' seed: `SOAK_SEED`, or else the clock. Printed with `test`'s
+/// name, so that a failure can be rerun.
+pub fn soak_seed(test: &str) -> u64 {
+    let seed = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: seed {seed} (rerun with SOAK_SEED={seed})");
+    seed
+}
+
+/// The soaks' operation count: `SOAK_OPS`, or 100,000.
+pub fn soak_ops() -> u64 {
+    std::env::var("SOAK_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
