@@ -18,6 +18,25 @@ use transport::{
 const SEC: u64 = 1_000_000_000;
 const MEM: usize = 1 << 20;
 
+/// Posts `n` 64-byte `op`s on A: the i-th from A's `i * 64` to B's
+/// `0x8000 + i * 64`, with wr_id i.
+fn post_64(s: &mut common::Setup, n: u64, op: SendOp) {
+    for i in 0..n {
+        let sge = [Sge {
+            addr: i * 64,
+            length: 64,
+            lkey: s.a.key,
+        }];
+        s.pair
+            .a
+            .post_send(
+                s.a.qp,
+                &SendWr::new(i, op, &sge).remote(0x8000 + i * 64, s.b.key),
+            )
+            .unwrap();
+    }
+}
+
 /// Eight READs posted at once; returns the most READ requests A had put
 /// on the link beyond the responses B had (A sends nothing else here).
 fn most_reads_in_flight(limit: Option<u8>) -> u64 {
@@ -42,20 +61,7 @@ fn most_reads_in_flight(limit: Option<u8>) -> u64 {
             s.pair.a.modify_qp(s.a.qp, &a, 0).unwrap();
         }
     }
-    for i in 0..8u64 {
-        let sge = [Sge {
-            addr: i * 64,
-            length: 64,
-            lkey: s.a.key,
-        }];
-        s.pair
-            .a
-            .post_send(
-                s.a.qp,
-                &SendWr::new(i, SendOp::Read, &sge).remote(0x8000 + i * 64, s.b.key),
-            )
-            .unwrap();
-    }
+    post_64(&mut s, 8, SendOp::Read);
     let mut most = 0;
     s.pair.drive(SEC, |p| {
         most = most.max(p.launched.0.saturating_sub(p.launched.1));
@@ -178,20 +184,7 @@ fn a_duplicate_atomic_is_answered_from_the_cache() {
 #[test]
 fn acks_coalesce() {
     let mut s = setup(QpType::Rc, LinkConfig::clean(1_000), 4, Mtu::Mtu1024, MEM);
-    for i in 0..16u64 {
-        let sge = [Sge {
-            addr: i * 64,
-            length: 64,
-            lkey: s.a.key,
-        }];
-        s.pair
-            .a
-            .post_send(
-                s.a.qp,
-                &SendWr::new(i, SendOp::Write, &sge).remote(0x8000 + i * 64, s.b.key),
-            )
-            .unwrap();
-    }
+    post_64(&mut s, 16, SendOp::Write);
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(wa.len(), 16);
