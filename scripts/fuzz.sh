@@ -8,7 +8,9 @@
 # `decode`, single frames for `frame`, transport packets for `packet`,
 # length-prefixed packet streams for `engine`; `neigh`, `daemon`, `pvrdma` and `oob` start
 # empty),
-# then runs each target for SECONDS_PER_TARGET seconds, one at a time.
+# then runs each target for SECONDS_PER_TARGET seconds, one at a time,
+# starting from those seeds plus fuzz/regressions/<target>/ (inputs that
+# once crashed it, kept in git).
 # Exits non-zero if any target crashes; the crashing input is left in
 # fuzz/artifacts/<target>/.
 #
@@ -229,7 +231,11 @@ for t in "${TARGETS[@]}"; do
     mkdir -p target "corpus/$t"
     echo "=== $t: ${SECONDS_PER_TARGET}s ===" >&2
     set +e
-    run "${FUZZ[@]}" run "${BUILD_FLAGS[@]}" "${EXTRA_FLAGS[@]}" "$t" "corpus/$t" -- \
+    # Inputs that once crashed a target (fuzz/regressions/<target>/, in git)
+    # are read as a second corpus, so every run replays them first.
+    dirs=("corpus/$t")
+    [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+    run "${FUZZ[@]}" run "${BUILD_FLAGS[@]}" "${EXTRA_FLAGS[@]}" "$t" "${dirs[@]}" -- \
         -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 >"$log" 2>&1
     rc=$?
     set -e

@@ -231,6 +231,16 @@ impl<'a> RoceFrame<'a> {
                 if v4.is_payload_fragmented() {
                     return Err(malformed(Reason::Fixed("fragmented IPv4 datagram")));
                 }
+                // An authentication header sits between IPv4 and UDP; the
+                // repr has no place for it, and rxe never sends one.
+                if !v4.extensions().is_empty() {
+                    if v4.payload().ip_number != IpNumber::UDP {
+                        return Err(Error::NotRoce("not UDP"));
+                    }
+                    return Err(malformed(Reason::Fixed(
+                        "IPv4 authentication header in a RoCEv2 packet",
+                    )));
+                }
                 let h = v4.header();
                 (IpRepr::V4(h.to_header()), offset_in(whole, h.slice()))
             }
@@ -330,6 +340,33 @@ impl FrameRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An IPv4 datagram whose UDP part follows an authentication header
+    /// (found by the `frame` fuzz target: it parsed, and its headers were
+    /// then written back without the AH) is refused, as IPv6 extension
+    /// headers are.
+    #[test]
+    fn ipv4_authentication_header_is_refused() {
+        let hex = "45c20030718c400040332f9115120011010c000011010c00000000000000000001\
+                   0012b700000000810a0012010023000000000085002f60";
+        let hex: String = hex.split_whitespace().collect();
+        let ip: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(ip[9], 51, "IPv4 protocol 51 (AH)");
+        let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        frame.extend_from_slice(&ip);
+        for r in [RoceFrame::parse_ethernet(&frame), RoceFrame::parse_ip(&ip)] {
+            match r {
+                Err(Error::Malformed { reason, .. }) => {
+                    assert!(reason.to_string().contains("authentication header"))
+                }
+                other => panic!("AH datagram not refused: {other:?}"),
+            }
+        }
+        assert!(RoceFrame::locate_ip(&ip).is_err());
+    }
 
     /// The fast IPv4 path and etherparse's general path agree on every
     /// frame the fast path takes, including damaged ones.
