@@ -2,7 +2,8 @@
 //! each placed on purpose: the max_rd_atomic bound on READs in flight
 //! (set through SQD), rnr_retry 7 retrying forever at the responder's
 //! min_rnr_timer, a duplicate atomic answered from the responder's cache,
-//! ACK coalescing, UD's privileged Q_Key, and the largest message.
+//! ACK coalescing, the AckReq spacing, UD's privileged Q_Key, and the
+//! largest message.
 
 mod common;
 
@@ -197,6 +198,41 @@ fn acks_coalesce() {
         16,
         "each WRITE's ACK sent or merged"
     );
+}
+
+/// The requester asks for an ACK (BTH AckReq) on the last packet of
+/// every message and on every 64th packet inside a long one, counting
+/// afresh after each request. A 1000-packet WRITE asks 16 times (15 in
+/// its body, then at its end); one of 129 asks at 64, 128 and 129 (a
+/// request every 65 would give 2). WRITEs of 70 and then 60 packets ask
+/// 3 times (a count carried over the first end would give 4). The
+/// responder answers each request with an ACK, sent or merged into a
+/// later one still queued, so B's ACKs plus its merges count the
+/// requests.
+#[test]
+fn ack_requested_every_64_packets_and_at_each_end() {
+    let mut asked = Vec::new();
+    for messages in [&[1000u32][..], &[129], &[70, 60]] {
+        let mut s = setup(QpType::Rc, LinkConfig::clean(1_000), 7, Mtu::Mtu1024, MEM);
+        for (i, &packets) in messages.iter().enumerate() {
+            let sge = [Sge {
+                addr: 0,
+                length: packets * 1024,
+                lkey: s.a.key,
+            }];
+            let wr = SendWr::new(i as u64, SendOp::Write, &sge).remote(0, s.b.key);
+            s.pair.a.post_send(s.a.qp, &wr).unwrap();
+        }
+        s.pair.drive(SEC, |_| false);
+        let wa = drain(&mut s.pair.a, s.a.cq);
+        assert_eq!(wa.len(), messages.len());
+        assert!(wa.iter().all(|w| w.status == WcStatus::Success), "{wa:?}");
+        let sent: u32 = messages.iter().sum();
+        assert_eq!(s.pair.launched.0, u64::from(sent));
+        let merged = s.pair.b.qp(s.b.qp).unwrap().counters().ack_deferred;
+        asked.push(s.pair.launched.1 + merged);
+    }
+    assert_eq!(asked, vec![16, 3, 3]);
 }
 
 /// A UD work request whose Q_Key has the high bit set sends with the QP's
