@@ -349,7 +349,6 @@ mod tests {
     fn ipv4_authentication_header_is_refused() {
         let hex = "45c20030718c400040332f9115120011010c000011010c00000000000000000001\
                    0012b700000000810a0012010023000000000085002f60";
-        let hex: String = hex.split_whitespace().collect();
         let ip: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
