@@ -290,7 +290,7 @@ fn send_longer_than_the_receive_buffer() {
     );
     let wb = drain(&mut s.pair.b, s.b.cq);
     assert_eq!(
-        wb.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wb),
         // rxe reports REM_INV_REQ_ERR on the receive as well (class A/C
         // error with the invalid-request NAK).
         vec![(7, WcStatus::RemInvReqErr), (8, WcStatus::WrFlushErr)]
@@ -321,7 +321,7 @@ fn bad_local_key_on_send() {
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![(1, WcStatus::LocProtErr), (2, WcStatus::WrFlushErr)]
     );
     assert_eq!(s.pair.stats.sent, 0, "nothing went on the wire");
@@ -437,7 +437,7 @@ fn posting_in_the_wrong_state() {
     s.pair.a.post_send(qp, &wr).unwrap();
     let w = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        w.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&w),
         vec![(5, WcStatus::WrFlushErr), (1, WcStatus::WrFlushErr)]
     );
     // Illegal transitions are refused and change nothing.
@@ -542,7 +542,7 @@ fn transport_retries_exhausted() {
     s.pair.drive(10 * SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![(1, WcStatus::RetryExcErr), (2, WcStatus::WrFlushErr)]
     );
     // 2 packets, then 3 retries of both.
@@ -628,7 +628,7 @@ fn receive_cq_overflow_moves_the_responder_to_error() {
     });
     wa.extend(drain(&mut s.pair.a, a_cq));
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![
             (0, WcStatus::Success),
             (1, WcStatus::Success),
@@ -645,7 +645,7 @@ fn receive_cq_overflow_moves_the_responder_to_error() {
     assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
     let wb = drain(&mut s.pair.b, s.b.cq);
     assert_eq!(
-        wb.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wb),
         (100..104)
             .map(|i| (i, WcStatus::Success))
             .collect::<Vec<_>>()
@@ -740,14 +740,11 @@ fn send_into_a_receive_with_a_bad_lkey_is_a_remote_operational_error() {
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![(1, WcStatus::RemOpErr), (2, WcStatus::WrFlushErr)]
     );
     let wb = drain(&mut s.pair.b, s.b.cq);
-    assert_eq!(
-        wb.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
-        vec![(100, WcStatus::LocQpOpErr)]
-    );
+    assert_eq!(common::statuses(&wb), vec![(100, WcStatus::LocQpOpErr)]);
     assert_eq!(s.pair.a.qp(s.a.qp).unwrap().state(), QpState::Err);
     assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);
 }

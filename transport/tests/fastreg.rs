@@ -145,7 +145,7 @@ fn send_with_invalidate_and_local_invalidate() {
     );
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![(1, WcStatus::Success), (2, WcStatus::RemAccessErr)],
         "the key is dead after SEND_WITH_INV"
     );
@@ -269,7 +269,7 @@ fn registering_twice_fails_and_errors_the_qp() {
     s.pair.drive(SEC, |_| false);
     let wb = drain(&mut s.pair.b, s.b.cq);
     assert_eq!(
-        wb.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wb),
         vec![(0, WcStatus::Success), (1, WcStatus::LocQpOpErr)]
     );
     assert_eq!(s.pair.b.qp(s.b.qp).unwrap().state(), QpState::Err);

@@ -296,7 +296,7 @@ fn a_bad_lkey_fails_after_the_wqes_before_it() {
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![
             (1, WcStatus::Success),
             (2, WcStatus::LocProtErr),
@@ -346,10 +346,7 @@ fn sqd_finishes_what_is_under_way_and_reports_drained() {
         .unwrap();
     s.pair.drive(s.pair.now + 10 * SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
-    assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
-        vec![(1, WcStatus::Success)]
-    );
+    assert_eq!(common::statuses(&wa), vec![(1, WcStatus::Success)]);
     assert_eq!(s.pair.a.poll_event(), Some(AsyncEvent::SqDrained(s.a.qp)));
     s.pair
         .a

@@ -133,10 +133,7 @@ fn rnr_retry_7_retries_for_ever_at_the_rnr_timer() {
         .unwrap();
     s.pair.drive(s.pair.now + SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
-    assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
-        vec![(1, WcStatus::Success)]
-    );
+    assert_eq!(common::statuses(&wa), vec![(1, WcStatus::Success)]);
     assert_eq!(drain(&mut s.pair.b, s.b.cq).len(), 1);
 }
 
@@ -163,10 +160,7 @@ fn a_duplicate_atomic_is_answered_from_the_cache() {
         .unwrap();
     s.pair.drive(10 * SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
-    assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
-        vec![(5, WcStatus::Success)]
-    );
+    assert_eq!(common::statuses(&wa), vec![(5, WcStatus::Success)]);
     assert_eq!(s.pair.launched, (2, 2), "one retransmission, one replay");
     let got = u64::from_ne_bytes(s.pair.a.memory().as_slice()[0x10..0x18].try_into().unwrap());
     assert_eq!(got, 40, "the original value");
@@ -320,10 +314,7 @@ fn the_largest_message_at_mtu_256() {
         .unwrap();
     s.pair.drive(1_000 * SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
-    assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
-        vec![(1, WcStatus::Success)]
-    );
+    assert_eq!(common::statuses(&wa), vec![(1, WcStatus::Success)]);
     assert_eq!(s.pair.launched.0, 1 << 23, "one packet per 256 bytes");
     let m = s.pair.b.memory().as_slice();
     for (i, &at) in marks.iter().enumerate() {

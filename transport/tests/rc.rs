@@ -148,7 +148,7 @@ fn write_read_and_atomics() {
         .unwrap();
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
-    let ids: Vec<_> = wa.iter().map(|w| (w.wr_id, w.status)).collect();
+    let ids = common::statuses(&wa);
     assert_eq!(
         ids,
         (1..=5).map(|i| (i, WcStatus::Success)).collect::<Vec<_>>(),

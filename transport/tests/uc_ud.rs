@@ -82,7 +82,7 @@ fn ud_send_places_the_grh_and_checks_the_qkey() {
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![(1, WcStatus::Success), (2, WcStatus::Success)]
     );
     let wb = drain(&mut s.pair.b, s.b.cq);
@@ -561,7 +561,7 @@ fn uc_loss_drops_the_message_up_to_the_next() {
     s.pair.drive(SEC, |_| false);
     let wa = drain(&mut s.pair.a, s.a.cq);
     assert_eq!(
-        wa.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        common::statuses(&wa),
         vec![(0, WcStatus::Success), (1, WcStatus::Success)]
     );
     let wb = drain(&mut s.pair.b, s.b.cq);

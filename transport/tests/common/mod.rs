@@ -137,6 +137,12 @@ pub fn empty_wc() -> Wc {
     }
 }
 
+/// Each completion's wr_id and status, in order: what most error tests
+/// compare against a literal list.
+pub fn statuses(wcs: &[Wc]) -> Vec<(u64, WcStatus)> {
+    wcs.iter().map(|w| (w.wr_id, w.status)).collect()
+}
+
 /// Drains every completion of a CQ.
 pub fn drain(e: &mut Engine<VecMemory>, cq: u32) -> Vec<Wc> {
     let mut out = Vec::new();
