@@ -92,6 +92,17 @@ fn unsliced(e: etherparse::err::packet::SliceError) -> Error {
     malformed(Reason::Outer(e))
 }
 
+/// A datagram with IP extension headers (an IPv4 AH, IPv6 extensions),
+/// which the repr has no place for: not RoCEv2 unless it carries UDP, and
+/// malformed (`what`) if it does.
+fn behind_extensions(payload: IpNumber, what: &'static str) -> Error {
+    if payload == IpNumber::UDP {
+        malformed(Reason::Fixed(what))
+    } else {
+        Error::NotRoce("not UDP")
+    }
+}
+
 /// The UDP length of a frame being built does not fit its headers.
 fn too_long<E>(_: E) -> Error {
     malformed(Reason::Fixed("UDP payload too long for the IP header"))
@@ -234,24 +245,20 @@ impl<'a> RoceFrame<'a> {
                 // An authentication header sits between IPv4 and UDP; the
                 // repr has no place for it, and rxe never sends one.
                 if !v4.extensions().is_empty() {
-                    if v4.payload().ip_number != IpNumber::UDP {
-                        return Err(Error::NotRoce("not UDP"));
-                    }
-                    return Err(malformed(Reason::Fixed(
+                    return Err(behind_extensions(
+                        v4.payload().ip_number,
                         "IPv4 authentication header in a RoCEv2 packet",
-                    )));
+                    ));
                 }
                 let h = v4.header();
                 (IpRepr::V4(h.to_header()), offset_in(whole, h.slice()))
             }
             Some(NetSlice::Ipv6(v6)) => {
                 if !v6.extensions().is_empty() {
-                    if v6.payload().ip_number != IpNumber::UDP {
-                        return Err(Error::NotRoce("not UDP"));
-                    }
-                    return Err(malformed(Reason::Fixed(
+                    return Err(behind_extensions(
+                        v6.payload().ip_number,
                         "IPv6 extension headers in a RoCEv2 packet",
-                    )));
+                    ));
                 }
                 let h = v6.header();
                 (IpRepr::V6(h.to_header()), offset_in(whole, h.slice()))
@@ -365,6 +372,27 @@ mod tests {
             }
         }
         assert!(RoceFrame::locate_ip(&ip).is_err());
+    }
+
+    /// An IPv6 datagram with a hop-by-hop options header is refused as
+    /// malformed when UDP follows it, and is not RoCEv2 when SCTP does.
+    #[test]
+    fn ipv6_extension_headers_are_refused() {
+        for (next, want_malformed) in [(17u8, true), (132, false)] {
+            let mut d = vec![0x60, 0, 0, 0, 0, 32, 0, 64];
+            d.extend_from_slice(&[0xfe; 32]); // source and destination
+            d.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]); // hop-by-hop, PadN
+            d.extend_from_slice(&[0xc0, 0x11, 0x12, 0xb7, 0, 24, 0, 0]); // UDP to 4791
+            d.extend_from_slice(&[0; 16]);
+            assert_eq!(d.len(), 40 + 32);
+            match RoceFrame::parse_ip(&d) {
+                Err(Error::Malformed { reason, .. }) if want_malformed => {
+                    assert!(reason.to_string().contains("IPv6 extension headers"))
+                }
+                Err(Error::NotRoce(_)) if !want_malformed => {}
+                other => panic!("next header {next}: {other:?}"),
+            }
+        }
     }
 
     /// The fast IPv4 path and etherparse's general path agree on every
